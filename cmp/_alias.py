@@ -1,0 +1,65 @@
+"""Make `import multiprocessing` (and every multiprocessing.X) resolve to cmp.
+
+Installed by the runner (`python -m cmp`) and, through the preparation data,
+in every child it starts. A submodule cmp does not have is an ImportError
+that names it; nothing ever falls back to the stdlib's implementation.
+"""
+import importlib
+import importlib.abc
+import importlib.util
+import sys
+
+_PREFIX = 'multiprocessing'
+
+
+class _AliasLoader(importlib.abc.Loader):
+    def __init__(self, module):
+        self._module = module
+
+    def create_module(self, spec):
+        return self._module
+
+    def exec_module(self, module):
+        # The import system stamped the alias's spec on the module; give the
+        # module back its own so it keeps its identity (pickling, spawn).
+        module.__spec__ = self._module_spec
+
+    def load_module(self, fullname):   # pragma: no cover - legacy protocol
+        sys.modules[fullname] = self._module
+        return self._module
+
+
+class _AliasFinder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != _PREFIX and not fullname.startswith(_PREFIX + '.'):
+            return None
+        real = 'cmp' + fullname[len(_PREFIX):]
+        try:
+            module = importlib.import_module(real)
+        except ModuleNotFoundError as e:
+            if e.name != real:
+                raise
+            raise ImportError('cmp does not provide %s yet (running under '
+                              'python -m cmp)' % fullname, name=fullname) from None
+        loader = _AliasLoader(module)
+        loader._module_spec = module.__spec__
+        return importlib.util.spec_from_loader(fullname, loader)
+
+
+_finder = _AliasFinder()
+
+
+def installed():
+    return _finder in sys.meta_path
+
+
+def install():
+    """Alias multiprocessing to cmp in this interpreter (idempotent)."""
+    if installed():
+        return
+    # Drop a stdlib multiprocessing imported before us (e.g. by site hooks).
+    for name in [n for n in sys.modules if n == _PREFIX or n.startswith(_PREFIX + '.')]:
+        del sys.modules[name]
+    sys.meta_path.insert(0, _finder)
+    import cmp
+    sys.modules[_PREFIX] = cmp

@@ -1,0 +1,91 @@
+"""Starting a child with fork(2), in C (mirrors multiprocessing.popen_fork)."""
+import os
+import signal
+
+from . import _core, util
+
+__all__ = ['Popen']
+
+# A pidfd of this process, opened once and inherited by forked children as
+# their parent's sentinel (a child cannot open one for a parent that may
+# already be gone without racing against pid reuse).
+_self_pidfd = None
+
+
+def self_pidfd():
+    global _self_pidfd
+    if _self_pidfd is None:
+        _self_pidfd = _core.pidfd_open(os.getpid())
+    return _self_pidfd
+
+
+def _forget_self_pidfd():
+    # In a child the inherited descriptor names the parent; it stays open as
+    # the parent's sentinel but is no longer ours.
+    global _self_pidfd
+    _self_pidfd = None
+
+
+os.register_at_fork(after_in_child=_forget_self_pidfd)
+
+
+class Popen:
+    """A started child: pid, sentinel (a pidfd), exit status."""
+    method = 'fork'
+
+    def __init__(self, process_obj):
+        self.returncode = None
+        self.finalizer = None
+        self._launch(process_obj)
+
+    def duplicate_for_child(self, fd):
+        return fd
+
+    def _launch(self, process_obj):
+        parent_fd = self_pidfd()
+        pid = _core.fork(bool(process_obj.daemon), parent_fd)
+        if pid == 0:
+            code = 1
+            try:
+                code = process_obj._bootstrap(parent_sentinel=parent_fd)
+            finally:
+                os._exit(code)
+        self.pid = pid
+        self.sentinel = _core.pidfd_open(pid)
+        self.finalizer = util.Finalize(self, util.close_fds, (self.sentinel,))
+
+    def poll(self, flag=os.WNOHANG):
+        if self.returncode is None:
+            if flag != os.WNOHANG and not _core.wait_readable(self.sentinel, None):
+                return None
+            try:
+                self.returncode = _core.reap(self.pid)
+            except ChildProcessError:
+                # Reaped behind our back (os.wait(), SIGCHLD ignored): the
+                # status is lost, as with the stdlib.
+                return None
+        return self.returncode
+
+    def wait(self, timeout=None):
+        if self.returncode is None:
+            if not _core.wait_readable(self.sentinel, timeout):
+                return None
+            return self.poll()
+        return self.returncode
+
+    def _send_signal(self, sig):
+        if self.returncode is None:
+            try:
+                _core.pidfd_kill(self.sentinel, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self):
+        self._send_signal(signal.SIGTERM)
+
+    def kill(self):
+        self._send_signal(signal.SIGKILL)
+
+    def close(self):
+        if self.finalizer is not None:
+            self.finalizer()

@@ -1,0 +1,311 @@
+"""Logging, finalizers, after-fork hooks and exit handling (mirrors multiprocessing.util)."""
+import atexit
+import itertools
+import os
+import sys
+import threading
+import weakref
+
+__all__ = [
+    'sub_debug', 'debug', 'info', 'sub_warning', 'get_logger', 'log_to_stderr',
+    'register_after_fork', 'is_exiting', 'Finalize', 'ForkAwareThreadLock',
+    'ForkAwareLocal', 'close_all_fds_except', 'SUBDEBUG', 'SUBWARNING',
+]
+
+# ---------------------------------------------------------------------------
+# Logging
+
+NOTSET = 0
+SUBDEBUG = 5
+DEBUG = 10
+INFO = 20
+SUBWARNING = 25
+
+LOGGER_NAME = 'multiprocessing'     # the stdlib's name, so existing logging config applies
+DEFAULT_LOGGING_FORMAT = '[%(levelname)s/%(processName)s] %(message)s'
+
+_logger = None
+_log_to_stderr = False
+
+
+def sub_debug(msg, *args):
+    if _logger:
+        _logger.log(SUBDEBUG, msg, *args)
+
+
+def debug(msg, *args):
+    if _logger:
+        _logger.log(DEBUG, msg, *args)
+
+
+def info(msg, *args):
+    if _logger:
+        _logger.log(INFO, msg, *args)
+
+
+def sub_warning(msg, *args):
+    if _logger:
+        _logger.log(SUBWARNING, msg, *args)
+
+
+def get_logger():
+    """Return the logger used by cmp, creating it on first use."""
+    global _logger
+    import logging
+    with logging._lock if hasattr(logging, '_lock') else threading.Lock():
+        if not _logger:
+            _logger = logging.getLogger(LOGGER_NAME)
+            _logger.propagate = 0
+            if not getattr(logging, '_cmp_levels_added', False):
+                logging.addLevelName(SUBDEBUG, 'SUBDEBUG')
+                logging.addLevelName(SUBWARNING, 'SUBWARNING')
+                logging._cmp_levels_added = True
+    return _logger
+
+
+def log_to_stderr(level=None):
+    """Turn on logging to stderr and return the logger."""
+    global _log_to_stderr
+    import logging
+    logger = get_logger()
+    formatter = logging.Formatter(DEFAULT_LOGGING_FORMAT)
+    handler = logging.StreamHandler()
+    handler.setFormatter(formatter)
+    logger.addHandler(handler)
+    if level:
+        logger.setLevel(level)
+    _log_to_stderr = True
+    return _logger
+
+
+# ---------------------------------------------------------------------------
+# After-fork hooks
+
+_afterfork_registry = weakref.WeakValueDictionary()
+_afterfork_counter = itertools.count()
+
+
+def _run_after_forkers():
+    items = list(_afterfork_registry.items())
+    items.sort()
+    for (index, ident, func), obj in items:
+        try:
+            func(obj)
+        except Exception as e:
+            info('after forker raised exception %s', e)
+
+
+def register_after_fork(obj, func):
+    """Call func(obj) in a child process created by fork, spawn or forkserver."""
+    _afterfork_registry[(next(_afterfork_counter), id(obj), func)] = obj
+
+
+# ---------------------------------------------------------------------------
+# Finalizers
+
+_finalizer_registry = {}
+_finalizer_counter = itertools.count()
+
+
+class Finalize:
+    """Run callback(*args, **kwargs) when obj is collected, or at exit.
+
+    exitpriority: None means "only when collected"; otherwise finalizers with
+    a higher priority run first at exit, equal priorities in reverse order of
+    creation. A finalizer runs at most once, and only in the process that
+    created it.
+    """
+
+    def __init__(self, obj, callback, args=(), kwargs=None, exitpriority=None):
+        if (exitpriority is not None) and not isinstance(exitpriority, int):
+            raise TypeError(
+                "Exitpriority ({0!r}) must be None or int, not {1!s}".format(
+                    exitpriority, type(exitpriority)))
+        if obj is not None:
+            self._weakref = weakref.ref(obj, self)
+        elif exitpriority is None:
+            raise ValueError("Without object, exitpriority cannot be None")
+        self._callback = callback
+        self._args = args
+        self._kwargs = kwargs or {}
+        self._key = (exitpriority, next(_finalizer_counter))
+        self._pid = os.getpid()
+        _finalizer_registry[self._key] = self
+
+    def __call__(self, wr=None, _finalizer_registry=_finalizer_registry,
+                 sub_debug=sub_debug, getpid=os.getpid):
+        try:
+            del _finalizer_registry[self._key]
+        except KeyError:
+            sub_debug('finalizer no longer registered')
+            return None
+        if self._pid != getpid():
+            sub_debug('finalizer ignored because different process')
+            res = None
+        else:
+            sub_debug('finalizer calling %s with args %s and kwargs %s',
+                      self._callback, self._args, self._kwargs)
+            res = self._callback(*self._args, **self._kwargs)
+        self._weakref = self._callback = self._args = \
+            self._kwargs = self._key = None
+        return res
+
+    def cancel(self):
+        """Cancel the finalizer without running it."""
+        try:
+            del _finalizer_registry[self._key]
+        except KeyError:
+            pass
+        else:
+            self._weakref = self._callback = self._args = \
+                self._kwargs = self._key = None
+
+    def still_active(self):
+        return self._key in _finalizer_registry
+
+    def __repr__(self):
+        try:
+            obj = self._weakref()
+        except (AttributeError, TypeError):
+            obj = None
+        if obj is None:
+            return '<%s object, dead>' % self.__class__.__name__
+        x = '<%s object, callback=%s' % (
+            self.__class__.__name__,
+            getattr(self._callback, '__name__', self._callback))
+        if self._args:
+            x += ', args=' + str(self._args)
+        if self._kwargs:
+            x += ', kwargs=' + str(self._kwargs)
+        if self._key[0] is not None:
+            x += ', exitpriority=' + str(self._key[0])
+        return x + '>'
+
+
+def _run_finalizers(minpriority=None):
+    """Run finalizers whose priority is at least minpriority (all with a
+    priority when None), highest priority first, newest first."""
+    if _finalizer_registry is None:
+        return
+    if minpriority is None:
+        def wanted(p):
+            return p[0] is not None
+    else:
+        def wanted(p):
+            return p[0] is not None and p[0] >= minpriority
+    keys = [key for key in list(_finalizer_registry) if wanted(key)]
+    keys.sort(reverse=True)
+    for key in keys:
+        finalizer = _finalizer_registry.get(key)
+        if finalizer is not None:
+            sub_debug('calling %s', finalizer)
+            try:
+                finalizer()
+            except Exception:
+                import traceback
+                traceback.print_exc()
+    if minpriority is None:
+        _finalizer_registry.clear()
+
+
+# ---------------------------------------------------------------------------
+# Exit
+
+_exiting = False
+
+
+def is_exiting():
+    """True once the process has begun to shut down."""
+    return _exiting or _exiting is None
+
+
+def _exit_function():
+    """Run at interpreter exit (and at the end of a child's bootstrap):
+    finalizers, then terminate daemonic children and join the others."""
+    global _exiting
+    from . import process
+    if _exiting:
+        return
+    _exiting = True
+    info('process shutting down')
+    debug('running all "atexit" finalizers with priority >= 0')
+    _run_finalizers(0)
+    if process.current_process() is not None:
+        for p in process.active_children():
+            if p.daemon:
+                info('calling terminate() for daemon %s', p.name)
+                p._popen.terminate()
+        for p in process.active_children():
+            info('calling join() for process %s', p.name)
+            p.join()
+    debug('running the remaining "atexit" finalizers')
+    _run_finalizers()
+
+
+atexit.register(_exit_function)
+
+
+def _flush_std_streams():
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (AttributeError, ValueError):
+            pass
+
+
+def _close_stdin():
+    """A child's stdin reads from /dev/null, as in the stdlib."""
+    if sys.stdin is None:
+        return
+    try:
+        sys.stdin.close()
+    except (OSError, ValueError):
+        pass
+    try:
+        fd = os.open(os.devnull, os.O_RDONLY)
+        try:
+            sys.stdin = open(fd, encoding="utf-8", closefd=False)
+        except BaseException:
+            os.close(fd)
+            raise
+    except (OSError, ValueError):
+        pass
+
+
+def close_fds(*fds):
+    for fd in fds:
+        os.close(fd)
+
+
+def close_all_fds_except(fds):
+    fds = sorted(set(fds) | {-1}) + [os.sysconf('SC_OPEN_MAX')]
+    for i in range(len(fds) - 1):
+        os.closerange(fds[i] + 1, fds[i + 1])
+
+
+# ---------------------------------------------------------------------------
+# Fork-aware helpers
+
+class ForkAwareThreadLock:
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.acquire = self._lock.acquire
+        self.release = self._lock.release
+        register_after_fork(self, ForkAwareThreadLock._at_fork_reinit)
+
+    def _at_fork_reinit(self):
+        self._lock._at_fork_reinit()
+
+    def __enter__(self):
+        return self._lock.__enter__()
+
+    def __exit__(self, *args):
+        return self._lock.__exit__(*args)
+
+
+class ForkAwareLocal(threading.local):
+    def __init__(self):
+        register_after_fork(self, lambda obj: obj.__dict__.clear())
+
+    def __reduce__(self):
+        return type(self), ()

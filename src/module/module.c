@@ -1,0 +1,130 @@
+/* cmp._core: module definition (multi-phase init), errors, blocking calls. */
+#include "module.h"
+
+#include <errno.h>
+#include <math.h>
+
+/* ------------------------------------------------------------------------ */
+/* Errors: the one place a core status becomes an exception                 */
+
+PyObject *
+cmp_set_error(int status)
+{
+    switch (status) {
+    case CMP_PYERR:
+        assert(PyErr_Occurred());
+        break;
+    case CMP_ERRNO:
+        PyErr_SetFromErrno(PyExc_OSError);
+        break;
+    case CMP_ETIMEDOUT:
+        PyErr_SetString(PyExc_TimeoutError, "timed out");
+        break;
+    case CMP_EEOF:
+        PyErr_SetNone(PyExc_EOFError);
+        break;
+    case CMP_ECLOSED:
+        PyErr_SetString(PyExc_OSError, "handle is closed");
+        break;
+    case CMP_EBADMSG:
+        PyErr_SetString(PyExc_OSError, "bad message length");
+        break;
+    case CMP_EOVERFLOW:
+        PyErr_SetString(PyExc_OverflowError, "counter overflow");
+        break;
+    default:
+        PyErr_Format(PyExc_SystemError, "cmp: unexpected status %d", status);
+        break;
+    }
+    return NULL;
+}
+
+int
+cmp_deadline_from_timeout(PyObject *timeout, int64_t *deadline)
+{
+    if (timeout == NULL || timeout == Py_None) {
+        *deadline = CMP_FOREVER;
+        return 0;
+    }
+    double t = PyFloat_AsDouble(timeout);
+    if (t == -1.0 && PyErr_Occurred())
+        return -1;
+    *deadline = isnan(t) ? cmp_monotonic_ns() : cmp_deadline_after(t);
+    return 0;
+}
+
+int
+cmp_run_blocking(cmp_blocking_fn fn, void *arg)
+{
+    for (;;) {
+        int st;
+        Py_BEGIN_ALLOW_THREADS
+        st = fn(arg);
+        Py_END_ALLOW_THREADS
+        if (st != CMP_EINTR)
+            return st;
+        if (PyErr_CheckSignals() < 0)
+            return CMP_PYERR;
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Module                                                                   */
+
+static int (*const cmp_area_execs[])(PyObject *) = {
+    cmp_proc_exec,
+};
+
+static int
+cmp_exec(PyObject *module)
+{
+    for (size_t i = 0; i < sizeof(cmp_area_execs) / sizeof(cmp_area_execs[0]); i++) {
+        if (cmp_area_execs[i](module) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+static int
+cmp_traverse(PyObject *module, visitproc visit, void *arg)
+{
+    cmp_state *st = PyModule_GetState(module);
+    Py_VISIT(st->placeholder);
+    return 0;
+}
+
+static int
+cmp_clear(PyObject *module)
+{
+    cmp_state *st = PyModule_GetState(module);
+    Py_CLEAR(st->placeholder);
+    return 0;
+}
+
+static void
+cmp_free(void *module)
+{
+    cmp_clear((PyObject *)module);
+}
+
+static PyModuleDef_Slot cmp_slots[] = {
+    {Py_mod_exec, cmp_exec},
+    {0, NULL},
+};
+
+static struct PyModuleDef cmp_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "cmp._core",
+    .m_doc = "The C core of cmp: processes, pipes, locks, queues, shared memory.",
+    .m_size = sizeof(cmp_state),
+    .m_slots = cmp_slots,
+    .m_traverse = cmp_traverse,
+    .m_clear = cmp_clear,
+    .m_free = cmp_free,
+};
+
+PyMODINIT_FUNC
+PyInit__core(void)
+{
+    return PyModuleDef_Init(&cmp_module);
+}

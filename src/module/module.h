@@ -1,0 +1,37 @@
+/* cmp._core: private header shared by the binding's files.
+ * This directory is the only C that includes Python.h. */
+#ifndef CMP_MODULE_H
+#define CMP_MODULE_H
+
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "cmp_core.h"
+
+/* Binding-level status: a Python exception is already set. */
+#define CMP_PYERR (-1000)
+
+/* Module state; every type and exception lives here (see module.c). */
+typedef struct {
+    PyObject *placeholder;   /* keeps the struct non-empty until types arrive */
+} cmp_state;
+
+/* Turn a core status into an exception (errno read for CMP_ERRNO).
+ * Always returns NULL so callers can `return cmp_set_error(st);`. */
+PyObject *cmp_set_error(int status);
+
+/* timeout (None or a number of seconds) -> absolute deadline.
+ * Returns 0, or -1 with an exception set. */
+int cmp_deadline_from_timeout(PyObject *timeout, int64_t *deadline);
+
+/* Run fn(arg) with the GIL released, the PEP 475 way: on CMP_EINTR run the
+ * signal handlers and retry (deadlines are absolute, so retries never stretch
+ * a timeout); if a handler raised, return CMP_PYERR. */
+typedef int (*cmp_blocking_fn)(void *arg);
+int cmp_run_blocking(cmp_blocking_fn fn, void *arg);
+
+/* Per-area initialisation, called in order from the module's exec slot.
+ * Each adds its functions and types to the module; 0 or -1 with an exception. */
+int cmp_proc_exec(PyObject *module);
+
+#endif /* CMP_MODULE_H */
