@@ -1,6 +1,6 @@
 import os
 import sys
 
-# The tests import cmp from the checkout they live in.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# `support` (the differential-test helpers) lives beside this file. cmp itself
+# is imported from the installed package, never from the source tree.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -35,8 +35,6 @@ class Result:
 def child_env(extra=None):
     env = dict(os.environ)
     env.pop('PYTHONUNBUFFERED', None)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env['PYTHONPATH'] = os.pathsep.join(filter(None, [root, env.get('PYTHONPATH')]))
     if extra:
         env.update(extra)
     return env
