@@ -73,6 +73,7 @@ cmp_run_blocking(cmp_blocking_fn fn, void *arg)
 
 static int (*const cmp_area_execs[])(PyObject *) = {
     cmp_proc_exec,
+    cmp_sync_exec,
 };
 
 static int
@@ -90,6 +91,10 @@ cmp_traverse(PyObject *module, visitproc visit, void *arg)
 {
     cmp_state *st = PyModule_GetState(module);
     Py_VISIT(st->placeholder);
+    Py_VISIT(st->semlock_type);
+    Py_VISIT(st->condvar_type);
+    Py_VISIT(st->event_type);
+    Py_VISIT(st->block_type);
     return 0;
 }
 
@@ -98,6 +103,10 @@ cmp_clear(PyObject *module)
 {
     cmp_state *st = PyModule_GetState(module);
     Py_CLEAR(st->placeholder);
+    Py_CLEAR(st->semlock_type);
+    Py_CLEAR(st->condvar_type);
+    Py_CLEAR(st->event_type);
+    Py_CLEAR(st->block_type);
     return 0;
 }
 

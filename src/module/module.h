@@ -14,6 +14,10 @@
 /* Module state; every type and exception lives here (see module.c). */
 typedef struct {
     PyObject *placeholder;   /* keeps the struct non-empty until types arrive */
+    PyObject *semlock_type;  /* synchronize.c */
+    PyObject *condvar_type;
+    PyObject *event_type;
+    PyObject *block_type;
 } cmp_state;
 
 /* Turn a core status into an exception (errno read for CMP_ERRNO).
@@ -33,5 +37,6 @@ int cmp_run_blocking(cmp_blocking_fn fn, void *arg);
 /* Per-area initialisation, called in order from the module's exec slot.
  * Each adds its functions and types to the module; 0 or -1 with an exception. */
 int cmp_proc_exec(PyObject *module);
+int cmp_sync_exec(PyObject *module);
 
 #endif /* CMP_MODULE_H */
