@@ -30,7 +30,8 @@ static cmp_shm_seg *segments;
 /* Bumped in parent and child at every fork: a block allocated in an earlier
  * generation may be in use by a child. */
 static uint64_t fork_gen;
-static pid_t self_pid;
+pid_t cmp_shm_pid_;            /* 0 until init() */
+
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
 /* ------------------------------------------------------------------------ */
@@ -45,14 +46,14 @@ after_fork_parent(void)
 static void
 after_fork_child(void)
 {
-    self_pid = getpid();
+    cmp_shm_pid_ = getpid();
     fork_gen++;
 }
 
 static void
 init(void)
 {
-    self_pid = getpid();
+    cmp_shm_pid_ = getpid();
     /* Cannot fail but for ENOMEM; without the handlers a forked child would
      * not know it is a child, so fall back to never reusing blocks. */
     if (pthread_atfork(NULL, after_fork_parent, after_fork_child) != 0)
@@ -60,10 +61,10 @@ init(void)
 }
 
 pid_t
-cmp_self_pid(void)
+cmp_self_pid_init(void)
 {
     pthread_once(&init_once, init);
-    return self_pid;
+    return cmp_shm_pid_;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -105,7 +106,7 @@ seg_create(size_t size, int small)
         return NULL;
     cmp_shm_seg *seg = NULL;
     if (ftruncate(fd, (off_t)size) == 0)
-        seg = seg_new(fd, size, self_pid);
+        seg = seg_new(fd, size, cmp_shm_pid_);
     if (seg == NULL) {
         int saved = errno;
         close(fd);
@@ -201,7 +202,7 @@ cmp_shm_alloc(size_t size, size_t align, cmp_shm_block *out)
     cmp_shm_seg *seg;
     long at = -1;
     for (seg = segments; seg != NULL; seg = seg->next) {
-        if (seg->small && seg->owner == self_pid && NBLOCKS - seg->used >= n
+        if (seg->small && seg->owner == cmp_shm_pid_ && NBLOCKS - seg->used >= n
                 && (at = find_run(seg->bitmap, n)) >= 0)
             break;
     }
@@ -224,7 +225,7 @@ static void
 maybe_release_segment(cmp_shm_seg *seg)
 {
     for (cmp_shm_seg *s = segments; s != NULL; s = s->next) {
-        if (s != seg && s->small && s->owner == self_pid && s->used == 0) {
+        if (s != seg && s->small && s->owner == cmp_shm_pid_ && s->used == 0) {
             seg_destroy(seg);
             return;
         }
@@ -235,7 +236,7 @@ void
 cmp_shm_free(cmp_shm_block *b)
 {
     cmp_shm_seg *seg = b->seg;
-    if (seg != NULL && seg->owner == self_pid && !b->shared && b->gen == fork_gen) {
+    if (seg != NULL && seg->owner == cmp_shm_pid_ && !b->shared && b->gen == fork_gen) {
         if (!seg->small) {
             seg_destroy(seg);
         }
@@ -298,7 +299,7 @@ cmp_shm_get_stats(cmp_shm_stats *st)
     for (cmp_shm_seg *s = segments; s != NULL; s = s->next) {
         st->segments++;
         st->bytes += s->size;
-        if (s->small && s->owner == self_pid)
+        if (s->small && s->owner == cmp_shm_pid_)
             st->blocks_used += s->used;
     }
 }

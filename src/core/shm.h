@@ -59,8 +59,17 @@ int cmp_shm_share(cmp_shm_block *b);
  * (EINVAL if the range is outside the segment). */
 int cmp_shm_attach(int fd, size_t off, size_t size, cmp_shm_block *out);
 
-/* This process's pid, cached (kept right across fork). */
-pid_t cmp_self_pid(void);
+/* This process's pid, cached (kept right across fork by an atfork handler).
+ * Inline: lock paths use it to tell their own process's bookkeeping. */
+extern pid_t cmp_shm_pid_;
+pid_t cmp_self_pid_init(void);
+
+static inline pid_t
+cmp_self_pid(void)
+{
+    pid_t pid = cmp_shm_pid_;
+    return CMP_LIKELY(pid != 0) ? pid : cmp_self_pid_init();
+}
 
 /* Accounting, for tests: segments mapped, bytes mapped, blocks in use. */
 typedef struct {

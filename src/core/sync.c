@@ -6,7 +6,10 @@
 /* Busy-wait iterations before sleeping: a lock held for a short critical
  * section, or a peer about to answer, is caught without two system calls
  * and a context switch. About a microsecond or two. */
-#define SPIN 100
+#ifndef CMP_SPIN
+#define CMP_SPIN 100
+#endif
+#define SPIN CMP_SPIN
 
 /* ------------------------------------------------------------------------ */
 /* Semaphore                                                                */
