@@ -101,7 +101,7 @@ static int
 cmp_traverse(PyObject *module, visitproc visit, void *arg)
 {
     cmp_state *st = PyModule_GetState(module);
-    Py_VISIT(st->placeholder);
+    Py_VISIT(st->mapping_type);
     return 0;
 }
 
@@ -109,7 +109,7 @@ static int
 cmp_clear(PyObject *module)
 {
     cmp_state *st = PyModule_GetState(module);
-    Py_CLEAR(st->placeholder);
+    Py_CLEAR(st->mapping_type);
     return 0;
 }
 

@@ -13,7 +13,7 @@
 
 /* Module state; every type and exception lives here (see module.c). */
 typedef struct {
-    PyObject *placeholder;   /* keeps the struct non-empty until types arrive */
+    PyTypeObject *mapping_type;     /* shared_memory.c: CmpMapping */
 } cmp_state;
 
 /* Turn a core status into an exception (errno read for CMP_ERRNO).
