@@ -504,7 +504,7 @@ static CmpSemLock *
 condvar_lock_arg(CmpCondVar *self, PyObject *lock)
 {
     cmp_state *st = PyType_GetModuleState(Py_TYPE(self));   /* not subclassable */
-    if (st == NULL || !PyObject_TypeCheck(lock, (PyTypeObject *)st->semlock_type)) {
+    if (st == NULL || !PyObject_TypeCheck(lock, st->semlock_type)) {
         PyErr_Format(PyExc_TypeError, "a cmp lock is required, not '%.200s'",
                      Py_TYPE(lock)->tp_name);
         return NULL;
@@ -914,13 +914,13 @@ static PyMethodDef sync_functions[] = {
 };
 
 static int
-add_type(PyObject *module, PyType_Spec *spec, PyObject **slot)
+add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot)
 {
     PyObject *tp = PyType_FromModuleAndSpec(module, spec, NULL);
     if (tp == NULL)
         return -1;
-    *slot = tp;         /* owned by the module state */
-    return PyModule_AddType(module, (PyTypeObject *)tp);
+    *slot = (PyTypeObject *)tp;     /* owned by the module state */
+    return PyModule_AddType(module, *slot);
 }
 
 int
