@@ -542,3 +542,34 @@ def test_notes_lock_examples(name):
     if name == '002-16.py':
         for out in (std[1], mine[1]):
             assert out.count('购买车票成功') == 3 and out.count('购买车票失败') == 7
+
+
+def test_killed_waiter_or_holder_leaves_others_working(method):
+    # A waiter killed mid-wait takes nothing with it; a holder killed while
+    # holding leaves the Lock held (as the stdlib's), and waiters time out.
+    out = check_ok(run('''
+        import time
+        def take(lock, got):
+            lock.acquire()
+            got.set()
+            time.sleep(60)
+        if __name__ == '__main__':
+            lock, got = mp.Lock(), mp.Event()
+            lock.acquire()
+            p = mp.Process(target=take, args=(lock, got))
+            p.start()
+            time.sleep(0.3)             # p is asleep in acquire()
+            p.kill(); p.join()
+            lock.release()
+            print('after killed waiter', got.is_set(), lock.acquire(timeout=5), repr(lock))
+            lock.release()
+            p = mp.Process(target=take, args=(lock, got))
+            p.start()
+            got.wait(10)
+            p.kill(); p.join()
+            print('after killed holder', lock.acquire(timeout=0.2), repr(lock))
+            print('release by another process works', lock.release(), lock.acquire(timeout=1))
+    ''', start_method=method))
+    assert out == ('after killed waiter False True <Lock(owner=MainProcess)>\n'
+                   'after killed holder False <Lock(owner=SomeOtherProcess)>\n'
+                   'release by another process works None True\n')
