@@ -3,13 +3,33 @@
 
 #include <limits.h>
 
-/* Busy-wait iterations before sleeping: a lock held for a short critical
- * section, or a peer about to answer, is caught without two system calls
- * and a context switch. About a microsecond or two. */
-#ifndef CMP_SPIN
-#define CMP_SPIN 100
+/* Before sleeping, a waiter busy-waits for up to CMP_SPIN_NS (bounded by its
+ * own deadline): about what a futex sleep and wake-up cost, so a lock held for
+ * a short critical section or a peer process about to answer is caught
+ * without two system calls and two context switches, and a waiter never
+ * spends more than twice the time it would have spent anyway. */
+#ifndef CMP_SPIN_NS
+#define CMP_SPIN_NS 20000
 #endif
-#define SPIN CMP_SPIN
+
+/* Spin until ready(arg) or the spin budget is spent: 1 if ready. */
+static int
+spin(int (*ready)(void *), void *arg, int64_t deadline)
+{
+    int64_t end = 0;
+    for (;;) {
+        for (int i = 0; i < 16; i++) {
+            if (ready(arg))
+                return 1;
+            cmp_cpu_relax();
+        }
+        int64_t now = cmp_monotonic_ns();
+        if (end == 0)
+            end = now + CMP_SPIN_NS < deadline ? now + CMP_SPIN_NS : deadline;
+        else if (now >= end)
+            return 0;
+    }
+}
 
 /* ------------------------------------------------------------------------ */
 /* Semaphore                                                                */
@@ -27,15 +47,20 @@ cmp_sem_wake(cmp_sem *s)
     return cmp_futex_wake(&s->value, 1, CMP_FUTEX_ANY) < 0 ? CMP_ERRNO : CMP_OK;
 }
 
+/* Takes the unit when there is one. */
+static int
+sem_ready(void *p)
+{
+    cmp_sem *s = p;
+    return atomic_load_explicit(&s->value, memory_order_relaxed) > 0
+           && cmp_sem_trywait(s) == CMP_OK;
+}
+
 int
 cmp_sem_wait(cmp_sem *s, int64_t deadline)
 {
-    for (int i = 0; i < SPIN; i++) {
-        if (atomic_load_explicit(&s->value, memory_order_relaxed) > 0
-                && cmp_sem_trywait(s) == CMP_OK)
-            return CMP_OK;
-        cmp_cpu_relax();
-    }
+    if (spin(sem_ready, s, deadline))
+        return CMP_OK;
     atomic_fetch_add(&s->sleepers, 1);
     int st;
     for (;;) {
@@ -80,14 +105,24 @@ cmp_event_clear(cmp_event *e)
     atomic_fetch_and(&e->word, ~1u);
 }
 
+struct event_spin {
+    cmp_event *e;
+    uint32_t seen;
+};
+
+static int
+event_changed(void *p)
+{
+    struct event_spin *es = p;
+    return atomic_load_explicit(&es->e->word, memory_order_acquire) != es->seen;
+}
+
 int
 cmp_event_wait(cmp_event *e, uint32_t seen, int64_t deadline)
 {
-    for (int i = 0; i < SPIN; i++) {
-        if (atomic_load_explicit(&e->word, memory_order_acquire) != seen)
-            return CMP_OK;
-        cmp_cpu_relax();
-    }
+    struct event_spin es = {e, seen};
+    if (spin(event_changed, &es, deadline))
+        return CMP_OK;
     atomic_fetch_add(&e->sleepers, 1);
     int st;
     while ((st = cmp_futex_wait(&e->word, seen, CMP_FUTEX_ANY, deadline)) == CMP_OK) {
@@ -125,6 +160,18 @@ notified(cmp_cond *c, cmp_cond_ticket t)
     return t.tracked ? (int32_t)(h - t.ticket) > 0 : h != t.ticket;
 }
 
+struct cond_spin {
+    cmp_cond *c;
+    cmp_cond_ticket t;
+};
+
+static int
+cond_notified(void *p)
+{
+    struct cond_spin *cs = p;
+    return notified(cs->c, cs->t);
+}
+
 cmp_cond_ticket
 cmp_cond_enter(cmp_cond *c)
 {
@@ -137,11 +184,9 @@ cmp_cond_enter(cmp_cond *c)
 int
 cmp_cond_sleep(cmp_cond *c, cmp_cond_ticket t, int64_t deadline)
 {
-    for (int i = 0; i < SPIN; i++) {
-        if (notified(c, t))
-            return CMP_OK;
-        cmp_cpu_relax();
-    }
+    struct cond_spin cs = {c, t};
+    if (spin(cond_notified, &cs, deadline))
+        return CMP_OK;
     uint32_t bits = t.tracked ? 1u << (t.ticket % 32) : CMP_FUTEX_ANY;
     atomic_fetch_add(&c->sleepers, 1);
     int st;

@@ -3,7 +3,7 @@
  * Every object is a small struct of 32-bit words meant to live in shared
  * memory (see shm.h); zero-filled memory plus the init function below makes
  * a valid object. Fast paths are inline single atomic operations; blocking
- * waits spin briefly, then sleep on a futex until an absolute
+ * waits spin briefly (about a futex round trip), then sleep on a futex until an absolute
  * CLOCK_MONOTONIC deadline, and return CMP_EINTR when a signal arrives so the
  * caller can run handlers and call again (PEP 475).
  *
