@@ -516,13 +516,13 @@ def parse_args(argv):
                     'alternately, and compare their median rates.')
     p.add_argument('workloads', nargs='*', metavar='WORKLOAD',
                    help='workload names, dotted parts of names, or globs (default: all)')
-    p.add_argument('--repeat', '-r', type=int, default=DEFAULT_REPEAT,
+    p.add_argument('--repeat', '-r', type=int, metavar='N', default=DEFAULT_REPEAT,
                    help='runs per workload and side (default %(default)s)')
-    p.add_argument('--scale', '-s', type=float, default=1.0,
+    p.add_argument('--scale', '-s', type=float, metavar='X', default=1.0,
                    help='amount of work per run relative to normal (default %(default)s)')
-    p.add_argument('--timeout', type=float, default=DEFAULT_TIMEOUT,
+    p.add_argument('--timeout', type=float, metavar='S', default=DEFAULT_TIMEOUT,
                    help='seconds before a run is killed (default %(default)g)')
-    p.add_argument('--out', '-o', default=DEFAULT_OUT,
+    p.add_argument('--out', '-o', default=DEFAULT_OUT, metavar='DIR',
                    help='folder for the JSON and PNG (default %(default)s/)')
     p.add_argument('--json', metavar='PATH', help='JSON results path (default OUT/bench-TIME.json)')
     p.add_argument('--list', '-l', action='store_true', help='list the workloads and exit')
