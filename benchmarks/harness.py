@@ -77,6 +77,11 @@ class Workload:
         self.name, self.unit, self.module, self.fn = name, unit, module, fn
 
 
+def rate_unit(unit):
+    """'starts/s' stays, 'blocks' becomes 'blocks/s': rates are per second."""
+    return unit if unit.endswith('/s') else unit + '/s'
+
+
 def discover(folder=HERE):
     """([Workload] in file then definition order, {file name: import error})."""
     if folder not in sys.path:
@@ -294,14 +299,14 @@ def run_all(workloads, samples, repeat, scale, timeout, progress):
         sample = run_once(w, side, scale, timeout, env)
         sample['round'] = r
         samples[w.name][side].append(sample)
-        progress.finish(label, sample, w.unit)
+        progress.finish(label, sample, rate_unit(w.unit))
         if sample.get('timed_out') or (not sample['ok'] and r == 0):
             given_up.add((w.name, side))
 
 
 def summarize(w, by_side, repeat):
     """The row of the table (and of the JSON) for one workload."""
-    row = {'name': w.name, 'unit': w.unit, 'file': w.module + '.py', 'median': {},
+    row = {'name': w.name, 'unit': rate_unit(w.unit), 'file': w.module + '.py', 'median': {},
            'runs': {}, 'ratio': None, 'ratio_min': None, 'ratio_max': None, 'pairs': 0}
     ok = {}
     for side in SIDES:
@@ -548,7 +553,7 @@ def main(argv=None):
         return 2
     if args.list:
         for w in chosen:
-            print('%-40s %-12s %s.py' % (w.name, w.unit, w.module))
+            print('%-40s %-12s %s.py' % (w.name, rate_unit(w.unit), w.module))
         return 1 if import_errors else 0
     if not chosen:
         print('cmp bench: no workloads found in %s' % HERE, file=sys.stderr)

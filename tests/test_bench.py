@@ -150,6 +150,8 @@ def test_matching():
     for pattern in ('forkserver', 'process.start_join.forkserver', 'fork.process',
                     'proc', 'process.start', 'queue'):
         assert not m(name, pattern), pattern
+    assert harness.rate_unit('starts/s') == 'starts/s'
+    assert harness.rate_unit('blocks') == 'blocks/s'
     assert harness.fmt_num(552.2) == '552'
     assert harness.fmt_num(23.27) == '23.3'
     assert harness.fmt_num(999.8) == '1k'
@@ -195,7 +197,7 @@ def bad(mp, scale=1.0):
     return 0, 0.0
 
 WORKLOADS = {
-    'fake.ok': (ok, 'ops/s'),
+    'fake.ok': (ok, 'ops'),
     'fake.fail_cmp': (fail_cmp, 'ops/s'),
     'fake.hang': (hang, 'ops/s'),
     'fake.crash': (crash, 'ops/s'),
