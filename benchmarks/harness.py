@@ -7,7 +7,8 @@ A workload file is `bench_<area>.py` beside this one, defining
 `WORKLOADS = {'area.name': (fn, 'unit'), ...}` where `fn(mp, scale=1.0)`
 does about `scale` times its normal amount of work with `mp` being
 `multiprocessing` or `cmp`, times the measured part itself, and returns
-`(count, seconds)`; its rate is count / seconds, in `unit`.
+`(count, seconds)`; its rate is count / seconds, in `unit` per second
+('starts' or 'starts/s' alike).
 
 Each repetition of each workload runs in a fresh interpreter per side. The
 runs go round by round (every workload once per round), the two sides of a
