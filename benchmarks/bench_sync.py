@@ -94,33 +94,9 @@ def condition_pingpong(mp, scale=1.0):
 
 
 WORKLOADS = {
-    'sync.lock_uncontended': (lock_uncontended, 'acquire+release/s'),
-    'sync.lock_contended': (lock_contended, 'acquire+release/s'),
-    'sync.event_pingpong': (event_pingpong, 'round trips/s'),
-    'sync.condition_pingpong': (condition_pingpong, 'round trips/s'),
+    'sync.lock_uncontended': (lock_uncontended, 'acquire+release'),
+    'sync.lock_contended': (lock_contended, 'acquire+release'),
+    'sync.event_pingpong': (event_pingpong, 'round trips'),
+    'sync.condition_pingpong': (condition_pingpong, 'round trips'),
 }
 
-
-if __name__ == '__main__':
-    # Ad-hoc: python benchmarks/bench_sync.py [scale] [reps]
-    import importlib
-    import statistics
-    import subprocess
-    import sys
-    if len(sys.argv) > 1 and sys.argv[1] == '--one':
-        mp = importlib.import_module(sys.argv[2])
-        count, secs = WORKLOADS[sys.argv[3]][0](mp, float(sys.argv[4]))
-        print(count / secs)
-        sys.exit(0)
-    scale = float(sys.argv[1]) if len(sys.argv) > 1 else 1.0
-    reps = int(sys.argv[2]) if len(sys.argv) > 2 else 3
-    for name, (fn, unit) in WORKLOADS.items():
-        rates = {}
-        for impl in ('multiprocessing', 'cmp'):
-            rates[impl] = statistics.median(
-                float(subprocess.check_output(
-                    [sys.executable, __file__, '--one', impl, name, str(scale)]))
-                for _ in range(reps))
-        print('%-26s stdlib %12.0f  cmp %12.0f  %s  ratio %.2f'
-              % (name, rates['multiprocessing'], rates['cmp'], unit,
-                 rates['cmp'] / rates['multiprocessing']))

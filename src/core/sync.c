@@ -3,32 +3,46 @@
 
 #include <limits.h>
 
-/* Before sleeping, a waiter busy-waits for up to CMP_SPIN_NS (bounded by its
- * own deadline): about what a futex sleep and wake-up cost, so a lock held for
- * a short critical section or a peer process about to answer is caught
- * without two system calls and two context switches, and a waiter never
- * spends more than twice the time it would have spent anyway. */
-#ifndef CMP_SPIN_NS
-#define CMP_SPIN_NS 20000
+/* Before sleeping, a waiter busy-waits (bounded by its own deadline): a lock
+ * held for a short critical section, or a peer process about to answer, is
+ * caught without two system calls and two context switches. The budget is
+ * adaptive, per object: it doubles (up to CMP_SPIN_MAX_NS, about what a
+ * futex sleep and wake-up cost, so a waiter never spends much more than twice
+ * the time it would have anyway) when spinning paid off, and halves (down to
+ * CMP_SPIN_MIN_NS) when the waiter had to sleep regardless -- as on a machine
+ * with more runnable processes than CPUs, where spinning only delays the
+ * process that would end the wait. */
+#ifndef CMP_SPIN_MAX_NS
+#define CMP_SPIN_MAX_NS 20000
 #endif
+#define CMP_SPIN_MIN_NS 1000
 
-/* Spin until ready(arg) or the spin budget is spent: 1 if ready. */
+/* Spin until ready(arg) or the budget is spent: 1 if ready. */
 static int
-spin(int (*ready)(void *), void *arg, int64_t deadline)
+spin(int (*ready)(void *), void *arg, int64_t deadline, _Atomic uint32_t *budget)
 {
-    int64_t end = 0;
+    if (ready(arg))
+        return 1;
+    uint32_t ns = atomic_load_explicit(budget, memory_order_relaxed);
+    if (ns == 0 || ns > CMP_SPIN_MAX_NS)
+        ns = CMP_SPIN_MAX_NS;
+    int64_t start = cmp_monotonic_ns();
+    int64_t end = start + ns < deadline ? start + ns : deadline;
     for (;;) {
         for (int i = 0; i < 16; i++) {
-            if (ready(arg))
-                return 1;
             cmp_cpu_relax();
+            if (ready(arg)) {
+                if (ns < CMP_SPIN_MAX_NS)
+                    atomic_store_explicit(budget, ns * 2, memory_order_relaxed);
+                return 1;
+            }
         }
-        int64_t now = cmp_monotonic_ns();
-        if (end == 0)
-            end = now + CMP_SPIN_NS < deadline ? now + CMP_SPIN_NS : deadline;
-        else if (now >= end)
-            return 0;
+        if (cmp_monotonic_ns() >= end)
+            break;
     }
+    if (end < deadline && ns > CMP_SPIN_MIN_NS)
+        atomic_store_explicit(budget, ns / 2, memory_order_relaxed);
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -39,6 +53,7 @@ cmp_sem_init(cmp_sem *s, uint32_t value)
 {
     atomic_store(&s->value, value);
     atomic_store(&s->sleepers, 0);
+    atomic_store(&s->spin_ns, 0);
 }
 
 int
@@ -56,28 +71,30 @@ sem_ready(void *p)
            && cmp_sem_trywait(s) == CMP_OK;
 }
 
+/* Spin, then sleep; woken, spin again before sleeping again. A waiter counts
+ * in `sleepers` only around the futex call, so while it spins the holder's
+ * release() stays free of system calls. */
 int
 cmp_sem_wait(cmp_sem *s, int64_t deadline)
 {
-    if (spin(sem_ready, s, deadline))
-        return CMP_OK;
-    atomic_fetch_add(&s->sleepers, 1);
-    int st;
     for (;;) {
-        if (cmp_sem_trywait(s) == CMP_OK) {
-            st = CMP_OK;
-            break;
-        }
-        st = cmp_futex_wait(&s->value, 0, CMP_FUTEX_ANY, deadline);
+        if (spin(sem_ready, s, deadline, &s->spin_ns))
+            return CMP_OK;
+        atomic_fetch_add(&s->sleepers, 1);
+        /* Re-check once counted: a release() that missed the count posted
+         * before it, and we see its unit here. */
+        int taken = cmp_sem_trywait(s) == CMP_OK;
+        int st = taken ? CMP_OK : cmp_futex_wait(&s->value, 0, CMP_FUTEX_ANY, deadline);
+        atomic_fetch_sub(&s->sleepers, 1);
+        if (taken)
+            return CMP_OK;
         if (st == CMP_OK)
-            continue;
+            continue;       /* woken, or the value changed: try again */
         /* A unit posted as the deadline passed still counts. */
         if (st == CMP_ETIMEDOUT && cmp_sem_trywait(s) == CMP_OK)
-            st = CMP_OK;
-        break;
+            return CMP_OK;
+        return st;
     }
-    atomic_fetch_sub(&s->sleepers, 1);
-    return st;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -121,7 +138,7 @@ int
 cmp_event_wait(cmp_event *e, uint32_t seen, int64_t deadline)
 {
     struct event_spin es = {e, seen};
-    if (spin(event_changed, &es, deadline))
+    if (spin(event_changed, &es, deadline, &e->spin_ns))
         return CMP_OK;
     atomic_fetch_add(&e->sleepers, 1);
     int st;
@@ -185,7 +202,7 @@ int
 cmp_cond_sleep(cmp_cond *c, cmp_cond_ticket t, int64_t deadline)
 {
     struct cond_spin cs = {c, t};
-    if (spin(cond_notified, &cs, deadline))
+    if (spin(cond_notified, &cs, deadline, &c->spin_ns))
         return CMP_OK;
     uint32_t bits = t.tracked ? 1u << (t.ticket % 32) : CMP_FUTEX_ANY;
     atomic_fetch_add(&c->sleepers, 1);

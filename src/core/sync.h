@@ -3,7 +3,8 @@
  * Every object is a small struct of 32-bit words meant to live in shared
  * memory (see shm.h); zero-filled memory plus the init function below makes
  * a valid object. Fast paths are inline single atomic operations; blocking
- * waits spin briefly (about a futex round trip), then sleep on a futex until an absolute
+ * waits spin briefly (adaptively, up to about a futex round trip), then
+ * sleep on a futex until an absolute
  * CLOCK_MONOTONIC deadline, and return CMP_EINTR when a signal arrives so the
  * caller can run handlers and call again (PEP 475).
  *
@@ -28,6 +29,7 @@
 typedef struct {
     _Atomic uint32_t value;
     _Atomic uint32_t sleepers;  /* waiters inside futex_wait (or about to be) */
+    _Atomic uint32_t spin_ns;   /* adaptive spin budget; 0: the default */
 } cmp_sem;
 
 void cmp_sem_init(cmp_sem *s, uint32_t value);
@@ -82,6 +84,7 @@ cmp_sem_value(cmp_sem *s)
 typedef struct {
     _Atomic uint32_t word;
     _Atomic uint32_t sleepers;
+    _Atomic uint32_t spin_ns;
 } cmp_event;
 
 static inline int
@@ -119,6 +122,7 @@ int cmp_event_wait(cmp_event *e, uint32_t seen, int64_t deadline);
 typedef struct {
     _Atomic uint32_t head;      /* tickets before head have been notified */
     _Atomic uint32_t sleepers;
+    _Atomic uint32_t spin_ns;
     uint32_t tail;              /* next ticket; guarded by the caller's lock */
     uint32_t cancelled[CMP_COND_WINDOW / 32];   /* guarded by the lock */
 } cmp_cond;
