@@ -119,6 +119,13 @@ def test_condition_event_barrier_single_process():
             print(c.wait_for(lambda: 0, 0.01), c.wait_for(lambda: [], 0),
                   c.wait_for(lambda: 'yes'), c.wait_for(lambda: 7, 0.01))
         print(c.acquire(), c.acquire(False), repr(c), c.release(), c.release(), repr(c))
+        with c:
+            with c:         # wait() releases an RLock however deep, then restores it
+                t = threading.Timer(0.05, lambda: print('other thread got it', c.acquire(False),
+                                                        c.release()))
+                t.start()
+                print(c.wait(0.3), repr(c))
+                t.join()
         for lock in (mp.Lock(), mp.RLock(), mp.Semaphore(1)):
             c = mp.Condition(lock)
             with c:
