@@ -85,6 +85,7 @@ cmp_run_blocking(cmp_blocking_fn fn, void *arg)
 static int (*const cmp_area_execs[])(PyObject *) = {
     cmp_proc_exec,
     cmp_pshm_exec,
+    cmp_queue_exec,
 };
 
 static int
@@ -102,7 +103,7 @@ cmp_traverse(PyObject *module, visitproc visit, void *arg)
 {
     cmp_state *st = PyModule_GetState(module);
     Py_VISIT(st->placeholder);
-    return 0;
+    return cmp_queue_traverse(st, visit, arg);
 }
 
 static int
@@ -110,6 +111,7 @@ cmp_clear(PyObject *module)
 {
     cmp_state *st = PyModule_GetState(module);
     Py_CLEAR(st->placeholder);
+    cmp_queue_clear(st);
     return 0;
 }
 
