@@ -11,6 +11,7 @@ writes it, keeping this process's order. Process exit waits for the feeder,
 as the stdlib's join_thread does, unless cancel_join_thread() was called.
 """
 import collections
+import operator
 import os
 import pickle
 import threading
@@ -61,7 +62,7 @@ class Queue(_core.Ring):
             maxsize = 0
         elif maxsize > _SEM_VALUE_MAX:
             raise OverflowError('Python int too large to convert to C int')
-        maxsize = maxsize.__index__()
+        maxsize = operator.index(maxsize)
         self._create(_ring_size(ring_size), maxsize, self._JOINABLE)
         self._reset()
 
@@ -75,6 +76,11 @@ class Queue(_core.Ring):
         self._feeder_finalizer = None
         self._joincancelled = False
         self._pending = False
+
+    def _check_pid(self):
+        # In a forked child the parent's overflow and feeder are the parent's.
+        if self._opid != os.getpid():
+            self._reset()
 
     @property
     def _maxsize(self):
@@ -91,8 +97,7 @@ class Queue(_core.Ring):
 
     def _defer(self, items):
         """Called by put() with accepted items (pickled) not in the ring yet."""
-        if self._opid != os.getpid():
-            self._reset()       # a forked child: the parent's overflow is the parent's
+        self._check_pid()
         with self._feed_lock:
             self._overflow.extend(items)
             self._pending = True
@@ -161,12 +166,14 @@ class Queue(_core.Ring):
     def join_thread(self):
         util.debug('Queue.join_thread()')
         assert self._closed, "Queue {0!r} not closed".format(self)
+        self._check_pid()
         done = self._feeder_done
-        if done is not None and self._opid == os.getpid():
+        if done is not None:
             done.wait()
 
     def cancel_join_thread(self):
         util.debug('Queue.cancel_join_thread()')
+        self._check_pid()
         self._joincancelled = True
 
 

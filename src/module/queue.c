@@ -429,13 +429,19 @@ load_msg(cmp_state *st, unsigned char *buf, size_t len)
         return NULL;
     obj = PyObject_CallOneArg(st->q_loads, mv);
     /* Nothing may keep a view of the buffer we reuse. */
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
     PyObject *r = PyObject_CallMethod(mv, "release", NULL);
     Py_DECREF(mv);
     if (r == NULL) {
         Py_CLEAR(obj);
+        Py_XDECREF(et);
+        Py_XDECREF(ev);
+        Py_XDECREF(tb);
         return NULL;
     }
     Py_DECREF(r);
+    PyErr_Restore(et, ev, tb);
     return obj;
 }
 
