@@ -7,9 +7,6 @@ does. A registered block still present when its creator (and the children it
 forked) have exited, however they exited, is unlinked with the stdlib's
 warning. See the README's differences.
 """
-import mmap
-import os
-import secrets
 import struct
 import types
 from functools import partial
@@ -18,14 +15,7 @@ from . import _core
 
 __all__ = ['SharedMemory', 'ShareableList']
 
-_NAME_PREFIX = '/psm_'
-_SAFE_NAME_LENGTH = 14          # macOS limits names to 31 characters; match the stdlib
 _encoding = 'utf8'
-
-
-def _make_filename():
-    """A random name in the stdlib's format ('/psm_' and 8 hex digits)."""
-    return _NAME_PREFIX + secrets.token_hex((_SAFE_NAME_LENGTH - len(_NAME_PREFIX)) // 2)
 
 
 class SharedMemory:
@@ -42,30 +32,13 @@ class SharedMemory:
             raise ValueError("'size' must be a positive number different from zero")
         if name is None and not create:
             raise ValueError("'name' can only be None if create=True")
-        self._track = track
-        if name is None:
-            while True:
-                name = _make_filename()
-                try:
-                    fd, size = _core.shm_open(name, True, size)
-                except FileExistsError:
-                    continue
-                break
-        else:
+        if name is not None:
             name = '/' + name
-            fd, size = _core.shm_open(name, bool(create), size)
-        self._name = name
-        try:
-            if create and track:
-                self._track_slot = _core.tracker_add(name, fd)
-            self._mmap = mmap.mmap(fd, size)
-        except BaseException:
-            if create:
-                self._forget()
-                _core.shm_unlink(name)
-            raise
-        finally:
-            os.close(fd)
+        if create:
+            self._name, self._mmap, self._track_slot = _core.shm_create(name, size, track)
+        else:
+            self._mmap, size = _core.shm_attach(name)
+            self._name = name
         self._size = size
         self._buf = memoryview(self._mmap)
 

@@ -339,3 +339,43 @@ def _running(pid):
         return state != 'Z'
     except FileNotFoundError:
         return False
+
+
+def test_no_leaks_across_many_children(method):
+    """Sentinels, pids and zombies are released: after many start/join
+    cycles the process holds the descriptors and children it held before."""
+    r = run('''
+        import gc, os
+        def f():
+            pass
+        def fds():
+            return len(os.listdir('/proc/self/fd'))
+        def zombies():
+            n = 0
+            for pid in os.listdir('/proc'):
+                if pid.isdigit():
+                    try:
+                        with open('/proc/%s/stat' % pid) as fh:
+                            fields = fh.read().rsplit(')', 1)[1].split()
+                    except OSError:
+                        continue
+                    if fields[0] == 'Z' and int(fields[1]) == os.getpid():
+                        n += 1
+            return n
+        if __name__ == '__main__':
+            p = mp.Process(target=f); p.start(); p.join()   # warm-up (fork server)
+            del p; gc.collect()
+            before = fds()
+            for i in range(60):
+                p = mp.Process(target=f)
+                p.start()
+                if i % 2:
+                    p.join()
+                else:
+                    while p.is_alive():
+                        pass
+            del p
+            gc.collect()
+            print(fds() - before, zombies(), len(mp.active_children()))
+    ''', 'cmp', start_method=method, timeout=120)
+    assert r.stdout.split() == ['0', '0', '0'], r.stdout + r.stderr

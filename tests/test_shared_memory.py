@@ -266,3 +266,20 @@ def test_notes_sender_reader_run_cleanly(tmp_path, shm_entries):
     assert reader.stderr == '' and reader.returncode == 0
     assert err == '' and sender.returncode == 0, err
     assert len(out.splitlines()) == 1          # just its pid: close and unlink succeeded
+
+
+def test_bad_size_leaves_no_block(shm_entries):
+    # The stdlib creates the name first and leaks an empty block here.
+    r = run('''
+        from cmp import shared_memory as sm
+        for size in (1.5, '1', None):
+            try:
+                sm.SharedMemory(create=True, size=size)
+            except TypeError as e:
+                print('TypeError', e)
+    ''', 'cmp')
+    assert r.stdout.splitlines() == [
+        "TypeError 'float' object cannot be interpreted as an integer",
+        "TypeError '>=' not supported between instances of 'str' and 'int'",
+        "TypeError '>=' not supported between instances of 'NoneType' and 'int'",
+    ], r.stderr

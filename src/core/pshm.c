@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -46,6 +47,27 @@ cmp_pshm_open(const char *name, int create, size_t *size)
         *size = (size_t)st.st_size;
     }
     return fd;
+}
+
+int
+cmp_pshm_create_random(size_t size, char name[CMP_PSHM_RANDOM_NAME_LEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    for (;;) {
+        unsigned char rnd[4];
+        if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+            return CMP_ERRNO;
+        memcpy(name, "/psm_", 5);
+        for (int i = 0; i < 4; i++) {
+            name[5 + 2 * i] = hex[rnd[i] >> 4];
+            name[6 + 2 * i] = hex[rnd[i] & 15];
+        }
+        name[CMP_PSHM_RANDOM_NAME_LEN] = '\0';
+        size_t sz = size;
+        int fd = cmp_pshm_open(name, 1, &sz);
+        if (fd >= 0 || errno != EEXIST)
+            return fd;
+    }
 }
 
 int

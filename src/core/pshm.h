@@ -13,6 +13,12 @@
  * sized is unlinked again. */
 int cmp_pshm_open(const char *name, int create, size_t *size);
 
+/* Create a block under a fresh random name in the stdlib's format
+ * ("/psm_" and 8 hex digits) written to name[0..CMP_PSHM_RANDOM_NAME_LEN].
+ * Returns the fd or CMP_ERRNO. */
+#define CMP_PSHM_RANDOM_NAME_LEN 13
+int cmp_pshm_create_random(size_t size, char name[CMP_PSHM_RANDOM_NAME_LEN + 1]);
+
 /* shm_unlink(name): CMP_OK or CMP_ERRNO. */
 int cmp_pshm_unlink(const char *name);
 

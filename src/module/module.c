@@ -85,6 +85,7 @@ cmp_run_blocking(cmp_blocking_fn fn, void *arg)
 static int (*const cmp_area_execs[])(PyObject *) = {
     cmp_proc_exec,
     cmp_pshm_exec,
+    cmp_sync_exec,
     cmp_queue_exec,
 };
 
@@ -102,7 +103,11 @@ static int
 cmp_traverse(PyObject *module, visitproc visit, void *arg)
 {
     cmp_state *st = PyModule_GetState(module);
-    Py_VISIT(st->placeholder);
+    Py_VISIT(st->mapping_type);
+    Py_VISIT(st->semlock_type);
+    Py_VISIT(st->condvar_type);
+    Py_VISIT(st->event_type);
+    Py_VISIT(st->block_type);
     return cmp_queue_traverse(st, visit, arg);
 }
 
@@ -110,7 +115,11 @@ static int
 cmp_clear(PyObject *module)
 {
     cmp_state *st = PyModule_GetState(module);
-    Py_CLEAR(st->placeholder);
+    Py_CLEAR(st->mapping_type);
+    Py_CLEAR(st->semlock_type);
+    Py_CLEAR(st->condvar_type);
+    Py_CLEAR(st->event_type);
+    Py_CLEAR(st->block_type);
     cmp_queue_clear(st);
     return 0;
 }

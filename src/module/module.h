@@ -13,7 +13,11 @@
 
 /* Module state; every type and exception lives here (see module.c). */
 typedef struct {
-    PyObject *placeholder;   /* keeps the struct non-empty until types arrive */
+    PyTypeObject *mapping_type;     /* shared_memory.c: CmpMapping */
+    PyTypeObject *semlock_type;     /* synchronize.c: CmpSemLock */
+    PyTypeObject *condvar_type;     /* synchronize.c: CmpCondVar */
+    PyTypeObject *event_type;       /* synchronize.c: CmpEvent */
+    PyTypeObject *block_type;       /* synchronize.c: CmpSharedBlock */
     /* queue.c */
     PyTypeObject *q_ring_type;      /* Ring: the base of Queue */
     PyTypeObject *q_simple_type;    /* SimpleRing: the base of SimpleQueue */
@@ -45,6 +49,7 @@ int cmp_run_blocking(cmp_blocking_fn fn, void *arg);
  * Each adds its functions and types to the module; 0 or -1 with an exception. */
 int cmp_proc_exec(PyObject *module);
 int cmp_pshm_exec(PyObject *module);
+int cmp_sync_exec(PyObject *module);
 int cmp_queue_exec(PyObject *module);
 int cmp_queue_traverse(cmp_state *st, visitproc visit, void *arg);
 void cmp_queue_clear(cmp_state *st);
