@@ -445,24 +445,28 @@ load_msg(cmp_state *st, unsigned char *buf, size_t len)
     return obj;
 }
 
-/* Pieces (a list of bytes-like objects) holding the message m, for the overflow. */
+/* Pieces (a list of bytes-like objects) holding the message m, for the
+ * overflow. `obj`: the object m was encoded from; an exact bytes object is
+ * referenced, not copied. */
 static PyObject *
-msg_to_pieces(const cmp_ring_msg *m)
+msg_to_pieces(const cmp_ring_msg *m, PyObject *obj)
 {
-    PyObject *b = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)m->len);
-    if (b == NULL)
+    PyObject *list = PyList_New(0);
+    if (list == NULL)
         return NULL;
-    char *p = PyBytes_AS_STRING(b);
     for (int i = 0; i < m->niov; i++) {
-        memcpy(p, m->iov[i].iov_base, m->iov[i].iov_len);
-        p += m->iov[i].iov_len;
+        PyObject *piece;
+        if (obj != NULL && PyBytes_CheckExact(obj) && m->iov[i].iov_base == PyBytes_AS_STRING(obj))
+            piece = Py_NewRef(obj);
+        else
+            piece = PyBytes_FromStringAndSize(m->iov[i].iov_base, (Py_ssize_t)m->iov[i].iov_len);
+        if (piece == NULL || PyList_Append(list, piece) < 0) {
+            Py_XDECREF(piece);
+            Py_DECREF(list);
+            return NULL;
+        }
+        Py_DECREF(piece);
     }
-    PyObject *list = PyList_New(1);
-    if (list == NULL) {
-        Py_DECREF(b);
-        return NULL;
-    }
-    PyList_SET_ITEM(list, 0, b);
     return list;
 }
 
@@ -715,7 +719,7 @@ offer_blocking(void *arg)
  * 0, or -1 with an exception (Full for no slot). */
 static int
 offer_msgs(CmpRingObject *self, const cmp_ring_msg *msgs, PyObject *const *pieces,
-           size_t count, int blocking, int64_t deadline)
+           PyObject *const *objs, size_t count, int blocking, int64_t deadline)
 {
     struct offer_call c = {self->ring, msgs, count, 0, 0, self->pending, deadline};
     size_t accepted, written;
@@ -730,7 +734,7 @@ offer_msgs(CmpRingObject *self, const cmp_ring_msg *msgs, PyObject *const *piece
     if (c.accepted > c.written) {
         PyObject *list = PyList_New((Py_ssize_t)(c.accepted - c.written)), *r = NULL;
         for (size_t i = c.written; list != NULL && i < c.accepted; i++) {
-            PyObject *p = pieces[i] ? Py_NewRef(pieces[i]) : msg_to_pieces(&msgs[i]);
+            PyObject *p = pieces[i] ? Py_NewRef(pieces[i]) : msg_to_pieces(&msgs[i], objs[i]);
             if (p == NULL)
                 Py_CLEAR(list);
             else
@@ -804,10 +808,10 @@ ring_put(CmpRingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
         return NULL;
     if (rc == 1 && !self->simple) {
         PyObject *none = NULL;
-        rc = offer_msgs(self, &fm.msg, &none, 1, blocking, deadline);
+        rc = offer_msgs(self, &fm.msg, &none, &a[0], 1, blocking, deadline);
     }
     else {
-        PyObject *pieces = rc == 1 ? msg_to_pieces(&fm.msg) : pickle_pieces(self->st, a[0]);
+        PyObject *pieces = rc == 1 ? msg_to_pieces(&fm.msg, a[0]) : pickle_pieces(self->st, a[0]);
         if (pieces == NULL)
             return NULL;
         if (self->simple) {
@@ -817,7 +821,7 @@ ring_put(CmpRingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject 
             msg_view m;
             rc = msg_open(&m, pieces);
             if (rc == 0) {
-                rc = offer_msgs(self, &m.msg, &pieces, 1, blocking, deadline);
+                rc = offer_msgs(self, &m.msg, &pieces, &a[0], 1, blocking, deadline);
                 msg_release(&m);
             }
         }
@@ -894,8 +898,8 @@ ring_put_many(CmpRingObject *self, PyObject *const *args, Py_ssize_t nargs, PyOb
                 goto done;
         }
     }
-    else if (n > 0 && offer_msgs(self, msgs, ((PyListObject *)all)->ob_item, (size_t)n,
-                                 blocking, deadline) < 0) {
+    else if (n > 0 && offer_msgs(self, msgs, ((PyListObject *)all)->ob_item,
+                                 PySequence_Fast_ITEMS(seq), (size_t)n, blocking, deadline) < 0) {
         goto done;
     }
     ret = Py_NewRef(Py_None);
