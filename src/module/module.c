@@ -86,6 +86,7 @@ static int (*const cmp_area_execs[])(PyObject *) = {
     cmp_proc_exec,
     cmp_pshm_exec,
     cmp_sync_exec,
+    cmp_queue_exec,
 };
 
 static int
@@ -107,7 +108,7 @@ cmp_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->condvar_type);
     Py_VISIT(st->event_type);
     Py_VISIT(st->block_type);
-    return 0;
+    return cmp_queue_traverse(st, visit, arg);
 }
 
 static int
@@ -119,6 +120,7 @@ cmp_clear(PyObject *module)
     Py_CLEAR(st->condvar_type);
     Py_CLEAR(st->event_type);
     Py_CLEAR(st->block_type);
+    cmp_queue_clear(st);
     return 0;
 }
 

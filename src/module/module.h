@@ -18,6 +18,14 @@ typedef struct {
     PyTypeObject *condvar_type;     /* synchronize.c: CmpCondVar */
     PyTypeObject *event_type;       /* synchronize.c: CmpEvent */
     PyTypeObject *block_type;       /* synchronize.c: CmpSharedBlock */
+    /* queue.c */
+    PyTypeObject *q_ring_type;      /* Ring: the base of Queue */
+    PyTypeObject *q_simple_type;    /* SimpleRing: the base of SimpleQueue */
+    PyTypeObject *q_sink_type;      /* what the cached pickler writes to */
+    PyObject *q_pickler_type, *q_dispatch_table, *q_loads, *q_empty, *q_full;
+    int q_protocol;
+    int q_pickler_busy;
+    PyObject *q_sink, *q_dump, *q_clear_memo;   /* the cached pickler */
 } cmp_state;
 
 /* Turn a core status into an exception (errno read for CMP_ERRNO).
@@ -42,5 +50,8 @@ int cmp_run_blocking(cmp_blocking_fn fn, void *arg);
 int cmp_proc_exec(PyObject *module);
 int cmp_pshm_exec(PyObject *module);
 int cmp_sync_exec(PyObject *module);
+int cmp_queue_exec(PyObject *module);
+int cmp_queue_traverse(cmp_state *st, visitproc visit, void *arg);
+void cmp_queue_clear(cmp_state *st);
 
 #endif /* CMP_MODULE_H */
