@@ -182,8 +182,9 @@ def _last_pid():
         return None
 
 
-def _group_alive(pgid):
-    """Whether a live process (not a zombie waiting to be reaped) is in group pgid."""
+def _group_members(pgid):
+    """The live processes (not zombies waiting to be reaped) of group pgid."""
+    members = []
     for name in os.listdir('/proc'):
         if not name.isdigit():
             continue
@@ -195,8 +196,36 @@ def _group_alive(pgid):
         # pid (comm) state ppid pgrp ...; comm may hold spaces and parens.
         fields = stat[stat.rindex(b')') + 2:].split()
         if int(fields[2]) == pgid and fields[0] != b'Z':
-            return True
-    return False
+            members.append(int(name))
+    return members
+
+
+def _group_alive(pgid):
+    return bool(_group_members(pgid))
+
+
+def _is_resource_tracker(pid):
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            cmdline = f.read()
+        with open('/proc/%d/comm' % pid, 'rb') as f:
+            comm = f.read().strip()
+    except OSError:
+        return False
+    return comm == b'cmp-tracker' or b'resource_tracker' in cmdline
+
+
+def _stop_group(pgid):
+    """SIGKILL the group, sparing its resource trackers (the stdlib's and
+    cmp's): once everything else is gone they clean up what the program left
+    in /dev/shm, which SIGKILL would leave there forever. Trackers still
+    running a few seconds later are killed by the caller's final sweep."""
+    for pid in _group_members(pgid):
+        if not _is_resource_tracker(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def run_example(file, impl, cwd, seconds, stdin=''):
@@ -229,7 +258,7 @@ def run_example(file, impl, cwd, seconds, stdin=''):
                 break
             _read_ready(ready, streams)
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _stop_group(proc.pid)
             proc.wait()
             status = STOPPED
             leftover = False
@@ -241,11 +270,16 @@ def run_example(file, impl, cwd, seconds, stdin=''):
                 time.sleep(0.02)
             leftover = _group_alive(proc.pid)
             if leftover:
-                os.killpg(proc.pid, signal.SIGKILL)
-        # Nothing of it outlives the run (SIGKILL takes a moment to land).
+                _stop_group(proc.pid)
+        # Nothing of it outlives the run (SIGKILL takes a moment to land,
+        # trackers a moment to clean up).
         gone = time.monotonic() + 5.0
         while _group_alive(proc.pid) and time.monotonic() < gone:
             time.sleep(0.02)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         # Everything written before the end: read to end of file.
         while streams:
             ready, _, _ = select.select(list(streams), [], [], 5.0)
