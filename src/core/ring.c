@@ -704,6 +704,20 @@ cmp_ring_unreserve(cmp_ring *r, size_t n)
 /* ------------------------------------------------------------------------ */
 /* Consumers                                                                */
 
+/* Publish the first words of the message at payload position pos (see
+ * "Claims" in ring.h); len: the bytes of the message available there. */
+static void
+claim_store(const cmp_ring *r, _Atomic uint64_t *claim, uint64_t pos, size_t len)
+{
+    uint64_t w[CMP_RING_CLAIM_WORDS];
+    if (claim == NULL || len < sizeof(w))
+        return;
+    copy_out(r, pos, w, sizeof(w));
+    for (int i = CMP_RING_CLAIM_WORDS - 1; i > 0; i--)
+        STORE(&claim[i], w[i], relaxed);
+    STORE(&claim[0], w[0], release);
+}
+
 void
 cmp_ring_rop_init(cmp_ring_rop *op, unsigned char *buf, size_t cap, size_t *lens,
                   size_t max_items)
@@ -780,6 +794,8 @@ cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline)
                     break;
                 }
                 copy_out(r, POS(h) + REC_HDR, op->buf + used, len);
+                if (n == 0)
+                    claim_store(r, op->claim, POS(h) + REC_HDR, len);
                 op->lens[n++] = len;
                 used += len;
                 h = mkpos(POS(h) + rec, CNT(h) + 1);
@@ -800,6 +816,7 @@ cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline)
             if (part > total)
                 part = (size_t)total;
             copy_out(r, POS(h) + REC_HDR + sizeof(total), op->buf, part);
+            claim_store(r, op->claim, POS(h) + REC_HDR + sizeof(total), part);
             h = mkpos(POS(h) + rec, CNT(h) + 1);
             STORE(&r->head, h, release);
             op->total = (size_t)total;

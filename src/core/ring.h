@@ -142,6 +142,7 @@ typedef struct {
     size_t *lens;               /* in: room for max_items lengths */
     size_t n;                   /* out: messages taken, back to back in buf */
     size_t need;                /* out with CMP_RING_NEED: buffer size needed */
+    _Atomic uint64_t *claim;    /* in, optional (set after rop_init): see below */
     /* private */
     int locked;
     size_t total, got;
@@ -156,6 +157,16 @@ void cmp_ring_rop_init(cmp_ring_rop *op, unsigned char *buf, size_t cap,
  * to resume, or cmp_ring_take_abandon, which loses a large message being
  * received), CMP_ERRNO. */
 int cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline);
+
+/* Claims (for cmp.pool's workers). When op->claim is set and the first
+ * message taken is at least CMP_RING_CLAIM_WORDS 8-byte words long, its
+ * first words are stored in claim[0..] -- claim[0] last, with release --
+ * while the get lock is held and before the message leaves the ring. A
+ * process that reads claim[0] after the taker died sees an older claim only
+ * if the message is still in the ring: no message leaves the ring unclaimed.
+ * (The converse does not hold: a taker killed between the two stores leaves
+ * a claim on a message that another consumer will take.) */
+#define CMP_RING_CLAIM_WORDS 3
 void cmp_ring_take_abandon(cmp_ring *r, cmp_ring_rop *op);
 
 /* ------------------------------------------------------------------------ */

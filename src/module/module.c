@@ -87,6 +87,7 @@ static int (*const cmp_area_execs[])(PyObject *) = {
     cmp_pshm_exec,
     cmp_sync_exec,
     cmp_queue_exec,
+    cmp_pool_exec,
 };
 
 static int

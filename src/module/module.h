@@ -53,5 +53,16 @@ int cmp_sync_exec(PyObject *module);
 int cmp_queue_exec(PyObject *module);
 int cmp_queue_traverse(cmp_state *st, visitproc visit, void *arg);
 void cmp_queue_clear(cmp_state *st);
+int cmp_pool_exec(PyObject *module);
+
+/* queue.c, for pool.c: queue internals behind framed messages. A message is
+ * a list of bytes-like pieces (a raw header, then what encode returned). */
+struct cmp_ring;
+struct cmp_ring *cmp_queue_ring(cmp_state *st, PyObject *queue);     /* NULL: TypeError */
+PyObject *cmp_queue_encode(cmp_state *st, PyObject *obj);            /* pickle: pieces */
+PyObject *cmp_queue_decode(cmp_state *st, unsigned char *buf, size_t len);
+/* put() the messages in order: a Queue never blocks (its overflow takes what
+ * does not fit), a SimpleQueue waits for room. 0 or -1. */
+int cmp_queue_put_pieces(cmp_state *st, PyObject *queue, PyObject *const *pieces, size_t n);
 
 #endif /* CMP_MODULE_H */

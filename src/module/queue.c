@@ -1368,6 +1368,78 @@ static PyType_Spec simple_spec = {
 /* ------------------------------------------------------------------------ */
 /* Module                                                                   */
 
+/* ------------------------------------------------------------------------ */
+/* For cmp.pool (pool.c): messages built from raw pieces                    */
+
+static CmpRingObject *
+as_ring(cmp_state *st, PyObject *obj)
+{
+    if (!PyObject_TypeCheck(obj, st->q_ring_type) && !PyObject_TypeCheck(obj, st->q_simple_type)) {
+        PyErr_Format(PyExc_TypeError, "expected a cmp queue, not %.100s", Py_TYPE(obj)->tp_name);
+        return NULL;
+    }
+    CmpRingObject *self = (CmpRingObject *)obj;
+    return ring_ready(self) < 0 ? NULL : self;
+}
+
+cmp_ring *
+cmp_queue_ring(cmp_state *st, PyObject *queue)
+{
+    CmpRingObject *self = as_ring(st, queue);
+    return self ? self->ring : NULL;
+}
+
+PyObject *
+cmp_queue_encode(cmp_state *st, PyObject *obj)
+{
+    fast_msg fm;
+    int rc = fast_encode(obj, &fm);
+    if (rc < 0)
+        return NULL;
+    return rc ? msg_to_pieces(&fm.msg, obj) : pickle_pieces(st, obj);
+}
+
+PyObject *
+cmp_queue_decode(cmp_state *st, unsigned char *buf, size_t len)
+{
+    return load_msg(st, buf, len);
+}
+
+int
+cmp_queue_put_pieces(cmp_state *st, PyObject *queue, PyObject *const *pieces, size_t n)
+{
+    CmpRingObject *self = as_ring(st, queue);
+    if (self == NULL || check_open(self) < 0)
+        return -1;
+    if (self->simple) {
+        for (size_t i = 0; i < n; i++) {
+            if (write_pieces(self, pieces[i], 0) < 0)
+                return -1;
+        }
+        return 0;
+    }
+    msg_view *views = PyMem_New(msg_view, n ? n : 1);
+    cmp_ring_msg *msgs = PyMem_New(cmp_ring_msg, n ? n : 1);
+    size_t opened = 0;
+    int rc = -1;
+    if (views == NULL || msgs == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (; opened < n; opened++) {
+        if (msg_open(&views[opened], pieces[opened]) < 0)
+            goto done;
+        msgs[opened] = views[opened].msg;
+    }
+    rc = n == 0 ? 0 : offer_msgs(self, msgs, pieces, pieces, n, 1, CMP_FOREVER);
+done:
+    for (size_t i = 0; i < opened; i++)
+        msg_release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(msgs);
+    return rc;
+}
+
 PyDoc_STRVAR(queue_setup_doc,
 "_queue_setup(Pickler, dispatch_table, protocol, loads, Empty, Full)\n\n"
 "What put() and get() pickle with and raise; called by cmp.queues.");

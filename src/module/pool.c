@@ -1,0 +1,588 @@
+/* cmp._core pool: the loops behind cmp.pool -- a worker's task loop and the
+ * parent's result dispatch -- and the framed messages they exchange.
+ *
+ * Tasks and results travel through two cmp queues (src/core/ring.c) as
+ * framed messages: a header of four native 64-bit words, then a pickle.
+ *
+ *   task    seq, job, idx, kind               (func, args, kwds) | (func, chunk)
+ *   result  seq, job, idx, slot << 32 | flags  the value, or the exception
+ *
+ * seq numbers tasks (never 0); job and idx are the stdlib's (the result
+ * object's key in the pool's cache and the chunk's index).
+ *
+ * Slots. Each worker owns a slot of POOL_SLOT_WORDS words in a block of
+ * shared memory. The ring's claim (ring.h) stores the task's seq, job and
+ * idx there before the task leaves the task ring; the worker clears the seq
+ * once the result is in the result queue. So when a worker dies, its slot
+ * names the task it held, if any. The pool then posts a DEAD record for it;
+ * as the dead worker's results all precede that record in the result queue,
+ * the dispatcher knows the task was finished if that worker's last result
+ * was that very task, and otherwise fails it. (A worker killed between the
+ * claim and the removal of the task leaves the task in the ring as well:
+ * it is failed, and the result of its other run is dropped.) */
+#include "module.h"
+#include "ring.h"
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define POOL_HEAD_WORDS 4
+#define POOL_HEAD (POOL_HEAD_WORDS * sizeof(uint64_t))
+#define POOL_SLOT_WORDS 4
+
+_Static_assert(POOL_SLOT_WORDS >= CMP_RING_CLAIM_WORDS, "a slot holds a claim");
+
+/* task kinds */
+enum { TASK_APPLY = 0, TASK_MAP = 1, TASK_STARMAP = 2, TASK_STOP = 3 };
+
+/* result flags */
+#define RES_ERROR 1u    /* the payload is the task's exception */
+#define RES_DEAD 2u     /* posted by the pool: the slot's worker died holding seq */
+#define RES_STOP 4u     /* the dispatcher returns */
+
+#define DISPATCH_BATCH 256
+#define BUF_MIN (64 * 1024)
+#define BUF_KEEP (4 * 1024 * 1024)
+
+/* ------------------------------------------------------------------------ */
+/* Exceptions as objects (PyErr_GetRaisedException is 3.12+)                */
+
+static PyObject *
+exc_fetch(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+static void
+exc_restore(PyObject *value)
+{
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(value)), value, PyException_GetTraceback(value));
+}
+
+/* ------------------------------------------------------------------------ */
+/* Messages                                                                 */
+
+static PyObject *
+head_bytes(uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3)
+{
+    uint64_t w[POOL_HEAD_WORDS] = {w0, w1, w2, w3};
+    return PyBytes_FromStringAndSize((const char *)w, sizeof(w));
+}
+
+/* The pieces of a framed message: the header, then obj pickled. */
+static PyObject *
+frame(cmp_state *st, uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3, PyObject *obj)
+{
+    PyObject *pieces = cmp_queue_encode(st, obj);
+    if (pieces == NULL)
+        return NULL;
+    PyObject *head = head_bytes(w0, w1, w2, w3);
+    if (head == NULL || PyList_Insert(pieces, 0, head) < 0) {
+        Py_XDECREF(head);
+        Py_DECREF(pieces);
+        return NULL;
+    }
+    Py_DECREF(head);
+    return pieces;
+}
+
+/* A growable receive buffer. */
+typedef struct {
+    unsigned char *buf;
+    size_t cap;
+} pool_buf;
+
+static int
+buf_grow(pool_buf *b, size_t need)
+{
+    size_t want = need > b->cap * 2 ? need : b->cap * 2;
+    if (want < BUF_MIN)
+        want = BUF_MIN;
+    unsigned char *nb = realloc(b->buf, want);
+    if (nb == NULL) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    b->buf = nb;
+    b->cap = want;
+    return 0;
+}
+
+static void
+buf_trim(pool_buf *b)
+{
+    if (b->cap > BUF_KEEP) {
+        free(b->buf);
+        b->buf = NULL;
+        b->cap = 0;
+    }
+}
+
+struct take_call {
+    cmp_ring *ring;
+    cmp_ring_rop op;
+};
+
+static int
+take_blocking(void *arg)
+{
+    struct take_call *c = arg;
+    return cmp_ring_take(c->ring, &c->op, CMP_FOREVER);
+}
+
+/* Take 1..max messages into b (lens[]), waiting as long as it takes. The
+ * number taken, or -1 with an exception. */
+static Py_ssize_t
+take(cmp_ring *ring, pool_buf *b, size_t *lens, size_t max, _Atomic uint64_t *claim)
+{
+    struct take_call c = {ring};
+    int st;
+    for (;;) {
+        if (b->buf == NULL && buf_grow(b, BUF_MIN) < 0)
+            return -1;
+        cmp_ring_rop_init(&c.op, b->buf, b->cap, lens, max);
+        c.op.claim = claim;
+        st = cmp_ring_take(ring, &c.op, 0);
+        if (st == CMP_EEMPTY)
+            st = cmp_run_blocking(take_blocking, &c);
+        if (st != CMP_RING_NEED)
+            break;
+        if (buf_grow(b, c.op.need) < 0)
+            return -1;
+    }
+    if (st != CMP_OK) {
+        cmp_ring_take_abandon(ring, &c.op);
+        if (st != CMP_PYERR)
+            cmp_set_error(st);
+        return -1;
+    }
+    return (Py_ssize_t)c.op.n;
+}
+
+static void
+read_head(const unsigned char *p, uint64_t w[POOL_HEAD_WORDS])
+{
+    memcpy(w, p, POOL_HEAD);
+}
+
+/* ------------------------------------------------------------------------ */
+/* The worker loop                                                          */
+
+/* Run one task's payload: a new reference, or NULL with an exception. */
+static PyObject *
+run_task(uint64_t kind, PyObject *payload)
+{
+    if (!PyTuple_Check(payload) || PyTuple_GET_SIZE(payload) != (kind == TASK_APPLY ? 3 : 2)) {
+        PyErr_SetString(PyExc_TypeError, "malformed pool task");
+        return NULL;
+    }
+    PyObject *func = PyTuple_GET_ITEM(payload, 0);
+    if (kind == TASK_APPLY) {
+        PyObject *args = PyTuple_GET_ITEM(payload, 1), *kwds = PyTuple_GET_ITEM(payload, 2);
+        if (!PyTuple_Check(args) || !PyDict_Check(kwds)) {
+            PyErr_SetString(PyExc_TypeError, "malformed pool task");
+            return NULL;
+        }
+        return PyObject_Call(func, args, PyDict_GET_SIZE(kwds) ? kwds : NULL);
+    }
+    PyObject *chunk = PySequence_Fast(PyTuple_GET_ITEM(payload, 1), "malformed pool task");
+    if (chunk == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(chunk);
+    PyObject *out = PyList_New(n);
+    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(chunk, i), *r;
+        if (kind == TASK_MAP) {
+            r = PyObject_CallOneArg(func, item);
+        }
+        else {
+            PyObject *args = PySequence_Tuple(item);
+            r = args ? PyObject_Call(func, args, NULL) : NULL;
+            Py_XDECREF(args);
+        }
+        if (r == NULL)
+            Py_CLEAR(out);
+        else
+            PyList_SET_ITEM(out, i, r);
+    }
+    Py_DECREF(chunk);
+    return out;
+}
+
+/* After a task raised: an Exception becomes the task's failure (through
+ * hook(exc)), anything else (SystemExit, KeyboardInterrupt) ends the
+ * worker, as in the stdlib. A new reference, or NULL with the exception. */
+static PyObject *
+task_failure(PyObject *hook, PyObject *value)
+{
+    PyObject *exc = exc_fetch();
+    if (!PyErr_GivenExceptionMatches(exc, PyExc_Exception)) {
+        exc_restore(exc);
+        return NULL;
+    }
+    PyObject *r = value ? PyObject_CallFunctionObjArgs(hook, exc, value, NULL)
+                        : PyObject_CallOneArg(hook, exc);
+    Py_DECREF(exc);
+    return r;
+}
+
+PyDoc_STRVAR(pool_worker_doc,
+"_pool_worker(tasks, results, slots, slot, maxtasks, wrap_exception, encoding_error)\n\n"
+"A pool worker's loop: take a task from the tasks queue, unpickle it, run it,\n"
+"pickle the result and put it in the results queue, until a stop task comes\n"
+"or maxtasks (if not None) tasks are done; returns the number done.\n"
+"wrap_exception(e) makes what a failed task sends; encoding_error(e, value)\n"
+"what is sent when the result cannot be pickled.");
+
+static PyObject *
+pool_worker(PyObject *module, PyObject *args)
+{
+    cmp_state *st = PyModule_GetState(module);
+    PyObject *tasks, *results, *slots, *maxobj, *wrap, *encerr;
+    Py_ssize_t slot;
+    if (!PyArg_ParseTuple(args, "OOOnOOO:_pool_worker", &tasks, &results, &slots, &slot,
+                          &maxobj, &wrap, &encerr))
+        return NULL;
+    Py_ssize_t maxtasks = 0;
+    if (maxobj != Py_None && (maxtasks = PyLong_AsSsize_t(maxobj)) == -1 && PyErr_Occurred())
+        return NULL;
+    cmp_ring *ring = cmp_queue_ring(st, tasks);
+    if (ring == NULL || cmp_queue_ring(st, results) == NULL)
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(slots, &view, PyBUF_WRITABLE) < 0)
+        return NULL;
+    PyObject *ret = NULL;
+    pool_buf b = {NULL, 0};
+    Py_ssize_t done = 0;
+    if (slot < 0 || (size_t)view.len < (size_t)(slot + 1) * POOL_SLOT_WORDS * sizeof(uint64_t)
+            || ((uintptr_t)view.buf % sizeof(uint64_t)) != 0) {
+        PyErr_SetString(PyExc_ValueError, "bad pool slot");
+        goto done;
+    }
+    _Atomic uint64_t *claim = (_Atomic uint64_t *)view.buf + slot * POOL_SLOT_WORDS;
+
+    while (maxtasks == 0 || done < maxtasks) {
+        size_t len;
+        if (take(ring, &b, &len, 1, claim) < 0)
+            goto done;
+        if (len < POOL_HEAD) {
+            PyErr_SetString(PyExc_ValueError, "malformed pool task");
+            goto done;
+        }
+        uint64_t h[POOL_HEAD_WORDS];
+        read_head(b.buf, h);
+        if (h[3] == TASK_STOP) {
+            atomic_store_explicit(&claim[0], 0, memory_order_release);
+            break;
+        }
+        uint64_t flags = 0;
+        PyObject *value = NULL, *payload = cmp_queue_decode(st, b.buf + POOL_HEAD, len - POOL_HEAD);
+        buf_trim(&b);
+        if (payload != NULL) {
+            value = run_task(h[3], payload);
+            Py_DECREF(payload);
+        }
+        if (value == NULL) {
+            if ((value = task_failure(wrap, NULL)) == NULL)
+                goto done;
+            flags = RES_ERROR;
+        }
+        PyObject *pieces = frame(st, h[0], h[1], h[2], ((uint64_t)slot << 32) | flags, value);
+        if (pieces == NULL) {
+            /* Unpicklable: send MaybeEncodingError(e, value) instead. */
+            PyObject *err = task_failure(encerr, value);
+            if (err != NULL)
+                pieces = frame(st, h[0], h[1], h[2], ((uint64_t)slot << 32) | RES_ERROR, err);
+            Py_XDECREF(err);
+        }
+        Py_DECREF(value);
+        if (pieces == NULL)
+            goto done;
+        int rc = cmp_queue_put_pieces(st, results, &pieces, 1);
+        Py_DECREF(pieces);
+        if (rc < 0)
+            goto done;
+        atomic_store_explicit(&claim[0], 0, memory_order_release);
+        done++;
+    }
+    ret = PyLong_FromSsize_t(done);
+done:
+    free(b.buf);
+    PyBuffer_Release(&view);
+    return ret;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The result dispatch                                                      */
+
+/* Hand one result to its job: cache[job]._set(idx, (success, value)). */
+static void
+deliver(PyObject *cache, PyObject *set_name, uint64_t job, uint64_t idx, int success,
+        PyObject *value)
+{
+    PyObject *key = PyLong_FromUnsignedLongLong(job), *target = NULL, *r = NULL;
+    PyObject *pair = NULL, *pidx = NULL;
+    if (key == NULL)
+        goto error;
+    target = PyDict_GetItemWithError(cache, key);
+    if (target == NULL) {
+        if (PyErr_Occurred())
+            goto error;
+        goto done;      /* gone: terminated, or a duplicate */
+    }
+    Py_INCREF(target);
+    pair = PyTuple_Pack(2, success ? Py_True : Py_False, value);
+    pidx = PyLong_FromUnsignedLongLong(idx);
+    if (pair == NULL || pidx == NULL)
+        goto error;
+    r = PyObject_CallMethodObjArgs(target, set_name, pidx, pair, NULL);
+    if (r == NULL)
+        goto error;
+    goto done;
+error:
+    PyErr_WriteUnraisable(target ? target : cache);
+done:
+    Py_XDECREF(r);
+    Py_XDECREF(pidx);
+    Py_XDECREF(pair);
+    Py_XDECREF(target);
+    Py_XDECREF(key);
+}
+
+PyDoc_STRVAR(pool_dispatch_doc,
+"_pool_dispatch(results, cache, nslots)\n\n"
+"The pool's result loop: take results from the results queue and call\n"
+"cache[job]._set(idx, (success, value)) for each, until a stop record.\n"
+"A DEAD record fails the task a dead worker held, unless that worker's\n"
+"last result was for it.");
+
+static PyObject *
+pool_dispatch(PyObject *module, PyObject *args)
+{
+    cmp_state *st = PyModule_GetState(module);
+    PyObject *results, *cache;
+    Py_ssize_t nslots;
+    if (!PyArg_ParseTuple(args, "OO!n:_pool_dispatch", &results, &PyDict_Type, &cache, &nslots))
+        return NULL;
+    if (nslots < 0) {
+        PyErr_SetString(PyExc_ValueError, "nslots must be >= 0");
+        return NULL;
+    }
+    cmp_ring *ring = cmp_queue_ring(st, results);
+    if (ring == NULL)
+        return NULL;
+    PyObject *ret = NULL, *failed = NULL;
+    PyObject *set_name = PyUnicode_InternFromString("_set");
+    uint64_t *last = PyMem_Calloc((size_t)nslots + 1, sizeof(uint64_t));
+    size_t lens[DISPATCH_BATCH];
+    pool_buf b = {NULL, 0};
+    int stop = 0;
+    if (set_name == NULL || last == NULL) {
+        if (last == NULL)
+            PyErr_NoMemory();
+        goto done;
+    }
+    while (!stop) {
+        Py_ssize_t n = take(ring, &b, lens, DISPATCH_BATCH, NULL);
+        if (n < 0)
+            goto done;
+        size_t off = 0;
+        for (Py_ssize_t i = 0; i < n; off += lens[i], i++) {
+            unsigned char *p = b.buf + off;
+            if (lens[i] < POOL_HEAD)
+                continue;
+            uint64_t h[POOL_HEAD_WORDS];
+            read_head(p, h);
+            uint32_t flags = (uint32_t)h[3], slot = (uint32_t)(h[3] >> 32);
+            if (flags & RES_STOP) {
+                stop = 1;
+                continue;
+            }
+            if (flags & RES_DEAD) {
+                if (slot < (uint64_t)nslots && last[slot] == h[0])
+                    continue;       /* it finished that task before dying */
+                if (failed == NULL && (failed = PySet_New(NULL)) == NULL)
+                    goto done;
+                PyObject *seq = PyLong_FromUnsignedLongLong(h[0]);
+                if (seq == NULL || PySet_Add(failed, seq) < 0) {
+                    Py_XDECREF(seq);
+                    goto done;
+                }
+                Py_DECREF(seq);
+            }
+            else {
+                if (failed != NULL && PySet_GET_SIZE(failed) > 0) {
+                    PyObject *seq = PyLong_FromUnsignedLongLong(h[0]);
+                    int was = seq ? PySet_Discard(failed, seq) : -1;
+                    Py_XDECREF(seq);
+                    if (was < 0)
+                        goto done;
+                    if (was)
+                        continue;   /* a second run of a task already failed */
+                }
+                if (slot < (uint64_t)nslots)
+                    last[slot] = h[0];
+            }
+            int success = !(flags & (RES_ERROR | RES_DEAD));
+            PyObject *value = cmp_queue_decode(st, p + POOL_HEAD, lens[i] - POOL_HEAD);
+            if (value == NULL) {
+                /* An unpicklable result fails its task (the stdlib's result
+                 * thread dies here). */
+                value = exc_fetch();
+                success = 0;
+            }
+            deliver(cache, set_name, h[1], h[2], success, value);
+            Py_DECREF(value);
+        }
+        buf_trim(&b);
+    }
+    ret = Py_NewRef(Py_None);
+done:
+    free(b.buf);
+    PyMem_Free(last);
+    Py_XDECREF(failed);
+    Py_XDECREF(set_name);
+    return ret;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Posting                                                                  */
+
+PyDoc_STRVAR(pool_put_tasks_doc,
+"_pool_put_tasks(tasks, items) -> failures\n\n"
+"Put tasks, each item (seq, job, idx, kind, payload), in order; items that\n"
+"cannot be pickled are skipped and returned as a list of (item, exception).");
+
+static PyObject *
+pool_put_tasks(PyObject *module, PyObject *args)
+{
+    cmp_state *st = PyModule_GetState(module);
+    PyObject *tasks, *items, *failures = NULL, *all = NULL;
+    if (!PyArg_ParseTuple(args, "OO!:_pool_put_tasks", &tasks, &PyList_Type, &items))
+        return NULL;
+    Py_ssize_t n = PyList_GET_SIZE(items), k = 0;
+    failures = PyList_New(0);
+    all = PyList_New(n);
+    if (failures == NULL || all == NULL)
+        goto error;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *item = PyList_GET_ITEM(items, i);
+        unsigned long long w[4];
+        PyObject *payload;
+        if (!PyArg_ParseTuple(item, "KKKKO:_pool_put_tasks", &w[0], &w[1], &w[2], &w[3],
+                              &payload))
+            goto error;
+        PyObject *pieces = frame(st, w[0], w[1], w[2], w[3], payload);
+        if (pieces == NULL) {
+            PyObject *exc = exc_fetch();
+            if (!PyErr_GivenExceptionMatches(exc, PyExc_Exception)) {
+                exc_restore(exc);
+                goto error;
+            }
+            PyObject *pair = PyTuple_Pack(2, item, exc);
+            Py_DECREF(exc);
+            if (pair == NULL || PyList_Append(failures, pair) < 0) {
+                Py_XDECREF(pair);
+                goto error;
+            }
+            Py_DECREF(pair);
+            continue;
+        }
+        PyList_SET_ITEM(all, k++, pieces);
+    }
+    if (cmp_queue_put_pieces(st, tasks, ((PyListObject *)all)->ob_item, (size_t)k) < 0)
+        goto error;
+    Py_DECREF(all);
+    return failures;
+error:
+    Py_XDECREF(failures);
+    Py_XDECREF(all);    /* unset slots are NULL: fine for a list being freed */
+    return NULL;
+}
+
+PyDoc_STRVAR(pool_post_doc,
+"_pool_post(queue, seq, job, idx, word3, obj)\n\n"
+"Put one framed message (header words, then obj pickled) in queue.");
+
+static PyObject *
+pool_post(PyObject *module, PyObject *args)
+{
+    cmp_state *st = PyModule_GetState(module);
+    PyObject *queue, *obj;
+    unsigned long long w[4];
+    if (!PyArg_ParseTuple(args, "OKKKKO:_pool_post", &queue, &w[0], &w[1], &w[2], &w[3], &obj))
+        return NULL;
+    PyObject *pieces = frame(st, w[0], w[1], w[2], w[3], obj);
+    if (pieces == NULL)
+        return NULL;
+    int rc = cmp_queue_put_pieces(st, queue, &pieces, 1);
+    Py_DECREF(pieces);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(pool_slot_doc,
+"_pool_slot(slots, slot) -> (seq, job, idx)\n\n"
+"What a worker's slot says it holds (seq 0: nothing).");
+
+static PyObject *
+pool_slot(PyObject *module, PyObject *args)
+{
+    (void)module;
+    PyObject *slots;
+    Py_ssize_t slot;
+    if (!PyArg_ParseTuple(args, "On:_pool_slot", &slots, &slot))
+        return NULL;
+    Py_buffer view;
+    if (PyObject_GetBuffer(slots, &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    PyObject *ret = NULL;
+    if (slot < 0 || (size_t)view.len < (size_t)(slot + 1) * POOL_SLOT_WORDS * sizeof(uint64_t)) {
+        PyErr_SetString(PyExc_ValueError, "bad pool slot");
+    }
+    else {
+        _Atomic uint64_t *w = (_Atomic uint64_t *)view.buf + slot * POOL_SLOT_WORDS;
+        uint64_t seq = atomic_load_explicit(&w[0], memory_order_acquire);
+        uint64_t job = atomic_load_explicit(&w[1], memory_order_relaxed);
+        uint64_t idx = atomic_load_explicit(&w[2], memory_order_relaxed);
+        ret = Py_BuildValue("KKK", (unsigned long long)seq, (unsigned long long)job,
+                            (unsigned long long)idx);
+    }
+    PyBuffer_Release(&view);
+    return ret;
+}
+
+static PyMethodDef pool_functions[] = {
+    {"_pool_worker", pool_worker, METH_VARARGS, pool_worker_doc},
+    {"_pool_dispatch", pool_dispatch, METH_VARARGS, pool_dispatch_doc},
+    {"_pool_put_tasks", pool_put_tasks, METH_VARARGS, pool_put_tasks_doc},
+    {"_pool_post", pool_post, METH_VARARGS, pool_post_doc},
+    {"_pool_slot", pool_slot, METH_VARARGS, pool_slot_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+cmp_pool_exec(PyObject *module)
+{
+    if (PyModule_AddIntConstant(module, "POOL_SLOT_BYTES",
+                                POOL_SLOT_WORDS * sizeof(uint64_t)) < 0
+            || PyModule_AddIntConstant(module, "POOL_TASK_APPLY", TASK_APPLY) < 0
+            || PyModule_AddIntConstant(module, "POOL_TASK_MAP", TASK_MAP) < 0
+            || PyModule_AddIntConstant(module, "POOL_TASK_STARMAP", TASK_STARMAP) < 0
+            || PyModule_AddIntConstant(module, "POOL_TASK_STOP", TASK_STOP) < 0
+            || PyModule_AddIntConstant(module, "POOL_RES_DEAD", RES_DEAD) < 0
+            || PyModule_AddIntConstant(module, "POOL_RES_STOP", RES_STOP) < 0)
+        return -1;
+    return PyModule_AddFunctions(module, pool_functions);
+}
