@@ -455,15 +455,25 @@ class _Workers:
         self.inqueue = Queue(ctx=self.ctx)
         self.outqueue = SimpleQueue(ctx=self.ctx)
         self.slots = _core.SharedBlock(_core.POOL_SLOT_BYTES * self.processes)
+        self.fcache = {}        # function -> its pickle (see src/module/pool.c)
 
     def put(self, tasks):
-        """Put [(job, idx, kind, payload)]; a task that cannot be pickled fails."""
+        """Put [(job, idx, kind, func, payload)]; a task that cannot be
+        pickled fails."""
         seq = self.seq
         failures = _core._pool_put_tasks(
-            self.inqueue, [(next(seq), job, idx, kind, payload)
-                           for job, idx, kind, payload in tasks])
+            self.inqueue, self.fcache, [(next(seq), job, idx, kind, func, payload)
+                                        for job, idx, kind, func, payload in tasks])
         for item, exc in failures:
             self.fail(item[1], item[2], exc)
+
+    def put_apply(self, job, func, args, kwds):
+        try:
+            _core._pool_put_task(self.inqueue, self.fcache, next(self.seq), job, 0, _APPLY,
+                                 func, (args if type(args) is tuple else tuple(args),
+                                        kwds if type(kwds) is dict else dict(kwds)))
+        except Exception as e:
+            self.fail(job, 0, e)
 
     def fail(self, job, idx, exc):
         target = self.cache.get(job)
@@ -471,7 +481,7 @@ class _Workers:
             target._set(idx, (False, exc))
 
     def stop_workers(self, n):
-        _core._pool_put_tasks(self.inqueue, [(0, 0, 0, _STOP, None)] * n)
+        _core._pool_put_tasks(self.inqueue, None, [(0, 0, 0, _STOP, None, None)] * n)
 
     def stop_results(self):
         _core._pool_post(self.outqueue, 0, 0, 0, _core.POOL_RES_STOP, None)
@@ -694,12 +704,7 @@ class Pool:
     def apply_async(self, func, args=(), kwds={}, callback=None, error_callback=None):
         self._check_running()
         result = ApplyResult(self, callback, error_callback)
-        try:
-            payload = (func, tuple(args), dict(kwds))
-        except Exception as e:
-            self._w.fail(result._job, 0, e)
-        else:
-            self._w.put([(result._job, 0, _APPLY, payload)])
+        self._w.put_apply(result._job, func, args, kwds)
         return result
 
     def _map_async(self, func, iterable, kind, chunksize=None, callback=None,
@@ -716,6 +721,12 @@ class Pool:
         result = MapResult(self, chunksize, len(iterable), callback,
                            error_callback=error_callback)
         if chunksize > 0:
+            job = result._job
+            if type(iterable) in (list, tuple, range):
+                # slices: C copies (and a range's are ranges, pickled as such)
+                self._w.put([(job, i, kind, func, iterable[k:k + chunksize])
+                             for i, k in enumerate(range(0, len(iterable), chunksize))])
+                return result
             it = iter(iterable)
             tasks = []
             try:
@@ -723,10 +734,10 @@ class Pool:
                     x = tuple(itertools.islice(it, chunksize))
                     if not x:
                         break
-                    tasks.append((result._job, len(tasks), kind, (func, x)))
+                    tasks.append((job, len(tasks), kind, func, x))
             except Exception as e:
                 self._w.put(tasks)
-                self._w.fail(result._job, len(tasks), e)
+                self._w.fail(job, len(tasks), e)
             else:
                 self._w.put(tasks)
         return result
@@ -802,12 +813,12 @@ def _imap_feeder(w, result, func, iterable, chunksize, window):
                             x = next(it)
                         except StopIteration:
                             break
-                        tasks.append((job, n + len(tasks), _APPLY, (func, (x,), {})))
+                        tasks.append((job, n + len(tasks), _APPLY, func, ((x,), {})))
                     else:
                         x = tuple(itertools.islice(it, chunksize))
                         if not x:
                             break
-                        tasks.append((job, n + len(tasks), _MAP, (func, x)))
+                        tasks.append((job, n + len(tasks), _MAP, func, x))
                 w.put(tasks)
                 n += len(tasks)
                 if len(tasks) < batch:
@@ -833,6 +844,9 @@ class _ThreadWorkers(_Workers):
     def setup(self):
         self.inqueue = queue.SimpleQueue()
         self.outqueue = queue.SimpleQueue()
+
+    def put_apply(self, job, func, args, kwds):
+        self.inqueue.put((job, 0, _APPLY, func, (args, kwds)))
 
     def put(self, tasks):
         put = self.inqueue.put
@@ -887,19 +901,18 @@ def _thread_worker(inqueue, outqueue, initializer, initargs):
         task = get()
         if task is None:
             break
-        job, idx, kind, payload = task
+        job, idx, kind, func, payload = task
         try:
             if kind == _APPLY:
-                func, args, kwds = payload
-                value = (True, func(*args, **kwds))
+                value = (True, func(*payload[0], **payload[1]))
             elif kind == _MAP:
-                value = (True, list(map(*payload)))
+                value = (True, list(map(func, payload)))
             else:
-                value = (True, list(itertools.starmap(*payload)))
+                value = (True, list(itertools.starmap(func, payload)))
         except Exception as e:
             value = (False, e)
         put((job, idx, value))
-        task = payload = value = None
+        task = func = payload = value = None
 
 
 class ThreadPool(Pool):

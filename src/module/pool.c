@@ -4,11 +4,19 @@
  * Tasks and results travel through two cmp queues (src/core/ring.c) as
  * framed messages: a header of four native 64-bit words, then a pickle.
  *
- *   task    seq, job, idx, kind               (func, args, kwds) | (func, chunk)
+ *   task    seq, job, idx, flen << 32 | flags << 8 | kind
+ *           then func pickled (flen bytes), then (args, kwds) | chunk pickled
  *   result  seq, job, idx, slot << 32 | flags  the value, or the exception
  *
  * seq numbers tasks (never 0); job and idx are the stdlib's (the result
  * object's key in the pool's cache and the chunk's index).
+ *
+ * Functions. A plain function (or a module's builtin) pickles as a name, the
+ * same bytes every time: the parent keeps those bytes per function, and
+ * workers keep the function they unpickled per bytes (TASK_CACHED), which
+ * saves a name lookup on both sides of every task. Anything else (a bound
+ * method, a partial, a callable object) is pickled, and unpickled, with
+ * each task, as in the stdlib.
  *
  * Slots. Each worker owns a slot of POOL_SLOT_WORDS words in a block of
  * shared memory. The ring's claim (ring.h) stores the task's seq, job and
@@ -34,8 +42,10 @@
 
 _Static_assert(POOL_SLOT_WORDS >= CMP_RING_CLAIM_WORDS, "a slot holds a claim");
 
-/* task kinds */
+/* task kinds, and flags */
 enum { TASK_APPLY = 0, TASK_MAP = 1, TASK_STARMAP = 2, TASK_STOP = 3 };
+#define TASK_CACHED 1u      /* the function may be cached by its pickle */
+#define FUNC_CACHE_MAX 256  /* entries in either side's function cache */
 
 /* result flags */
 #define RES_ERROR 1u    /* the payload is the task's exception */
@@ -177,24 +187,25 @@ read_head(const unsigned char *p, uint64_t w[POOL_HEAD_WORDS])
 /* ------------------------------------------------------------------------ */
 /* The worker loop                                                          */
 
-/* Run one task's payload: a new reference, or NULL with an exception. */
+/* Run one task: a new reference, or NULL with an exception. */
 static PyObject *
-run_task(uint64_t kind, PyObject *payload)
+run_task(uint64_t kind, PyObject *func, PyObject *payload)
 {
-    if (!PyTuple_Check(payload) || PyTuple_GET_SIZE(payload) != (kind == TASK_APPLY ? 3 : 2)) {
-        PyErr_SetString(PyExc_TypeError, "malformed pool task");
-        return NULL;
-    }
-    PyObject *func = PyTuple_GET_ITEM(payload, 0);
     if (kind == TASK_APPLY) {
-        PyObject *args = PyTuple_GET_ITEM(payload, 1), *kwds = PyTuple_GET_ITEM(payload, 2);
-        if (!PyTuple_Check(args) || !PyDict_Check(kwds)) {
+        PyObject *args, *kwds;
+        if (!PyTuple_Check(payload) || PyTuple_GET_SIZE(payload) != 2
+                || !PyTuple_Check(args = PyTuple_GET_ITEM(payload, 0))
+                || !PyDict_Check(kwds = PyTuple_GET_ITEM(payload, 1))) {
             PyErr_SetString(PyExc_TypeError, "malformed pool task");
             return NULL;
         }
         return PyObject_Call(func, args, PyDict_GET_SIZE(kwds) ? kwds : NULL);
     }
-    PyObject *chunk = PySequence_Fast(PyTuple_GET_ITEM(payload, 1), "malformed pool task");
+    if (kind != TASK_MAP && kind != TASK_STARMAP) {
+        PyErr_SetString(PyExc_TypeError, "malformed pool task");
+        return NULL;
+    }
+    PyObject *chunk = PySequence_Fast(payload, "malformed pool task");
     if (chunk == NULL)
         return NULL;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(chunk);
@@ -216,6 +227,29 @@ run_task(uint64_t kind, PyObject *payload)
     }
     Py_DECREF(chunk);
     return out;
+}
+
+/* The task's function: from the worker's cache when the parent allows it. */
+static PyObject *
+task_func(cmp_state *st, PyObject *cache, unsigned char *p, size_t flen, int cached)
+{
+    if (!cached)
+        return cmp_queue_decode(st, p, flen);
+    PyObject *key = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)flen);
+    if (key == NULL)
+        return NULL;
+    PyObject *func = PyDict_GetItemWithError(cache, key);
+    if (func != NULL) {
+        Py_INCREF(func);
+    }
+    else if (!PyErr_Occurred() && (func = cmp_queue_decode(st, p, flen)) != NULL) {
+        if (PyDict_GET_SIZE(cache) >= FUNC_CACHE_MAX)
+            PyDict_Clear(cache);
+        if (PyDict_SetItem(cache, key, func) < 0)
+            Py_CLEAR(func);
+    }
+    Py_DECREF(key);
+    return func;
 }
 
 /* After a task raised: an Exception becomes the task's failure (through
@@ -261,9 +295,11 @@ pool_worker(PyObject *module, PyObject *args)
     Py_buffer view;
     if (PyObject_GetBuffer(slots, &view, PyBUF_WRITABLE) < 0)
         return NULL;
-    PyObject *ret = NULL;
+    PyObject *ret = NULL, *fcache = PyDict_New();
     pool_buf b = {NULL, 0};
     Py_ssize_t done = 0;
+    if (fcache == NULL)
+        goto done;
     if (slot < 0 || (size_t)view.len < (size_t)(slot + 1) * POOL_SLOT_WORDS * sizeof(uint64_t)
             || ((uintptr_t)view.buf % sizeof(uint64_t)) != 0) {
         PyErr_SetString(PyExc_ValueError, "bad pool slot");
@@ -281,17 +317,27 @@ pool_worker(PyObject *module, PyObject *args)
         }
         uint64_t h[POOL_HEAD_WORDS];
         read_head(b.buf, h);
-        if (h[3] == TASK_STOP) {
+        if ((h[3] & 0xff) == TASK_STOP) {
             atomic_store_explicit(&claim[0], 0, memory_order_release);
             break;
         }
-        uint64_t flags = 0;
-        PyObject *value = NULL, *payload = cmp_queue_decode(st, b.buf + POOL_HEAD, len - POOL_HEAD);
-        buf_trim(&b);
-        if (payload != NULL) {
-            value = run_task(h[3], payload);
-            Py_DECREF(payload);
+        uint64_t flags = 0, kind = h[3] & 0xff, flen = h[3] >> 32;
+        PyObject *value = NULL, *func = NULL, *payload = NULL;
+        if (flen > len - POOL_HEAD) {
+            PyErr_SetString(PyExc_ValueError, "malformed pool task");
         }
+        else {
+            func = task_func(st, fcache, b.buf + POOL_HEAD, flen,
+                             (h[3] >> 8) & TASK_CACHED);
+            if (func != NULL)
+                payload = cmp_queue_decode(st, b.buf + POOL_HEAD + flen,
+                                           len - POOL_HEAD - flen);
+        }
+        buf_trim(&b);
+        if (payload != NULL)
+            value = run_task(kind, func, payload);
+        Py_XDECREF(func);
+        Py_XDECREF(payload);
         if (value == NULL) {
             if ((value = task_failure(wrap, NULL)) == NULL)
                 goto done;
@@ -318,6 +364,7 @@ pool_worker(PyObject *module, PyObject *args)
     ret = PyLong_FromSsize_t(done);
 done:
     free(b.buf);
+    Py_XDECREF(fcache);
     PyBuffer_Release(&view);
     return ret;
 }
@@ -458,31 +505,116 @@ done:
 /* ------------------------------------------------------------------------ */
 /* Posting                                                                  */
 
+/* One bytes object from a list of bytes-like pieces. */
+static PyObject *
+join_pieces(PyObject *pieces)
+{
+    Py_ssize_t n = PyList_GET_SIZE(pieces), total = 0;
+    if (n == 1 && PyBytes_CheckExact(PyList_GET_ITEM(pieces, 0)))
+        return Py_NewRef(PyList_GET_ITEM(pieces, 0));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t k = PyObject_Length(PyList_GET_ITEM(pieces, i));
+        if (k < 0)
+            return NULL;
+        total += k;
+    }
+    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
+    char *p = out ? PyBytes_AS_STRING(out) : NULL;
+    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
+        Py_buffer v;
+        if (PyObject_GetBuffer(PyList_GET_ITEM(pieces, i), &v, PyBUF_SIMPLE) < 0) {
+            Py_CLEAR(out);
+            break;
+        }
+        memcpy(p, v.buf, (size_t)v.len);
+        p += v.len;
+        PyBuffer_Release(&v);
+    }
+    return out;
+}
+
+/* Can func be cached by its pickle (it pickles as a name)? */
+static int
+func_cacheable(PyObject *func)
+{
+    if (PyFunction_Check(func))
+        return 1;
+    if (PyCFunction_Check(func)) {
+        PyObject *self = PyCFunction_GET_SELF(func);
+        return self == NULL || PyModule_Check(self);
+    }
+    return 0;
+}
+
+/* The pieces of a task message, or NULL with the pickling error. */
+static PyObject *
+task_pieces(cmp_state *st, PyObject *fcache, unsigned long long seq, unsigned long long job,
+            unsigned long long idx, unsigned long long kind, PyObject *func, PyObject *payload)
+{
+    PyObject *fbytes = NULL, *pieces = NULL, *head = NULL;
+    int cached = fcache != Py_None && func_cacheable(func);
+    if (cached) {
+        fbytes = PyDict_GetItemWithError(fcache, func);
+        if (fbytes == NULL && PyErr_Occurred())
+            return NULL;
+        Py_XINCREF(fbytes);
+    }
+    if (fbytes == NULL) {
+        PyObject *fp = cmp_queue_encode(st, func);
+        if (fp == NULL)
+            return NULL;
+        fbytes = join_pieces(fp);
+        Py_DECREF(fp);
+        if (fbytes == NULL)
+            return NULL;
+        if (cached) {
+            if (PyDict_GET_SIZE(fcache) >= FUNC_CACHE_MAX)
+                PyDict_Clear(fcache);
+            if (PyDict_SetItem(fcache, func, fbytes) < 0)
+                goto done;
+        }
+    }
+    uint64_t w3 = ((uint64_t)PyBytes_GET_SIZE(fbytes) << 32)
+                  | ((uint64_t)(cached ? TASK_CACHED : 0) << 8) | (kind & 0xff);
+    if ((pieces = cmp_queue_encode(st, payload)) == NULL
+            || (head = head_bytes(seq, job, idx, w3)) == NULL
+            || PyList_Insert(pieces, 0, fbytes) < 0 || PyList_Insert(pieces, 0, head) < 0)
+        Py_CLEAR(pieces);
+done:
+    Py_XDECREF(head);
+    Py_DECREF(fbytes);
+    return pieces;
+}
+
 PyDoc_STRVAR(pool_put_tasks_doc,
-"_pool_put_tasks(tasks, items) -> failures\n\n"
-"Put tasks, each item (seq, job, idx, kind, payload), in order; items that\n"
-"cannot be pickled are skipped and returned as a list of (item, exception).");
+"_pool_put_tasks(tasks, fcache, items) -> failures\n\n"
+"Put tasks, each item (seq, job, idx, kind, func, payload), in order; items\n"
+"that cannot be pickled are skipped and returned as a list of (item,\n"
+"exception). fcache: a dict of function pickles (None: no caching).");
 
 static PyObject *
 pool_put_tasks(PyObject *module, PyObject *args)
 {
     cmp_state *st = PyModule_GetState(module);
-    PyObject *tasks, *items, *failures = NULL, *all = NULL;
-    if (!PyArg_ParseTuple(args, "OO!:_pool_put_tasks", &tasks, &PyList_Type, &items))
+    PyObject *tasks, *fcache, *items, *failures = NULL, *all = NULL;
+    if (!PyArg_ParseTuple(args, "OOO!:_pool_put_tasks", &tasks, &fcache, &PyList_Type, &items))
         return NULL;
+    if (fcache != Py_None && !PyDict_CheckExact(fcache)) {
+        PyErr_SetString(PyExc_TypeError, "fcache must be a dict or None");
+        return NULL;
+    }
     Py_ssize_t n = PyList_GET_SIZE(items), k = 0;
     failures = PyList_New(0);
     all = PyList_New(n);
     if (failures == NULL || all == NULL)
         goto error;
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *item = PyList_GET_ITEM(items, i);
+        PyObject *item = PyList_GET_ITEM(items, i), *func, *payload;
         unsigned long long w[4];
-        PyObject *payload;
-        if (!PyArg_ParseTuple(item, "KKKKO:_pool_put_tasks", &w[0], &w[1], &w[2], &w[3],
-                              &payload))
+        if (!PyArg_ParseTuple(item, "KKKKOO:_pool_put_tasks", &w[0], &w[1], &w[2], &w[3],
+                              &func, &payload))
             goto error;
-        PyObject *pieces = frame(st, w[0], w[1], w[2], w[3], payload);
+        PyObject *pieces = task_pieces(st, fcache, w[0], w[1], w[2], w[3], func, payload);
         if (pieces == NULL) {
             PyObject *exc = exc_fetch();
             if (!PyErr_GivenExceptionMatches(exc, PyExc_Exception)) {
@@ -508,6 +640,38 @@ error:
     Py_XDECREF(failures);
     Py_XDECREF(all);    /* unset slots are NULL: fine for a list being freed */
     return NULL;
+}
+
+PyDoc_STRVAR(pool_put_task_doc,
+"_pool_put_task(tasks, fcache, seq, job, idx, kind, func, payload)\n\n"
+"Put one task; raises what pickling it raised.");
+
+static PyObject *
+pool_put_task(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    cmp_state *st = PyModule_GetState(module);
+    unsigned long long w[4];
+    if (nargs != 8) {
+        PyErr_SetString(PyExc_TypeError, "_pool_put_task() takes 8 arguments");
+        return NULL;
+    }
+    if (args[1] != Py_None && !PyDict_CheckExact(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "fcache must be a dict or None");
+        return NULL;
+    }
+    for (int i = 0; i < 4; i++) {
+        w[i] = PyLong_AsUnsignedLongLong(args[2 + i]);
+        if (w[i] == (unsigned long long)-1 && PyErr_Occurred())
+            return NULL;
+    }
+    PyObject *pieces = task_pieces(st, args[1], w[0], w[1], w[2], w[3], args[6], args[7]);
+    if (pieces == NULL)
+        return NULL;
+    int rc = cmp_queue_put_pieces(st, args[0], &pieces, 1);
+    Py_DECREF(pieces);
+    if (rc < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(pool_post_doc,
@@ -567,6 +731,8 @@ static PyMethodDef pool_functions[] = {
     {"_pool_worker", pool_worker, METH_VARARGS, pool_worker_doc},
     {"_pool_dispatch", pool_dispatch, METH_VARARGS, pool_dispatch_doc},
     {"_pool_put_tasks", pool_put_tasks, METH_VARARGS, pool_put_tasks_doc},
+    {"_pool_put_task", (PyCFunction)(void (*)(void))pool_put_task, METH_FASTCALL,
+     pool_put_task_doc},
     {"_pool_post", pool_post, METH_VARARGS, pool_post_doc},
     {"_pool_slot", pool_slot, METH_VARARGS, pool_slot_doc},
     {NULL, NULL, 0, NULL},
