@@ -345,7 +345,7 @@ class IMapIterator:
         """Task thread: wait until fewer than `window` submitted items are
         not yet taken by next() (so an endless iterable is read lazily)."""
         with self._cond:
-            while submitted - self._taken >= window and state.value == RUN \
+            while submitted - self._taken >= window and state.value != TERMINATE \
                     and self._job in self._cache:
                 self._cond.wait(0.1)
 
@@ -444,8 +444,7 @@ class _Workers:
         self.free_slots = list(range(processes - 1, -1, -1))
         self.seq = itertools.count(1)
         self.threads = []
-        self.taskqueue = None       # imap's task thread and its queue
-        self.task_thread = None
+        self.feeders = []           # imap's task threads
         self.setup()
 
     # -- transport -----------------------------------------------------------
@@ -527,7 +526,8 @@ class _Workers:
                     % (w.name, w.pid, _exit_description(w.exitcode)))
                 _core._pool_post(self.outqueue, seq, job, idx,
                                  (w._pool_slot << 32) | _core.POOL_RES_DEAD, err)
-        w.close()
+        if w._popen is not None:
+            w._popen.close()        # its pidfd; pid and exitcode stay readable
 
     def handle_workers(self):
         state, cache, pool = self.state, self.cache, self.pool
@@ -563,10 +563,11 @@ class _Workers:
                 p.terminate()
 
     def join_workers(self):
+        # They stay listed, as in the stdlib; their descriptors are released.
         for p in list(self.pool):
             p.join()
-            p.close()
-        self.pool.clear()
+            if p._popen is not None:
+                p._popen.close()
 
     # -- threads -------------------------------------------------------------
 
@@ -577,23 +578,13 @@ class _Workers:
             t.start()
             self.threads.append(t)
 
-    def task_queue(self):
-        """imap's task thread (started on first use): runs feeders in turn."""
-        if self.task_thread is None:
-            self.taskqueue = queue.SimpleQueue()
-            self.task_thread = threading.Thread(target=self.handle_tasks, name='PoolTaskHandler',
-                                                daemon=True)
-            self.task_thread.start()
-        return self.taskqueue
-
-    def handle_tasks(self):
-        for feed in iter(self.taskqueue.get, None):
-            try:
-                feed(self.state)
-            except Exception:
-                traceback.print_exc()
-            del feed
-        util.debug('task handler exiting')
+    def start_feeder(self, feed):
+        """An imap's thread: feeds its tasks (lazily: see _imap_feeder)."""
+        self.feeders = [t for t in self.feeders if t.is_alive()]
+        t = threading.Thread(target=feed, args=(self.state,), name='PoolTaskHandler',
+                             daemon=True)
+        t.start()
+        self.feeders.append(t)
 
     def join(self, terminating):
         """Stop and join everything (the pool's finalizer)."""
@@ -608,10 +599,9 @@ class _Workers:
         if terminating:
             util.debug('terminating workers')
             self.kill_workers()
-        if self.task_thread is not None:
-            self.taskqueue.put(None)
-            if me is not self.task_thread:
-                self.task_thread.join()
+        for t in self.feeders:
+            if me is not t:
+                t.join()
         if result_handler is not None:
             self.stop_results()
             if me is not result_handler:
@@ -619,6 +609,8 @@ class _Workers:
         util.debug('joining pool workers')
         self.join_workers()
         self.state.close()
+        # Nothing uses them now: their segments and descriptors go.
+        self.inqueue = self.outqueue = self.slots = None
 
 
 class Pool:
@@ -753,7 +745,7 @@ class Pool:
         if chunksize != 1 and chunksize < 1:
             raise ValueError("Chunksize must be 1+, not {0:n}".format(chunksize))
         result = cls(self)
-        self._w.task_queue().put(
+        self._w.start_feeder(
             _imap_feeder(self._w, result, func, iterable, chunksize,
                          max(_IMAP_WINDOW // chunksize, 4 * self._processes)))
         if chunksize == 1:
@@ -802,9 +794,9 @@ def _imap_feeder(w, result, func, iterable, chunksize, window):
         tasks = []
         try:
             it = iter(iterable)
-            while state.value == RUN:
+            while state.value != TERMINATE:
                 result._wait_room(n, window, state)
-                if state.value != RUN:
+                if state.value == TERMINATE:
                     return
                 tasks = []
                 for _ in range(batch):

@@ -236,11 +236,14 @@ void
 cmp_shm_free(cmp_shm_block *b)
 {
     cmp_shm_seg *seg = b->seg;
-    if (seg != NULL && seg->owner == cmp_shm_pid_ && !b->shared && b->gen == fork_gen) {
-        if (!seg->small) {
-            seg_destroy(seg);
-        }
-        else {
+    if (seg != NULL && seg->owner == cmp_shm_pid_ && !seg->small) {
+        /* A segment of its own is never reused: other processes (children
+         * that inherited it, or were sent its descriptor) keep their own
+         * mapping, so ours goes now, shared or not. */
+        seg_destroy(seg);
+    }
+    else if (seg != NULL && seg->owner == cmp_shm_pid_ && !b->shared && b->gen == fork_gen) {
+        {
             size_t n = b->size / CMP_SHM_BLOCK;
             bits_set(seg->bitmap, b->off / CMP_SHM_BLOCK, n, 0);
             seg->used -= n;

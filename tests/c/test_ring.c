@@ -220,6 +220,65 @@ CTEST(dead_lock_holder_is_detected)
     free_ring(r);
 }
 
+/* ------------------------------------------------------------------------ */
+/* claims (cmp.pool's worker slots)                                         */
+
+CTEST(claim_names_the_message_taken)
+{
+    cmp_ring *r = new_ring(4096, 0, 0);
+    _Atomic uint64_t claim[CMP_RING_CLAIM_WORDS + 1] = {0};
+    uint64_t a[4] = {11, 22, 33, 44}, b[4] = {55, 66, 77, 88};
+    unsigned char buf[64];
+    size_t lens[2];
+    CHECK_EQ(offer1(r, a, sizeof(a), CMP_FOREVER), CMP_OK);
+    CHECK_EQ(offer1(r, b, sizeof(b), CMP_FOREVER), CMP_OK);
+    CHECK_EQ(offer1(r, "short", 5, CMP_FOREVER), CMP_OK);
+    cmp_ring_rop op;
+    cmp_ring_rop_init(&op, buf, sizeof(buf), lens, 2);
+    op.claim = claim;
+    /* a batch claims its first message */
+    CHECK_EQ(cmp_ring_take(r, &op, 0), CMP_OK);
+    CHECK_EQ(op.n, 2);
+    CHECK_EQ(claim[0], 11);
+    CHECK_EQ(claim[1], 22);
+    CHECK_EQ(claim[2], 33);
+    CHECK_EQ(claim[3], 0);      /* only CMP_RING_CLAIM_WORDS words */
+    /* a message too short to hold a claim leaves it alone */
+    claim[0] = 0;
+    cmp_ring_rop_init(&op, buf, sizeof(buf), lens, 1);
+    op.claim = claim;
+    CHECK_EQ(cmp_ring_take(r, &op, 0), CMP_OK);
+    CHECK_EQ(lens[0], 5);
+    CHECK_EQ(claim[0], 0);
+    free_ring(r);
+}
+
+CTEST(claim_of_a_streamed_message)
+{
+    cmp_ring *r = new_ring(4096, 0, 0);
+    static uint64_t big[2048];      /* 16 KiB: streams through a 4 KiB ring */
+    static unsigned char out[sizeof(big)];
+    for (size_t i = 0; i < 2048; i++)
+        big[i] = i + 100;
+    _Atomic uint64_t claim[CMP_RING_CLAIM_WORDS] = {0};
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(write1(r, big, sizeof(big), 0) == CMP_OK ? 0 : 1);
+    size_t len;
+    cmp_ring_rop op;
+    cmp_ring_rop_init(&op, out, sizeof(out), &len, 1);
+    op.claim = claim;
+    CHECK_EQ(cmp_ring_take(r, &op, cmp_deadline_after(10)), CMP_OK);
+    CHECK_EQ(len, sizeof(big));
+    CHECK(memcmp(out, big, sizeof(big)) == 0);
+    CHECK_EQ(claim[0], 100);
+    CHECK_EQ(claim[2], 102);
+    int status;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    free_ring(r);
+}
+
 int
 main(void)
 {

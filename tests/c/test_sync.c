@@ -103,6 +103,29 @@ CTEST(arena_large_block_has_its_own_segment)
     CHECK_EQ(after.bytes, before.bytes);
 }
 
+CTEST(arena_large_block_shared_is_unmapped_at_free)
+{
+    /* Its own segment: the children keep their mappings, ours goes. */
+    cmp_shm_stats before, after;
+    cmp_shm_get_stats(&before);
+    cmp_shm_block big;
+    CHECK_EQ(cmp_shm_alloc(1 << 20, 8, &big), CMP_OK);
+    int fd = cmp_shm_share(&big);
+    *(volatile int *)big.addr = 5;
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        usleep(100 * 1000);     /* the parent frees its mapping meanwhile */
+        _exit(*(volatile int *)big.addr == 7 ? 0 : 1);
+    }
+    *(volatile int *)big.addr = 7;
+    cmp_shm_free(&big);
+    CHECK(fcntl(fd, F_GETFD) < 0);
+    cmp_shm_get_stats(&after);
+    CHECK_EQ(after.segments, before.segments);
+    CHECK_EQ(wait_child(pid), 0);
+}
+
 CTEST(arena_block_alive_at_fork_is_not_reused)
 {
     cmp_shm_block a, b;
