@@ -516,18 +516,23 @@ class _Workers:
         return {w.sentinel: w for w in self.pool}
 
     def worker_ended(self, w):
-        """After worker w ended: fail the task it held, if any."""
+        """After worker w ended: what fails the task it held, if any, as
+        (seq, job, idx, word3, WorkerLostError), for the result queue."""
         w.join()
+        lost = None
         if self.state.value != TERMINATE:
             seq, job, idx = _core._pool_slot(self.slots, w._pool_slot)
             if seq:
                 err = WorkerLostError(
                     'pool worker %s (pid %s) died with %s while running this task'
                     % (w.name, w.pid, _exit_description(w.exitcode)))
-                _core._pool_post(self.outqueue, seq, job, idx,
-                                 (w._pool_slot << 32) | _core.POOL_RES_DEAD, err)
+                lost = (seq, job, idx, (w._pool_slot << 32) | _core.POOL_RES_DEAD, err)
         if w._popen is not None:
             w._popen.close()        # its pidfd; pid and exitcode stay readable
+        return lost
+
+    def post_lost(self, lost):
+        _core._pool_post(self.outqueue, *lost)
 
     def handle_workers(self):
         state, cache, pool = self.state, self.cache, self.pool
@@ -546,7 +551,11 @@ class _Workers:
             ended = [w for w in pool if w.exitcode is not None]
             for w in ended:
                 pool.remove(w)
-                self.worker_ended(w)
+                lost = self.worker_ended(w)
+                # Before a new worker takes the slot: the dispatcher tells a
+                # finished task from a lost one by the slot's last result.
+                if lost is not None:
+                    self.post_lost(lost)
                 self.free_slots.append(w._pool_slot)
             if ended and state.value != TERMINATE:
                 try:

@@ -437,7 +437,7 @@ if __name__ == '__main__':
                 check(e, how)
                 out.append('lost')
         print(out)
-        print(p.map(sq, range(5)), len(p._pool))
+        print(p.map(sq, range(5)), p.map(pid, range(8), 1).count(os.getpid()))
     print(mp.active_children())
 ''', args=(how,), timeout=60)
     assert not r.timed_out, r.stderr
@@ -446,7 +446,7 @@ if __name__ == '__main__':
                                for i in range(8)) + (
         'map lost\n'
         "[0, 1, 2, 'lost', 4, 5]\n"
-        '[0, 1, 4, 9, 16] 2\n'
+        '[0, 1, 4, 9, 16] 0\n'
         '[]\n'), r.stdout
 
 
@@ -627,3 +627,34 @@ if __name__ == '__main__':
 ''', timeout=120)
     assert not r.timed_out and r.returncode == 0, r.stderr
     assert r.stdout == 'True 1 []\n', r.stdout
+
+
+def test_dispatch_tells_finished_from_lost_tasks():
+    # The result loop on its own: a DEAD record for a task whose result came
+    # first is ignored; one for a task without a result fails it, and a late
+    # result of that task (it was also taken again) is dropped.
+    r = run('''
+from cmp import _core
+from cmp.queues import SimpleQueue
+class Job:
+    def __init__(self):
+        self.calls = []
+    def _set(self, i, obj):
+        self.calls.append((i, obj[0], repr(obj[1])))
+DEAD, STOP = _core.POOL_RES_DEAD, _core.POOL_RES_STOP
+q = SimpleQueue()
+cache = {1: Job(), 2: Job()}
+_core._pool_post(q, 5, 1, 0, 0 << 32, 'five')            # slot 0 finished seq 5...
+_core._pool_post(q, 5, 1, 0, (0 << 32) | DEAD, KeyError('lost 5'))   # ...then died
+_core._pool_post(q, 6, 2, 3, (1 << 32) | DEAD, KeyError('lost 6'))   # slot 1 died in seq 6
+_core._pool_post(q, 6, 2, 3, 2 << 32, 'six again')      # seq 6 run again elsewhere
+_core._pool_post(q, 7, 2, 4, (2 << 32) | 1, ValueError('seven'))     # RES_ERROR
+_core._pool_post(q, 8, 9, 0, 0, 'no such job')
+_core._pool_post(q, 0, 0, 0, STOP, None)
+_core._pool_dispatch(q, cache, 3)
+print(cache[1].calls)
+print(cache[2].calls)
+''', timeout=60)
+    assert not r.timed_out and r.returncode == 0, r.stderr
+    assert r.stdout == ("[(0, True, \"'five'\")]\n"
+                        "[(3, False, \"KeyError('lost 6')\"), (4, False, \"ValueError('seven')\")]\n"), r.stdout
