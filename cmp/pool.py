@@ -567,7 +567,7 @@ class _Workers:
         util.debug('worker handler exiting')
 
     def kill_workers(self):
-        for p in self.pool:
+        for p in list(self.pool):
             if p.exitcode is None:
                 p.terminate()
 
@@ -601,13 +601,13 @@ class _Workers:
         result_handler, worker_handler = self.threads or (None, None)
         me = threading.current_thread()
         if terminating:
+            # Signal the workers first: they die while the threads stop.
             self.state.value = TERMINATE
+            util.debug('terminating workers')
+            self.kill_workers()
         self.state.wake()
         if worker_handler is not None and me is not worker_handler:
             worker_handler.join()
-        if terminating:
-            util.debug('terminating workers')
-            self.kill_workers()
         for t in self.feeders:
             if me is not t:
                 t.join()
@@ -655,15 +655,16 @@ class Pool:
         self._pool = w.pool
         self._cache = w.cache
         self._waiters = _Waiters()
+        # The threads first: they start faster before the workers compete
+        # for the CPU (the worker thread looks at the workers when woken).
+        w.state.value = RUN
+        w.start_threads()
         try:
             w.repopulate()
         except Exception:
-            w.kill_workers()
-            w.join_workers()
-            w.state.close()
+            w.join(True)
             raise
-        w.state.value = RUN
-        w.start_threads()
+        w.state.wake()
         self._terminate = util.Finalize(self, w.join, args=(True,), exitpriority=15)
         self._state = RUN
 

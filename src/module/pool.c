@@ -205,13 +205,24 @@ run_task(uint64_t kind, PyObject *func, PyObject *payload)
         PyErr_SetString(PyExc_TypeError, "malformed pool task");
         return NULL;
     }
-    PyObject *chunk = PySequence_Fast(payload, "malformed pool task");
-    if (chunk == NULL)
+    /* A list or tuple is indexed; anything else (a range) iterated. */
+    int seq = PyList_CheckExact(payload) || PyTuple_CheckExact(payload);
+    PyObject *it = seq ? NULL : PyObject_GetIter(payload);
+    if (!seq && it == NULL)
         return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(chunk);
-    PyObject *out = PyList_New(n);
-    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
-        PyObject *item = PySequence_Fast_GET_ITEM(chunk, i), *r;
+    PyObject *out = PyList_New(0);
+    for (Py_ssize_t i = 0; out != NULL; i++) {
+        PyObject *item, *r;
+        if (seq) {
+            if (i >= PySequence_Fast_GET_SIZE(payload))
+                break;
+            item = Py_NewRef(PySequence_Fast_GET_ITEM(payload, i));
+        }
+        else if ((item = PyIter_Next(it)) == NULL) {
+            if (PyErr_Occurred())
+                Py_CLEAR(out);
+            break;
+        }
         if (kind == TASK_MAP) {
             r = PyObject_CallOneArg(func, item);
         }
@@ -220,12 +231,12 @@ run_task(uint64_t kind, PyObject *func, PyObject *payload)
             r = args ? PyObject_Call(func, args, NULL) : NULL;
             Py_XDECREF(args);
         }
-        if (r == NULL)
+        Py_DECREF(item);
+        if (r == NULL || PyList_Append(out, r) < 0)
             Py_CLEAR(out);
-        else
-            PyList_SET_ITEM(out, i, r);
+        Py_XDECREF(r);
     }
-    Py_DECREF(chunk);
+    Py_XDECREF(it);
     return out;
 }
 
