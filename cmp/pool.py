@@ -1,18 +1,19 @@
 """Pool and ThreadPool (mirrors multiprocessing.pool).
 
-A process Pool keeps two shared-memory rings: tasks go into one (put by the
-calling thread, or by the pool's task thread for imap), and each worker
-runs a loop in C (_core._pool_worker) that takes a task, unpickles it, calls
-it, pickles the result and puts it into the other; the pool's result thread
-runs a C loop (_core._pool_dispatch) that hands each result to its
-AsyncResult, running callbacks there as the stdlib does.
+A process Pool keeps two shared-memory rings (cmp.queues): tasks go into one,
+put by the calling thread (apply_async, map_async) or, for imap, by a thread
+per call that reads the iterable lazily; each worker runs a loop in C
+(_core._pool_worker): take a task, unpickle it, call it, pickle the result,
+put it into the other ring. The pool's result thread runs a C loop
+(_core._pool_dispatch) that hands each result to its AsyncResult, whose
+callbacks run there, as in the stdlib.
 
 Workers that die. Every worker has a slot in shared memory naming the task
-it is running (written as the task leaves the ring, see src/module/pool.c).
-The worker thread waits on the workers' sentinels; when one dies it fails
-exactly the task that worker held with WorkerLostError (naming the worker
-and its exit code), replaces the worker, and the pool keeps working. The
-stdlib's Pool hangs forever there.
+it is running (written before the task leaves the ring, see
+src/module/pool.c). The pool's worker thread waits on the workers'
+sentinels; when one dies it fails exactly the task that worker held with
+WorkerLostError (naming the worker and its exit code) and starts a new
+worker. The stdlib's Pool hangs forever there.
 
 ThreadPool runs the same API on threads, with Python loops (no pickling).
 """
@@ -881,6 +882,10 @@ class _ThreadWorkers(_Workers):
 
     def sentinels(self):
         return {}
+
+    def worker_ended(self, w):
+        w.join()
+        return None
 
     def kill_workers(self):
         # Threads cannot be killed: each stops after its current task, and

@@ -657,4 +657,5 @@ print(cache[2].calls)
 ''', timeout=60)
     assert not r.timed_out and r.returncode == 0, r.stderr
     assert r.stdout == ("[(0, True, \"'five'\")]\n"
-                        "[(3, False, \"KeyError('lost 6')\"), (4, False, \"ValueError('seven')\")]\n"), r.stdout
+                        "[(3, False, \"KeyError('lost 6')\"), "
+                        "(4, False, \"ValueError('seven')\")]\n"), r.stdout
