@@ -549,6 +549,8 @@ class _Workers:
             watched = current
             poller.poll()
             state.drain()
+            if state.value == TERMINATE:
+                break           # the finalizer joins the workers
             ended = [w for w in pool if w.exitcode is not None]
             for w in ended:
                 pool.remove(w)
@@ -609,6 +611,8 @@ class _Workers:
         self.state.wake()
         if worker_handler is not None and me is not worker_handler:
             worker_handler.join()
+        if terminating:
+            self.kill_workers()     # any it started meanwhile
         for t in self.feeders:
             if me is not t:
                 t.join()
@@ -716,7 +720,8 @@ class Pool:
         if not hasattr(iterable, '__len__'):
             iterable = list(iterable)
         if chunksize is None:
-            chunksize, extra = divmod(len(iterable), len(self._pool) * 4)
+            # (len(self._pool) as the stdlib; a dead worker may be leaving it)
+            chunksize, extra = divmod(len(iterable), (len(self._pool) or self._processes) * 4)
             if extra:
                 chunksize += 1
         if len(iterable) == 0:

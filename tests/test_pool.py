@@ -54,6 +54,17 @@ STATE = 'unset'
 def init(value):
     global STATE
     STATE = value
+
+# Output is kept until the pools are gone: a worker forked (by the pool's
+# thread) while the main thread prints would inherit, and print again, what
+# is still in the stdout buffer -- the stdlib's race as well.
+OUT = []
+
+def say(*args, end=None):
+    OUT.append(' '.join(map(str, args)))
+
+def show():
+    print('\\n'.join(OUT))
 '''
 
 
@@ -236,13 +247,14 @@ def test_initializer_and_maxtasksperchild():
     same(FUNCS + '''
 if __name__ == '__main__':
     with mp.Pool(2, initializer=init, initargs=('ready',)) as p:
-        print(set(p.map(get_state, range(20), 1)))
+        say(set(p.map(get_state, range(20), 1)))
     with mp.Pool(1, maxtasksperchild=2) as p:
         pids = [p.apply(pid, (i,)) for i in range(6)]
-        print(len(set(pids)), [pids[i] == pids[i + 1] for i in range(0, 6, 2)])
-        print(len(set(p.map(pid, range(6), 1))))
+        say(len(set(pids)), [pids[i] == pids[i + 1] for i in range(0, 6, 2)])
+        say(len(set(p.map(pid, range(6), 1))))
     with mp.Pool(2, init, ('x',), 1) as p:
-        print(p.map(get_state, range(4), 1))
+        say(p.map(get_state, range(4), 1))
+    show()
 ''')
 
 
@@ -417,16 +429,16 @@ if __name__ == '__main__':
         rs = [p.apply_async(maybe_die, (i, how)) for i in range(8)]
         for i, r in enumerate(rs):
             try:
-                print(i, r.get(timeout=30))
+                say(i, r.get(timeout=30))
             except Exception as e:
                 check(e, how)
-                print(i, 'lost', r.ready(), r.successful())
+                say(i, 'lost', r.ready(), r.successful())
         # map: the whole call raises that error
         try:
             p.map(functools.partial(maybe_die, how=how), range(10), 2)
         except Exception as e:
             check(e, how)
-            print('map lost')
+            say('map lost')
         # imap: that item raises, the iteration goes on
         it = p.imap(functools.partial(maybe_die, how=how), range(6))
         out = []
@@ -436,9 +448,10 @@ if __name__ == '__main__':
             except Exception as e:
                 check(e, how)
                 out.append('lost')
-        print(out)
-        print(p.map(sq, range(5)), p.map(pid, range(8), 1).count(os.getpid()))
-    print(mp.active_children())
+        say(out)
+        say(p.map(sq, range(5)), p.map(pid, range(8), 1).count(os.getpid()))
+    say(mp.active_children())
+    show()
 ''', args=(how,), timeout=60)
     assert not r.timed_out, r.stderr
     assert r.returncode == 0, r.stderr
@@ -474,10 +487,11 @@ if __name__ == '__main__':
     with mp.Pool(1, maxtasksperchild=2) as p:
         rs = [p.apply_async(maybe_die, (i, 'kill'), error_callback=errors.append)
               for i in range(6)]
-        print([r.get(timeout=30) if r.successful() else 'lost'
+        say([r.get(timeout=30) if r.successful() else 'lost'
                for r in rs if r.wait(30) or True])
-        print([type(e).__name__ for e in errors])
-        print(p.map(sq, range(4), 1))
+        say([type(e).__name__ for e in errors])
+        say(p.map(sq, range(4), 1))
+    show()
 ''', timeout=60)
     assert not r.timed_out and r.returncode == 0, r.stderr
     assert r.stdout == "[0, 1, 2, 'lost', 4, 5]\n['WorkerLostError']\n[0, 1, 4, 9]\n", r.stdout
@@ -491,8 +505,11 @@ if __name__ == '__main__':
         p.map(sq, range(4))
         victim = p._pool[0]
         os.kill(victim.pid, signal.SIGKILL)        # idle: just replaced
-        time.sleep(0.3)
-        print(p.map(sq, range(6)), len(p._pool), victim.pid not in [w.pid for w in p._pool])
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not (
+                len(p._pool) == 2 and victim.pid not in [w.pid for w in p._pool]):
+            time.sleep(0.01)
+        say(p.map(sq, range(6)), len(p._pool), victim.pid not in [w.pid for w in p._pool])
         r = p.apply_async(slow, (60,))
         time.sleep(0.5)
         for w in list(p._pool):
@@ -502,8 +519,9 @@ if __name__ == '__main__':
             r.get(timeout=30)
         except Exception as e:
             check(e, 'kill')
-            print('lost')
-        print(p.apply(sq, (3,)))
+            say('lost')
+        say(p.apply(sq, (3,)))
+    show()
 ''', timeout=60)
     assert not r.timed_out and r.returncode == 0, r.stderr
     assert r.stdout == '[0, 1, 4, 9, 16, 25] 2 True\nlost\n9\n', r.stdout
