@@ -583,12 +583,10 @@ class _Workers:
 
     # -- threads -------------------------------------------------------------
 
-    def start_threads(self):
-        for target, name in ((self.handle_results, 'PoolResultHandler'),
-                             (self.handle_workers, 'PoolWorkerHandler')):
-            t = threading.Thread(target=target, name=name, daemon=True)
-            t.start()
-            self.threads.append(t)
+    def start_thread(self, target, name):
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+        self.threads.append(t)
 
     def start_feeder(self, feed):
         """An imap's thread: feeds its tasks (lazily: see _imap_feeder)."""
@@ -601,7 +599,7 @@ class _Workers:
     def join(self, terminating):
         """Stop and join everything (the pool's finalizer)."""
         util.debug('finalizing pool')
-        result_handler, worker_handler = self.threads or (None, None)
+        result_handler, worker_handler = (self.threads + [None, None])[:2]
         me = threading.current_thread()
         if terminating:
             # Signal the workers first: they die while the threads stop.
@@ -660,16 +658,16 @@ class Pool:
         self._pool = w.pool
         self._cache = w.cache
         self._waiters = _Waiters()
-        # The threads first: they start faster before the workers compete
-        # for the CPU (the worker thread looks at the workers when woken).
+        # The result thread first: it starts faster before the workers
+        # compete for the CPU.
         w.state.value = RUN
-        w.start_threads()
+        w.start_thread(w.handle_results, 'PoolResultHandler')
         try:
             w.repopulate()
         except Exception:
             w.join(True)
             raise
-        w.state.wake()
+        w.start_thread(w.handle_workers, 'PoolWorkerHandler')
         self._terminate = util.Finalize(self, w.join, args=(True,), exitpriority=15)
         self._state = RUN
 
