@@ -73,6 +73,7 @@ cmp_run_blocking(cmp_blocking_fn fn, void *arg)
 
 static int (*const cmp_area_execs[])(PyObject *) = {
     cmp_proc_exec,
+    cmp_conn_exec,
 };
 
 static int
@@ -90,6 +91,11 @@ cmp_traverse(PyObject *module, visitproc visit, void *arg)
 {
     cmp_state *st = PyModule_GetState(module);
     Py_VISIT(st->placeholder);
+    Py_VISIT(st->conn_type);
+    Py_VISIT(st->conn_dump);
+    Py_VISIT(st->conn_clear_memo);
+    Py_VISIT(st->conn_chunks);
+    Py_VISIT(st->conn_loads);
     return 0;
 }
 
@@ -98,6 +104,11 @@ cmp_clear(PyObject *module)
 {
     cmp_state *st = PyModule_GetState(module);
     Py_CLEAR(st->placeholder);
+    Py_CLEAR(st->conn_type);
+    Py_CLEAR(st->conn_dump);
+    Py_CLEAR(st->conn_clear_memo);
+    Py_CLEAR(st->conn_chunks);
+    Py_CLEAR(st->conn_loads);
     return 0;
 }
 

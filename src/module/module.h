@@ -14,6 +14,13 @@
 /* Module state; every type and exception lives here (see module.c). */
 typedef struct {
     PyObject *placeholder;   /* keeps the struct non-empty until types arrive */
+    /* connection.c */
+    PyObject *conn_type;        /* cmp._core.Connection */
+    PyObject *conn_dump;        /* the cached pickler's dump, clear_memo, */
+    PyObject *conn_clear_memo;  /* and the list its file's write appends to */
+    PyObject *conn_chunks;
+    int conn_pickler_busy;      /* the cached pickler is in use */
+    PyObject *conn_loads;       /* reduction._loads */
 } cmp_state;
 
 /* Turn a core status into an exception (errno read for CMP_ERRNO).
@@ -33,5 +40,6 @@ int cmp_run_blocking(cmp_blocking_fn fn, void *arg);
 /* Per-area initialisation, called in order from the module's exec slot.
  * Each adds its functions and types to the module; 0 or -1 with an exception. */
 int cmp_proc_exec(PyObject *module);
+int cmp_conn_exec(PyObject *module);
 
 #endif /* CMP_MODULE_H */
