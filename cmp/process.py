@@ -315,3 +315,6 @@ _current_process = _MainProcess()
 _parent_process = None
 _process_counter = itertools.count(1)
 _children = set()
+
+# The working directory at import, for resolving a relative main path later.
+ORIGINAL_DIR = os.path.abspath(os.getcwd()) if os.path.exists(".") else None

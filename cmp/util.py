@@ -25,6 +25,7 @@ LOGGER_NAME = 'multiprocessing'     # the stdlib's name, so existing logging con
 DEFAULT_LOGGING_FORMAT = '[%(levelname)s/%(processName)s] %(message)s'
 
 _logger = None
+_logger_lock = threading.Lock()
 _log_to_stderr = False
 
 
@@ -48,14 +49,23 @@ def sub_warning(msg, *args):
         _logger.log(SUBWARNING, msg, *args)
 
 
+def _set_process_name(record):
+    # logging reads processName from sys.modules['multiprocessing'], which is
+    # cmp only under the runner; name the process here for cmp's own records.
+    from .process import current_process
+    record.processName = current_process().name
+    return True
+
+
 def get_logger():
     """Return the logger used by cmp, creating it on first use."""
     global _logger
     import logging
-    with logging._lock if hasattr(logging, '_lock') else threading.Lock():
+    with _logger_lock:
         if not _logger:
             _logger = logging.getLogger(LOGGER_NAME)
             _logger.propagate = 0
+            _logger.addFilter(_set_process_name)
             if not getattr(logging, '_cmp_levels_added', False):
                 logging.addLevelName(SUBDEBUG, 'SUBDEBUG')
                 logging.addLevelName(SUBWARNING, 'SUBWARNING')

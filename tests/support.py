@@ -49,7 +49,8 @@ def run(code, impl='cmp', *, timeout=60, start_method=None, args=(), stdin=None,
     """
     header = 'import %s as mp\n' % ('multiprocessing' if runner else impl)
     if start_method:
-        header += 'mp.set_start_method(%r)\n' % start_method
+        # Guarded, as in a real program: spawned children re-import this file.
+        header += 'if __name__ == "__main__":\n    mp.set_start_method(%r)\n' % start_method
     src = header + textwrap.dedent(code)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, 'snippet.py')

@@ -29,6 +29,9 @@ cmp_set_error(int status)
     case CMP_EBADMSG:
         PyErr_SetString(PyExc_OSError, "bad message length");
         break;
+    case CMP_EFULL:
+        PyErr_SetString(PyExc_OSError, "table full");
+        break;
     case CMP_EOVERFLOW:
         PyErr_SetString(PyExc_OverflowError, "counter overflow");
         break;
@@ -37,6 +40,14 @@ cmp_set_error(int status)
         break;
     }
     return NULL;
+}
+
+PyObject *
+cmp_set_error_with_filename(int status, PyObject *filename)
+{
+    if (status == CMP_ERRNO && filename != NULL)
+        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, filename);
+    return cmp_set_error(status);
 }
 
 int
@@ -73,6 +84,7 @@ cmp_run_blocking(cmp_blocking_fn fn, void *arg)
 
 static int (*const cmp_area_execs[])(PyObject *) = {
     cmp_proc_exec,
+    cmp_pshm_exec,
     cmp_conn_exec,
 };
 
@@ -90,7 +102,7 @@ static int
 cmp_traverse(PyObject *module, visitproc visit, void *arg)
 {
     cmp_state *st = PyModule_GetState(module);
-    Py_VISIT(st->placeholder);
+    Py_VISIT(st->mapping_type);
     Py_VISIT(st->conn_type);
     Py_VISIT(st->conn_dump);
     Py_VISIT(st->conn_clear_memo);
@@ -103,7 +115,7 @@ static int
 cmp_clear(PyObject *module)
 {
     cmp_state *st = PyModule_GetState(module);
-    Py_CLEAR(st->placeholder);
+    Py_CLEAR(st->mapping_type);
     Py_CLEAR(st->conn_type);
     Py_CLEAR(st->conn_dump);
     Py_CLEAR(st->conn_clear_memo);

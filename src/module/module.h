@@ -13,7 +13,7 @@
 
 /* Module state; every type and exception lives here (see module.c). */
 typedef struct {
-    PyObject *placeholder;   /* keeps the struct non-empty until types arrive */
+    PyTypeObject *mapping_type;     /* shared_memory.c: CmpMapping */
     /* connection.c */
     PyObject *conn_type;        /* cmp._core.Connection */
     PyObject *conn_dump;        /* the cached pickler's dump, clear_memo, */
@@ -26,6 +26,9 @@ typedef struct {
 /* Turn a core status into an exception (errno read for CMP_ERRNO).
  * Always returns NULL so callers can `return cmp_set_error(st);`. */
 PyObject *cmp_set_error(int status);
+
+/* The same, naming `filename` in the OSError (as open() does). */
+PyObject *cmp_set_error_with_filename(int status, PyObject *filename);
 
 /* timeout (None or a number of seconds) -> absolute deadline.
  * Returns 0, or -1 with an exception set. */
@@ -40,6 +43,7 @@ int cmp_run_blocking(cmp_blocking_fn fn, void *arg);
 /* Per-area initialisation, called in order from the module's exec slot.
  * Each adds its functions and types to the module; 0 or -1 with an exception. */
 int cmp_proc_exec(PyObject *module);
+int cmp_pshm_exec(PyObject *module);
 int cmp_conn_exec(PyObject *module);
 
 #endif /* CMP_MODULE_H */

@@ -1,0 +1,43 @@
+"""Process workloads: the cost of starting and joining a child.
+
+process.start_join.<method>: N sequential `ctx.Process(target=noop)`,
+`start()`, `join()` under one start method. One untimed start+join first
+pays the one-time costs (lazy imports, starting the fork server), so the
+rate is that of a program that starts children steadily.
+"""
+import time
+
+
+def _noop():
+    pass
+
+
+def _start_join(method, n):
+    def start_join(mp, scale=1.0):
+        ctx = mp.get_context(method)
+        count = max(1, round(n * scale))
+        warm = ctx.Process(target=_noop)
+        warm.start()
+        warm.join()
+        failed = 0
+        t0 = time.perf_counter()
+        for _ in range(count):
+            p = ctx.Process(target=_noop)
+            p.start()
+            p.join()
+            failed += p.exitcode != 0
+        seconds = time.perf_counter() - t0
+        if warm.exitcode != 0 or failed:
+            raise RuntimeError('%d of %d children under %s did not exit with 0'
+                               % (failed + (warm.exitcode != 0), count + 1, method))
+        return count, seconds
+    start_join.__name__ = 'start_join_' + method
+    return start_join
+
+
+# Counts chosen for about a second per run on a small machine.
+WORKLOADS = {
+    'process.start_join.fork': (_start_join('fork', 400), 'starts/s'),
+    'process.start_join.spawn': (_start_join('spawn', 25), 'starts/s'),
+    'process.start_join.forkserver': (_start_join('forkserver', 150), 'starts/s'),
+}

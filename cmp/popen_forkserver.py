@@ -1,0 +1,70 @@
+"""Starting a child through the fork server (mirrors multiprocessing.popen_forkserver)."""
+import os
+import signal
+
+from . import _core, context, forkserver, popen_fork, spawn, util
+
+__all__ = ['Popen']
+
+
+class Popen(popen_fork.Popen):
+    """A child forked by the fork server. Its sentinel is the request
+    socket, which becomes readable when the server reports the exit code."""
+    method = 'forkserver'
+
+    def __init__(self, process_obj):
+        self._fds = []
+        super().__init__(process_obj)
+
+    def duplicate_for_child(self, fd):
+        self._fds.append(fd)
+        return len(self._fds) - 1
+
+    def _launch(self, process_obj):
+        data = bytearray()
+        context.set_spawning_popen(self)
+        try:
+            spawn.dump_prefixed(spawn.get_preparation_data(process_obj._name), data)
+            spawn.dump_prefixed(process_obj, data)
+        finally:
+            context.set_spawning_popen(None)
+
+        child_r, parent_w = os.pipe()
+        try:
+            sock = forkserver.connect_to_new_process(
+                [child_r, popen_fork.self_pidfd(), *self._fds])
+        finally:
+            os.close(child_r)
+        self._sock = sock
+        self.finalizer = util.Finalize(self, sock.close)
+        with open(parent_w, 'wb', closefd=True) as f:
+            try:
+                f.write(data)
+            except BrokenPipeError:
+                pass
+        self.pid = forkserver.read_signed(sock)
+        self.sentinel = sock.fileno()
+
+    def poll(self, flag=os.WNOHANG):
+        if self.returncode is None:
+            timeout = 0 if flag == os.WNOHANG else None
+            if not _core.wait_readable(self.sentinel, timeout):
+                return None
+            try:
+                self.returncode = forkserver.read_signed(self._sock)
+            except (OSError, EOFError):
+                self.returncode = 255   # the server died: the status is lost
+        return self.returncode
+
+    def _send_signal(self, sig):
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def terminate(self):
+        self._send_signal(signal.SIGTERM)
+
+    def kill(self):
+        self._send_signal(signal.SIGKILL)

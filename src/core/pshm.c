@@ -1,0 +1,306 @@
+/* Named POSIX shared memory and its resource tracker. */
+#include "pshm.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+/* ------------------------------------------------------------------------ */
+/* Blocks                                                                   */
+
+int
+cmp_pshm_open(const char *name, int create, size_t *size)
+{
+    int flags = O_RDWR | (create ? O_CREAT | O_EXCL : 0);
+    int fd = shm_open(name, flags, 0600);    /* glibc sets O_CLOEXEC */
+    if (fd < 0)
+        return CMP_ERRNO;
+    if (create) {
+        int r;
+        do {
+            r = ftruncate(fd, (off_t)*size);
+        } while (r < 0 && errno == EINTR);
+        if (r < 0) {
+            int saved = errno;
+            shm_unlink(name);
+            close(fd);
+            errno = saved;
+            return CMP_ERRNO;
+        }
+    }
+    else {
+        struct stat st;
+        if (fstat(fd, &st) < 0) {
+            int saved = errno;
+            close(fd);
+            errno = saved;
+            return CMP_ERRNO;
+        }
+        *size = (size_t)st.st_size;
+    }
+    return fd;
+}
+
+int
+cmp_pshm_create_random(size_t size, char name[CMP_PSHM_RANDOM_NAME_LEN + 1])
+{
+    static const char hex[] = "0123456789abcdef";
+    for (;;) {
+        unsigned char rnd[4];
+        if (getrandom(rnd, sizeof rnd, 0) != (ssize_t)sizeof rnd)
+            return CMP_ERRNO;
+        memcpy(name, "/psm_", 5);
+        for (int i = 0; i < 4; i++) {
+            name[5 + 2 * i] = hex[rnd[i] >> 4];
+            name[6 + 2 * i] = hex[rnd[i] & 15];
+        }
+        name[CMP_PSHM_RANDOM_NAME_LEN] = '\0';
+        size_t sz = size;
+        int fd = cmp_pshm_open(name, 1, &sz);
+        if (fd >= 0 || errno != EEXIST)
+            return fd;
+    }
+}
+
+int
+cmp_pshm_unlink(const char *name)
+{
+    return shm_unlink(name) == 0 ? CMP_OK : CMP_ERRNO;
+}
+
+/* ------------------------------------------------------------------------ */
+/* The tracker's table                                                      */
+
+#define SLOT_FREE 0u
+#define SLOT_WRITING 1u
+#define SLOT_USED 2u
+#define SLOT_NAME_MAX 488
+#define TRACKER_SLOTS 65536u     /* 32 MiB of address space, touched as used */
+
+typedef struct {
+    _Atomic uint32_t state;
+    uint32_t reserved;
+    uint64_t dev;
+    uint64_t ino;
+    char name[SLOT_NAME_MAX];
+} track_slot;
+
+typedef struct {
+    _Atomic uint32_t high;      /* one past the highest slot ever used */
+    _Atomic uint32_t hint;      /* where to start looking for a free slot */
+    char pad[sizeof(track_slot) - 8];
+} track_header;
+
+_Static_assert(sizeof(track_slot) == 512, "slot layout");
+_Static_assert(sizeof(track_header) == sizeof(track_slot), "header layout");
+
+typedef struct {
+    track_header head;
+    track_slot slots[];
+} track_table;
+
+#define TRACKER_BYTES (sizeof(track_header) + TRACKER_SLOTS * sizeof(track_slot))
+
+/* Process-wide: the tracker is a property of the process (and of the
+ * children it forks afterwards, which inherit the mapping and the pipe). */
+static track_table *tracker_table;
+static int tracker_pipe_w = -1;
+
+/* ------------------------------------------------------------------------ */
+/* The tracker process: async-signal-safe calls only (it is forked from a
+ * process that may have other threads).                                    */
+
+static size_t
+fmt_uint(char *out, unsigned long v)
+{
+    char tmp[24];
+    size_t n = 0, i = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        out[i++] = tmp[--n];
+    return i;
+}
+
+static void
+write_all(int fd, const char *p, size_t n)
+{
+    while (n) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0)
+            return;
+        p += w;
+        n -= (size_t)w;
+    }
+}
+
+/* Unlink slot's block if it is still the one that was registered. */
+static int
+cleanup_slot(track_slot *s)
+{
+    char path[16 + SLOT_NAME_MAX] = "/dev/shm";
+    size_t n = strlen(s->name);
+    memcpy(path + 8, s->name, n + 1);
+    int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+    if (fd < 0)
+        return 0;               /* already unlinked by someone */
+    struct stat st;
+    int same = fstat(fd, &st) == 0 && (uint64_t)st.st_dev == s->dev &&
+               (uint64_t)st.st_ino == s->ino;
+    close(fd);
+    return same && unlink(path) == 0;
+}
+
+static _Noreturn void
+tracker_main(int rfd, track_table *t)
+{
+    struct sigaction ign;
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    sigaction(SIGINT, &ign, NULL);      /* Ctrl-C in the terminal, like the stdlib's */
+    sigaction(SIGTERM, &ign, NULL);
+
+    /* Hold nothing of the parent's but stderr and our pipe, or we would keep
+     * its pipes and sockets open (no EOF for their readers). */
+    int null = open("/dev/null", O_RDWR);
+    if (null >= 0) {
+        dup2(null, 0);
+        dup2(null, 1);
+    }
+    if (rfd > 3)
+        syscall(SYS_close_range, 3u, (unsigned)rfd - 1, 0u);
+    syscall(SYS_close_range, (unsigned)rfd + 1, ~0u, 0u);
+
+    char buf[64];
+    for (;;) {
+        ssize_t r = read(rfd, buf, sizeof buf);
+        if (r == 0 || (r < 0 && errno != EINTR))
+            break;
+    }
+
+    unsigned long leaked = 0;
+    uint32_t high = atomic_load(&t->head.high);
+    for (uint32_t i = 0; i < high && i < TRACKER_SLOTS; i++) {
+        track_slot *s = &t->slots[i];
+        if (atomic_load(&s->state) == SLOT_USED)
+            leaked += (unsigned long)cleanup_slot(s);
+    }
+    if (leaked) {
+        static const char a[] = "cmp/resource_tracker: UserWarning: resource_tracker: "
+                                "There appear to be ";
+        static const char b[] = " leaked shared_memory objects to clean up at shutdown\n";
+        char line[sizeof a + sizeof b + 24];
+        size_t n = 0;
+        memcpy(line, a, sizeof a - 1);
+        n += sizeof a - 1;
+        n += fmt_uint(line + n, leaked);
+        memcpy(line + n, b, sizeof b - 1);
+        n += sizeof b - 1;
+        write_all(2, line, n);
+    }
+    _exit(0);
+}
+
+int
+cmp_tracker_ensure(void)
+{
+    if (tracker_table != NULL)
+        return CMP_OK;
+    int p[2] = {-1, -1}, saved;
+    int mfd = memfd_create("cmp-tracker", MFD_CLOEXEC);
+    if (mfd < 0)
+        return CMP_ERRNO;
+    void *mem = MAP_FAILED;
+    if (ftruncate(mfd, (off_t)TRACKER_BYTES) < 0)
+        goto fail;
+    mem = mmap(NULL, TRACKER_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
+    if (mem == MAP_FAILED)
+        goto fail;
+    close(mfd);
+    mfd = -1;
+    if (pipe2(p, O_CLOEXEC) < 0)
+        goto fail;
+    pid_t pid = fork();
+    if (pid < 0)
+        goto fail;
+    if (pid == 0) {
+        close(p[1]);
+        tracker_main(p[0], mem);
+    }
+    close(p[0]);
+    tracker_pipe_w = p[1];
+    tracker_table = mem;
+    return CMP_OK;
+fail:
+    saved = errno;
+    if (mfd >= 0)
+        close(mfd);
+    if (mem != MAP_FAILED)
+        munmap(mem, TRACKER_BYTES);
+    if (p[0] >= 0) {
+        close(p[0]);
+        close(p[1]);
+    }
+    errno = saved;
+    return CMP_ERRNO;
+}
+
+int
+cmp_tracker_add(const char *name, int fd)
+{
+    size_t n = strlen(name);
+    struct stat st;
+    if (n >= SLOT_NAME_MAX) {
+        errno = ENAMETOOLONG;
+        return CMP_ERRNO;
+    }
+    if (fstat(fd, &st) < 0)
+        return CMP_ERRNO;
+    int st_ = cmp_tracker_ensure();
+    if (st_ != CMP_OK)
+        return st_;
+    track_table *t = tracker_table;
+    uint32_t start = atomic_load_explicit(&t->head.hint, memory_order_relaxed) % TRACKER_SLOTS;
+    for (uint32_t k = 0; k < TRACKER_SLOTS; k++) {
+        uint32_t i = (start + k) % TRACKER_SLOTS;
+        track_slot *s = &t->slots[i];
+        uint32_t expected = SLOT_FREE;
+        if (atomic_load_explicit(&s->state, memory_order_relaxed) != SLOT_FREE ||
+            !atomic_compare_exchange_strong(&s->state, &expected, SLOT_WRITING))
+            continue;
+        s->dev = (uint64_t)st.st_dev;
+        s->ino = (uint64_t)st.st_ino;
+        memcpy(s->name, name, n + 1);
+        uint32_t high = atomic_load(&t->head.high);
+        while (high < i + 1 && !atomic_compare_exchange_weak(&t->head.high, &high, i + 1))
+            ;
+        atomic_store_explicit(&t->head.hint, i + 1, memory_order_relaxed);
+        atomic_store_explicit(&s->state, SLOT_USED, memory_order_release);
+        return (int)i;
+    }
+    return CMP_EFULL;
+}
+
+void
+cmp_tracker_remove(int slot)
+{
+    if (tracker_table == NULL || slot < 0 || (uint32_t)slot >= TRACKER_SLOTS)
+        return;
+    track_slot *s = &tracker_table->slots[slot];
+    atomic_store_explicit(&s->state, SLOT_FREE, memory_order_release);
+    uint32_t hint = atomic_load_explicit(&tracker_table->head.hint, memory_order_relaxed);
+    if ((uint32_t)slot < hint)
+        atomic_store_explicit(&tracker_table->head.hint, (uint32_t)slot, memory_order_relaxed);
+}

@@ -1,0 +1,45 @@
+/* Named POSIX shared memory (shm_open under /dev/shm), and the resource
+ * tracker that unlinks the blocks a program created but never unlinked. */
+#ifndef CMP_PSHM_H
+#define CMP_PSHM_H
+
+#include <stddef.h>
+
+#include "cmp_core.h"
+
+/* Open the block `name` (with its leading '/'): created exclusively with
+ * `size` bytes, or attached, its size read back into *size. Returns a
+ * close-on-exec fd or CMP_ERRNO. A block that was created but could not be
+ * sized is unlinked again. */
+int cmp_pshm_open(const char *name, int create, size_t *size);
+
+/* Create a block under a fresh random name in the stdlib's format
+ * ("/psm_" and 8 hex digits) written to name[0..CMP_PSHM_RANDOM_NAME_LEN].
+ * Returns the fd or CMP_ERRNO. */
+#define CMP_PSHM_RANDOM_NAME_LEN 13
+int cmp_pshm_create_random(size_t size, char name[CMP_PSHM_RANDOM_NAME_LEN + 1]);
+
+/* shm_unlink(name): CMP_OK or CMP_ERRNO. */
+int cmp_pshm_unlink(const char *name);
+
+/* --------------------------------------------------------------------------
+ * The tracker: a small process forked on first use that waits for every
+ * process holding its pipe (the starter and the children forked after) to
+ * exit, however they exit, then unlinks the blocks still registered and
+ * prints the stdlib's warning. Registering writes a slot in a table that the
+ * tracker shares (a memfd mapping): no syscall, no message. A slot remembers
+ * the block's device and inode, so a block recreated under the same name by
+ * someone else is never unlinked by mistake. */
+
+/* Start this process's tracker if it has none (children forked afterwards
+ * share it). CMP_OK or CMP_ERRNO. */
+int cmp_tracker_ensure(void);
+
+/* Register the block `name` open on `fd`: a slot number, CMP_EFULL when
+ * the table is full, or CMP_ERRNO. */
+int cmp_tracker_add(const char *name, int fd);
+
+/* Forget a registration (the block was unlinked by its owner). */
+void cmp_tracker_remove(int slot);
+
+#endif /* CMP_PSHM_H */

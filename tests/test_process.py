@@ -1,0 +1,381 @@
+"""Process and the process-level functions, against the stdlib, under every
+start method."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from support import assert_same, child_env, run
+
+METHODS = ['fork', 'spawn', 'forkserver']
+
+
+@pytest.fixture(params=METHODS)
+def method(request):
+    return request.param
+
+
+def test_target_args_kwargs_and_names(method):
+    assert_same('''
+        import os
+        def f(a, b=None):
+            p = mp.current_process()
+            print('child', a, b, p.name, mp.parent_process().name, p.daemon)
+        if __name__ == '__main__':
+            ps = [mp.Process(target=f, args=(i,), kwargs={'b': 'x'}) for i in range(3)]
+            ps.append(mp.Process(target=f, args=(9,), name='named', daemon=True))
+            print([p.name for p in ps], [p.exitcode for p in ps], [p.pid for p in ps])
+            for p in ps:
+                p.start()
+                p.join()
+            print([p.exitcode for p in ps], [p.is_alive() for p in ps])
+            print(mp.parent_process(), mp.current_process().name)
+    ''', start_method=method)
+
+
+def test_nested_names_and_subclass(method):
+    assert_same('''
+        class Worker(mp.Process):
+            def __init__(self, tag):
+                super().__init__()
+                self.tag = tag
+            def run(self):
+                print('run', self.tag, self.name, mp.current_process().name)
+                if self.tag == 'outer':
+                    inner = Worker('inner')
+                    inner.start()
+                    inner.join()
+                    print('inner', inner.name, inner.exitcode)
+        if __name__ == '__main__':
+            w = Worker('outer')
+            w.start()
+            w.join()
+            print(w.exitcode, repr(w))
+    ''', start_method=method)
+
+
+@pytest.mark.parametrize('body, name', [
+    ('pass', 'return'),
+    ('raise ValueError("boom")', 'exception'),
+    ('sys.exit()', 'exit-none'),
+    ('sys.exit(0)', 'exit-0'),
+    ('sys.exit(3)', 'exit-3'),
+    ('sys.exit(300)', 'exit-300'),
+    ('sys.exit(-1)', 'exit-minus-1'),
+    ('sys.exit("bye")', 'exit-str'),
+    ('os._exit(5)', 'os-exit'),
+    ('raise KeyboardInterrupt', 'keyboard-interrupt'),
+    ('os.kill(os.getpid(), signal.SIGKILL)', 'self-kill'),
+])
+def test_exit_codes_and_stderr(method, body, name):
+    std, mine = assert_same('''
+        import os, signal, sys
+        def f():
+            %s
+        if __name__ == '__main__':
+            p = mp.Process(target=f)
+            p.start()
+            p.join()
+            print(p.exitcode, repr(p))
+    ''' % body, start_method=method)
+    # The child's report: "Process Process-1:", the traceback, the message.
+    first = lambda r: r.stderr.splitlines()[:1]
+    assert first(mine) == first(std)
+    assert mine.stderr.splitlines()[-1:] == std.stderr.splitlines()[-1:]
+
+
+def test_terminate_kill_and_reprs(method):
+    assert_same('''
+        import time
+        if __name__ == '__main__':
+            a = mp.Process(target=time.sleep, args=(30,))
+            b = mp.Process(target=time.sleep, args=(30,), daemon=True)
+            print(repr(a))
+            a.start(); b.start()
+            print(a.is_alive(), b.is_alive(), a.exitcode)
+            a.join(0.05)
+            print(a.is_alive(), a.exitcode)
+            a.terminate(); b.kill()
+            a.join(); b.join()
+            print(a.exitcode, b.exitcode, repr(a), repr(b))
+            print(a.is_alive(), mp.active_children())
+            a.terminate()   # harmless once it has ended
+            a.close()
+            print(repr(a))
+            for attr in ('pid', 'exitcode', 'sentinel'):
+                try:
+                    getattr(a, attr)
+                except ValueError as e:
+                    print(attr, 'ValueError', e)
+    ''', start_method=method)
+
+
+def test_api_errors(method):
+    assert_same('''
+        import time
+        def attempt(f):
+            try:
+                r = f()
+                print('ok', r)
+            except Exception as e:
+                print(type(e).__name__, e)
+        if __name__ == '__main__':
+            p = mp.Process(target=time.sleep, args=(30,))
+            attempt(lambda: p.join())
+            attempt(lambda: p.is_alive())
+            attempt(lambda: p.sentinel)
+            attempt(lambda: mp.Process(group=1))
+            attempt(lambda: setattr(p, 'name', 3))
+            p.start()
+            attempt(p.start)
+            attempt(lambda: setattr(p, 'daemon', True))
+            attempt(p.close)
+            p.kill(); p.join()
+            p.close(); p.close()
+            attempt(p.start)
+            attempt(p.is_alive)
+            attempt(p.join)
+            attempt(lambda: p.name)
+            attempt(lambda: mp.get_context('nope'))
+            attempt(lambda: mp.set_start_method('fork'))
+            attempt(lambda: mp.get_context().set_start_method('fork'))
+            print(mp.get_all_start_methods(), mp.get_start_method(allow_none=True))
+            print(mp.cpu_count() >= 1)
+            import pickle
+            attempt(lambda: pickle.dumps(mp.Process()))
+    ''', start_method=method)
+
+
+def test_daemon_cannot_have_children(method):
+    std, mine = assert_same('''
+        def inner():
+            pass
+        def outer():
+            mp.Process(target=inner).start()
+        if __name__ == '__main__':
+            p = mp.Process(target=outer, daemon=True)
+            p.start()
+            p.join()
+            print(p.exitcode)
+    ''', start_method=method)
+    assert 'AssertionError: daemonic processes are not allowed to have children' in mine.stderr
+
+
+def test_exit_joins_children_and_terminates_daemons(method):
+    assert_same('''
+        import time
+        def slow(tag):
+            time.sleep(0.5)
+            print(tag, 'finished', flush=True)
+        if __name__ == '__main__':
+            mp.Process(target=slow, args=('normal',)).start()
+            mp.Process(target=slow, args=('daemon',), daemon=True).start()
+            print('main done', flush=True)
+    ''', start_method=method)
+
+
+def test_sentinel_and_join_timeout(method):
+    assert_same('''
+        import select, time
+        if __name__ == '__main__':
+            p = mp.Process(target=time.sleep, args=(0.3,))
+            p.start()
+            r, _, _ = select.select([p.sentinel], [], [], 0)
+            print('ready early', bool(r))
+            t = time.monotonic(); p.join(0.05); waited = time.monotonic() - t
+            print('join timeout returned alive', p.is_alive(), waited >= 0.05)
+            r, _, _ = select.select([p.sentinel], [], [], 10)
+            print('ready at end', bool(r))
+            p.join()
+            print(p.exitcode)
+    ''', start_method=method)
+
+
+def test_child_stdin_is_devnull(method):
+    assert_same('''
+        import sys
+        def f():
+            print('read', repr(sys.stdin.read()))
+        if __name__ == '__main__':
+            p = mp.Process(target=f)
+            p.start(); p.join()
+    ''', start_method=method, stdin='typed by the user\n')
+
+
+def test_buffered_output_not_duplicated(method):
+    # stdout is a pipe here, so block-buffered: unflushed text must not be
+    # copied into the child by fork.
+    assert_same('''
+        import sys
+        def f():
+            print('child')
+        if __name__ == '__main__':
+            print('before', end=' ')
+            sys.stderr.write('err-before ')
+            p = mp.Process(target=f)
+            p.start(); p.join()
+            print('after')
+    ''', start_method=method)
+
+
+def test_register_at_fork_hooks_run():
+    assert_same('''
+        import os
+        os.register_at_fork(before=lambda: print('before', flush=True),
+                            after_in_parent=lambda: print('parent', flush=True),
+                            after_in_child=lambda: print('child', flush=True))
+        if __name__ == '__main__':
+            p = mp.Process(target=print, args=('target',))
+            p.start(); p.join()
+    ''', start_method='fork')
+
+
+def test_active_children_reaps():
+    mine = run('''
+        import os, time
+        if __name__ == '__main__':
+            p = mp.Process(target=time.sleep, args=(0.1,))
+            p.start()
+            print(len(mp.active_children()))
+            time.sleep(0.5)
+            print(len(mp.active_children()))
+            # reaped: no zombie left behind
+            with open('/proc/%d/status' % os.getpid()) as f:
+                pass
+            try:
+                os.waitpid(p.pid, os.WNOHANG)
+                print('zombie')
+            except ChildProcessError:
+                print('reaped')
+    ''', 'cmp')
+    assert mine.stdout.split() == ['1', '0', 'reaped'], mine.stderr
+
+
+def test_context_objects(method):
+    assert_same('''
+        ctx = mp.get_context(%r)
+        def f(x):
+            print('in', x, mp.current_process().name)
+        if __name__ == '__main__':
+            p = ctx.Process(target=f, args=(1,))
+            print(type(p).__name__, ctx.get_start_method())
+            p.start(); p.join()
+            print(p.exitcode, mp.get_start_method(allow_none=True))
+    ''' % method)
+
+
+def test_logging_to_stderr():
+    std, mine = assert_same('''
+        import logging
+        if __name__ == '__main__':
+            logger = mp.log_to_stderr(logging.INFO)
+            print(logger.name, logger is mp.get_logger(), logger.level)
+            p = mp.Process(target=print, args=('hi',))
+            p.start(); p.join()
+    ''', start_method='fork')
+    assert '[INFO/Process-1] child process calling self.run()' in mine.stderr
+
+
+@pytest.mark.parametrize('method', METHODS)
+def test_daemon_dies_with_killed_parent(method, tmp_path):
+    """The stdlib leaves daemonic children running when the parent is
+    SIGKILLed; cmp's die with it."""
+    pidfile = tmp_path / 'daemon.pid'
+    script = textwrap.dedent('''
+        import os, sys, time, threading
+        import cmp as mp
+        def daemon(path):
+            with open(path, 'w') as f:
+                f.write(str(os.getpid()))
+            time.sleep(60)
+        def start(method, path):
+            mp.get_context(method).Process(target=daemon, args=(path,), daemon=True).start()
+        if __name__ == '__main__':
+            method, path, from_thread = sys.argv[1], sys.argv[2], sys.argv[3] == '1'
+            if from_thread:   # the forking thread ends long before the process
+                t = threading.Thread(target=start, args=(method, path)); t.start(); t.join()
+            else:
+                start(method, path)
+            print('started', flush=True)
+            time.sleep(60)
+    ''')
+    path = tmp_path / 'parent.py'
+    path.write_text(script)
+    for from_thread in ('0', '1'):
+        if pidfile.exists():
+            pidfile.unlink()
+        parent = subprocess.Popen([sys.executable, str(path), method, str(pidfile), from_thread],
+                                  stdout=subprocess.PIPE, env=child_env(), cwd=tmp_path)
+        try:
+            assert parent.stdout.readline() == b'started\n'
+            deadline = time.monotonic() + 10
+            while not pidfile.exists() or not pidfile.read_text():
+                assert time.monotonic() < deadline, 'daemon never started'
+                time.sleep(0.02)
+            daemon_pid = int(pidfile.read_text())
+            if from_thread == '1':
+                time.sleep(0.3)
+                assert _running(daemon_pid), 'daemon died with the thread that started it'
+            parent.send_signal(signal.SIGKILL)
+            parent.wait()
+            deadline = time.monotonic() + 5
+            while _running(daemon_pid):
+                assert time.monotonic() < deadline, 'daemon outlived its parent'
+                time.sleep(0.02)
+        finally:
+            parent.kill()
+            parent.wait()
+            parent.stdout.close()
+
+
+def _running(pid):
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            state = f.read().rsplit(')', 1)[1].split()[0]
+        return state != 'Z'
+    except FileNotFoundError:
+        return False
+
+
+def test_no_leaks_across_many_children(method):
+    """Sentinels, pids and zombies are released: after many start/join
+    cycles the process holds the descriptors and children it held before."""
+    r = run('''
+        import gc, os
+        def f():
+            pass
+        def fds():
+            return len(os.listdir('/proc/self/fd'))
+        def zombies():
+            n = 0
+            for pid in os.listdir('/proc'):
+                if pid.isdigit():
+                    try:
+                        with open('/proc/%s/stat' % pid) as fh:
+                            fields = fh.read().rsplit(')', 1)[1].split()
+                    except OSError:
+                        continue
+                    if fields[0] == 'Z' and int(fields[1]) == os.getpid():
+                        n += 1
+            return n
+        if __name__ == '__main__':
+            p = mp.Process(target=f); p.start(); p.join()   # warm-up (fork server)
+            del p; gc.collect()
+            before = fds()
+            for i in range(60):
+                p = mp.Process(target=f)
+                p.start()
+                if i % 2:
+                    p.join()
+                else:
+                    while p.is_alive():
+                        pass
+            del p
+            gc.collect()
+            print(fds() - before, zombies(), len(mp.active_children()))
+    ''', 'cmp', start_method=method, timeout=120)
+    assert r.stdout.split() == ['0', '0', '0'], r.stdout + r.stderr
