@@ -138,6 +138,11 @@ cmp_wire_send(int fd, cmp_wire_tx *tx)
             tx->nfds = 0;
         }
         tx_advance(tx, (size_t)n);
+        /* A short write may hide a signal (the call returns what it wrote
+         * instead of EINTR): let the caller run handlers before blocking
+         * again. */
+        if (tx->iovcnt > 0)
+            return CMP_EINTR;
     }
     return CMP_OK;
 }
@@ -222,7 +227,7 @@ cmp_wire_recv_header(int fd, int is_socket, cmp_wire_rx *rx)
             return CMP_EEOF;
         rx->hdr_have += (uint32_t)n;
         if (rx->hdr_have < rx->hdr_need)
-            continue;
+            return CMP_EINTR;   /* a short read may hide a signal, as above */
         if (rx->hdr_need == 4) {
             int32_t v = (int32_t)(uint32_t)big_endian(rx->hdr, 4);
             if (v == -1) {
@@ -259,6 +264,8 @@ cmp_wire_recv_body(int fd, cmp_wire_rx *rx)
         if (n == 0)
             return CMP_EEOF;
         rx->body_have += (uint64_t)n;
+        if (rx->body_have < rx->len)
+            return CMP_EINTR;   /* a short read may hide a signal, as above */
     }
     return CMP_OK;
 }

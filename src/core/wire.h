@@ -14,7 +14,10 @@
  *
  * Both directions keep their progress in a small struct, so a call that a
  * signal interrupts (CMP_EINTR) resumes where it stopped: no half-read or
- * half-written frame is lost. On Unix sockets, descriptors travel with a frame
+ * half-written frame is lost. A short read or write also returns CMP_EINTR
+ * ("progress made, call again"): a signal that arrives once some bytes have
+ * moved does not make the system call fail, and the caller must get the
+ * chance to run its handlers before blocking again. On Unix sockets, descriptors travel with a frame
  * (SCM_RIGHTS on its first byte).
  */
 #ifndef CMP_WIRE_H

@@ -399,6 +399,12 @@ conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject 
         return NULL;
     if (check_writable(self) < 0)
         return NULL;
+    if (!PyObject_CheckBuffer(argv[0])) {
+        PyErr_Format(PyExc_TypeError,
+                     "memoryview: a bytes-like object is required, not '%.200s'",
+                     Py_TYPE(argv[0])->tp_name);
+        return NULL;
+    }
     if (PyObject_GetBuffer(argv[0], &view, PyBUF_SIMPLE) < 0)
         return NULL;
     Py_ssize_t n = view.len, offset = 0, size;
@@ -567,10 +573,19 @@ conn_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
     r = PyObject_CallOneArg(p.dump, argv[0]);
     conn_tx_batch = outer_batch;
     {
+        /* Drop the memo (and its references) whether or not dump failed. */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
         PyObject *c = PyObject_CallNoArgs(p.clear_memo);
-        if (c == NULL && r != NULL)
-            Py_CLEAR(r);
+        if (c == NULL) {
+            if (et != NULL)
+                PyErr_Clear();
+            else
+                Py_CLEAR(r);
+        }
         Py_XDECREF(c);
+        if (et != NULL)
+            PyErr_Restore(et, ev, tb);
     }
     if (r == NULL)
         goto done;
@@ -874,8 +889,22 @@ conn_recv_bytes_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
         return NULL;
     if (check_readable(self) < 0)
         return NULL;
-    if (PyObject_GetBuffer(argv[0], &view, PyBUF_WRITABLE | PyBUF_ND | PyBUF_FORMAT) < 0)
+    if (!PyObject_CheckBuffer(argv[0])) {
+        PyErr_Format(PyExc_TypeError,
+                     "memoryview: a bytes-like object is required, not '%.200s'",
+                     Py_TYPE(argv[0])->tp_name);
         return NULL;
+    }
+    /* A read-only buffer fails here, before a message is consumed (the
+     * stdlib reads the message, then fails to copy it). */
+    if (PyObject_GetBuffer(argv[0], &view, PyBUF_WRITABLE | PyBUF_ND | PyBUF_FORMAT) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_TypeError,
+                            "readinto() argument must be read-write bytes-like object");
+        }
+        return NULL;
+    }
     if (view.ndim == 0) {
         PyErr_SetString(PyExc_TypeError, "0-dim memory has no length");
         goto done;
@@ -1068,6 +1097,17 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
         }
         else if ((fd = PyObject_AsFileDescriptor(obj)) < 0) {
             goto done;
+        }
+        for (Py_ssize_t j = 0; j < i; j++) {
+            if (fds[j].fd == fd) {      /* as the stdlib's selector says it */
+                PyObject *msg = PyUnicode_FromFormat("%R (FD %d) is already registered",
+                                                     obj, fd);
+                if (msg != NULL) {
+                    PyErr_SetObject(PyExc_KeyError, msg);
+                    Py_DECREF(msg);
+                }
+                goto done;
+            }
         }
         fds[i].fd = fd;
         fds[i].events = POLLIN;
