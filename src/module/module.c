@@ -85,6 +85,8 @@ cmp_run_blocking(cmp_blocking_fn fn, void *arg)
 static int (*const cmp_area_execs[])(PyObject *) = {
     cmp_proc_exec,
     cmp_pshm_exec,
+    cmp_sync_exec,
+    cmp_queue_exec,
     cmp_conn_exec,
 };
 
@@ -108,7 +110,11 @@ cmp_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->conn_clear_memo);
     Py_VISIT(st->conn_chunks);
     Py_VISIT(st->conn_loads);
-    return 0;
+    Py_VISIT(st->semlock_type);
+    Py_VISIT(st->condvar_type);
+    Py_VISIT(st->event_type);
+    Py_VISIT(st->block_type);
+    return cmp_queue_traverse(st, visit, arg);
 }
 
 static int
@@ -116,6 +122,11 @@ cmp_clear(PyObject *module)
 {
     cmp_state *st = PyModule_GetState(module);
     Py_CLEAR(st->mapping_type);
+    Py_CLEAR(st->semlock_type);
+    Py_CLEAR(st->condvar_type);
+    Py_CLEAR(st->event_type);
+    Py_CLEAR(st->block_type);
+    cmp_queue_clear(st);
     Py_CLEAR(st->conn_type);
     Py_CLEAR(st->conn_dump);
     Py_CLEAR(st->conn_clear_memo);

@@ -14,6 +14,18 @@
 /* Module state; every type and exception lives here (see module.c). */
 typedef struct {
     PyTypeObject *mapping_type;     /* shared_memory.c: CmpMapping */
+    PyTypeObject *semlock_type;     /* synchronize.c: CmpSemLock */
+    PyTypeObject *condvar_type;     /* synchronize.c: CmpCondVar */
+    PyTypeObject *event_type;       /* synchronize.c: CmpEvent */
+    PyTypeObject *block_type;       /* synchronize.c: CmpSharedBlock */
+    /* queue.c */
+    PyTypeObject *q_ring_type;      /* Ring: the base of Queue */
+    PyTypeObject *q_simple_type;    /* SimpleRing: the base of SimpleQueue */
+    PyTypeObject *q_sink_type;      /* what the cached pickler writes to */
+    PyObject *q_pickler_type, *q_dispatch_table, *q_loads, *q_empty, *q_full;
+    int q_protocol;
+    int q_pickler_busy;
+    PyObject *q_sink, *q_dump, *q_clear_memo;   /* the cached pickler */
     /* connection.c */
     PyObject *conn_type;        /* cmp._core.Connection */
     PyObject *conn_dump;        /* the cached pickler's dump, clear_memo, */
@@ -44,6 +56,10 @@ int cmp_run_blocking(cmp_blocking_fn fn, void *arg);
  * Each adds its functions and types to the module; 0 or -1 with an exception. */
 int cmp_proc_exec(PyObject *module);
 int cmp_pshm_exec(PyObject *module);
+int cmp_sync_exec(PyObject *module);
+int cmp_queue_exec(PyObject *module);
+int cmp_queue_traverse(cmp_state *st, visitproc visit, void *arg);
+void cmp_queue_clear(cmp_state *st);
 int cmp_conn_exec(PyObject *module);
 
 #endif /* CMP_MODULE_H */
