@@ -2,10 +2,8 @@
 cross-implementation on one socket, malformed frames, signals, descriptors."""
 import os
 import pickle
-import random
 import socket
 import struct
-import sys
 import textwrap
 
 import pytest
@@ -14,22 +12,6 @@ import cmp
 import cmp.connection
 import multiprocessing.connection as std_connection
 from support import assert_same, run
-
-
-
-def _find_notes():
-    # The notes' examples live in shared/notes/examples beside the checkout
-    # (for a worktree, beside some ancestor of it).
-    d = os.path.dirname(os.path.abspath(__file__))
-    while d != os.path.dirname(d):
-        cand = os.path.join(d, 'shared', 'notes', 'examples')
-        if os.path.isdir(cand):
-            return cand
-        d = os.path.dirname(d)
-    return ''
-
-
-NOTES = os.environ.get('CMP_NOTES_EXAMPLES') or _find_notes()
 
 # Prints the outcome of a call: its value, or the exception's type and text.
 TRY = '''
@@ -310,43 +292,6 @@ def test_pickling_outside_spawning_is_an_error_in_plain_pickle():
         w.send(a)             # a pipe cannot carry descriptors
     for c in (a, b, r, w):
         c.close()
-
-
-# ---------------------------------------------------------------------------
-# Notes examples (the pipe ones)
-
-def _notes_example(name):
-    path = os.path.join(NOTES, name)
-    if not os.path.exists(path):
-        pytest.skip('notes examples not found at %s' % NOTES)
-    with open(path, encoding='utf-8') as f:
-        return f.read()
-
-
-@pytest.mark.parametrize('name,stdin', [
-    ('000-10.py', 'hello\nworld\nquit\n'),
-    ('002-19.py', None),
-    ('004-06.py', None),
-])
-def test_notes_examples(name, stdin):
-    code = _notes_example(name)
-    std = run(code, 'multiprocessing', runner=True, stdin=stdin, timeout=30)
-    mine = run(code, 'cmp', runner=True, stdin=stdin, timeout=30)
-    assert not mine.timed_out and not std.timed_out
-    assert mine.returncode == std.returncode == 0, mine.stderr
-    if name == '004-06.py':      # prints the parent's pid five times
-        assert len(set(mine.stdout.split())) == 1 and len(mine.stdout.split()) == 5
-    else:
-        assert mine.stdout == std.stdout
-
-
-def test_notes_pipe_capacity_example():
-    # The child prints numbers until its send blocks; compare the shape.
-    code = _notes_example('000-11.py')
-    mine = run(code, 'cmp', runner=True, stdin='x\nquit\n', timeout=30)
-    assert not mine.timed_out and mine.returncode == 0, mine.stderr
-    nums = [int(x) for x in mine.stdout.split()]
-    assert nums == list(range(len(nums)))
 
 
 # ---------------------------------------------------------------------------
