@@ -58,25 +58,17 @@ IMPLS = ('stdlib', 'cmp')
 
 ISSUES = {
     5: 'Value/Array: issue #5',
-    6: 'Queue: issue #6',
     7: 'Pool: issue #7',
     'Manager': 'Manager: not planned in any open issue',
 }
 NEEDS = {
-    '000-12.py': {6},
-    '000-19.py': {6},
     '000-22.py': {5},
-    '000-23.py': {5, 6},
+    '000-23.py': {5},
     '000-24.py': {5},
-    '002-18.py': {6},
     '002-20.py': {7},
     '002-21.py': {7},
-    '003-15.py': {6},
-    '003-17.py': {6},
     '003-19.py': {5},
     '003-20.py': {'Manager'},
-    '004-07.py': {6},
-    '004-08.py': {6},
     '004-09.py': {5},
     '004-10.py': {5},
 }
@@ -185,8 +177,9 @@ def _last_pid():
         return None
 
 
-def _group_alive(pgid):
-    """Whether a live process (not a zombie waiting to be reaped) is in group pgid."""
+def _group_members(pgid):
+    """The live processes (not zombies waiting to be reaped) of group pgid."""
+    members = []
     for name in os.listdir('/proc'):
         if not name.isdigit():
             continue
@@ -198,8 +191,36 @@ def _group_alive(pgid):
         # pid (comm) state ppid pgrp ...; comm may hold spaces and parens.
         fields = stat[stat.rindex(b')') + 2:].split()
         if int(fields[2]) == pgid and fields[0] != b'Z':
-            return True
-    return False
+            members.append(int(name))
+    return members
+
+
+def _group_alive(pgid):
+    return bool(_group_members(pgid))
+
+
+def _is_resource_tracker(pid):
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            cmdline = f.read()
+        with open('/proc/%d/comm' % pid, 'rb') as f:
+            comm = f.read().strip()
+    except OSError:
+        return False
+    return comm == b'cmp-tracker' or b'resource_tracker' in cmdline
+
+
+def _stop_group(pgid):
+    """SIGKILL the group, sparing its resource trackers (the stdlib's and
+    cmp's): once everything else is gone they clean up what the program left
+    in /dev/shm, which SIGKILL would leave there forever. Trackers still
+    running a few seconds later are killed by the caller's final sweep."""
+    for pid in _group_members(pgid):
+        if not _is_resource_tracker(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def run_example(file, impl, cwd, seconds, stdin=''):
@@ -232,7 +253,7 @@ def run_example(file, impl, cwd, seconds, stdin=''):
                 break
             _read_ready(ready, streams)
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            _stop_group(proc.pid)
             proc.wait()
             status = STOPPED
             leftover = False
@@ -244,11 +265,16 @@ def run_example(file, impl, cwd, seconds, stdin=''):
                 time.sleep(0.02)
             leftover = _group_alive(proc.pid)
             if leftover:
-                os.killpg(proc.pid, signal.SIGKILL)
-        # Nothing of it outlives the run (SIGKILL takes a moment to land).
+                _stop_group(proc.pid)
+        # Nothing of it outlives the run (SIGKILL takes a moment to land,
+        # trackers a moment to clean up).
         gone = time.monotonic() + 5.0
         while _group_alive(proc.pid) and time.monotonic() < gone:
             time.sleep(0.02)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         # Everything written before the end: read to end of file.
         while streams:
             ready, _, _ = select.select(list(streams), [], [], 5.0)
