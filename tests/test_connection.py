@@ -644,3 +644,48 @@ def test_fork_after_interrupted_state_is_independent():
         print(a.recv() == p.pid)
     ''', 'cmp', timeout=30)
     assert r.stdout.strip() == 'True', r.stderr
+
+
+def test_connection_through_listener_client():
+    # AF_UNIX carries descriptors (SCM_RIGHTS); AF_INET cannot and says so.
+    import threading
+    for family in ('AF_UNIX', 'AF_INET'):
+        with cmp.connection.Listener(family=family) as l:
+            got = []
+            th = threading.Thread(target=lambda: got.append(l.accept()))
+            th.start()
+            client = cmp.connection.Client(l.address)
+            th.join(10)
+            server = got[0]
+            a, b = cmp.Pipe()
+            if family == 'AF_UNIX':
+                client.send(('conn', b))
+                tag, b2 = server.recv()
+                b2.send('through a listener')
+                assert a.recv() == 'through a listener'
+                b2.close()
+            else:
+                with pytest.raises(RuntimeError, match='Unix socket'):
+                    client.send(b)
+                client.send('still usable')
+                assert server.recv() == 'still usable'
+            for c in (a, b, client, server):
+                c.close()
+
+
+def test_ctrl_c_interrupts_wait_and_poll():
+    r = run('''
+        import os, signal, threading, time
+        import cmp
+        a, b = cmp.Pipe()
+        for f in (lambda: cmp.connection.wait([a]), lambda: a.poll(None)):
+            threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+            t0 = time.monotonic()
+            try:
+                f()
+            except KeyboardInterrupt:
+                print('interrupted', time.monotonic() - t0 < 5)
+        b.send('ok')
+        print(a.recv())
+    ''', 'cmp', timeout=30)
+    assert r.stdout.split() == ['interrupted', 'True', 'interrupted', 'True', 'ok'], r.stderr
