@@ -16,6 +16,16 @@ Passing a Connection to another process:
   no thread and no socket. A simplex Pipe(duplex=False) or an AF_INET
   connection cannot carry descriptors: sending a Connection through one
   raises RuntimeError.
+
+Differences from the stdlib, all where it loses data or fails late:
+- a receive interrupted by a signal handler that raises (Ctrl-C) keeps the
+  part of the frame already read, and the next receive completes it; a send
+  interrupted part-way through a frame writes the rest before the next frame
+  (the stdlib loses the partial frame and the stream is out of step);
+- a negative length other than the long-form marker is "bad message length"
+  (the stdlib returns b'' and reads the rest as further frames);
+- recv_bytes_into() checks that the buffer is writable before it takes a
+  message (the stdlib consumes the message, then fails).
 """
 import itertools
 import os

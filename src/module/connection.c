@@ -94,7 +94,6 @@ parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
     for (Py_ssize_t i = 0; i < nargs; i++)
         out[i] = args[i];
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    Py_ssize_t given = nargs;
     for (Py_ssize_t k = 0; k < nkw; k++) {
         PyObject *key = PyTuple_GET_ITEM(kwnames, k);
         Py_ssize_t i;
@@ -113,7 +112,6 @@ parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
             return -1;
         }
         out[i] = args[nargs + k];
-        given = i + 1 > given ? i + 1 : given;
     }
     for (Py_ssize_t i = 0; i < nrequired; i++) {
         if (out[i] == NULL) {
@@ -122,7 +120,6 @@ parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
             return -1;
         }
     }
-    (void)given;
     return 0;
 }
 
