@@ -201,33 +201,35 @@ int
 cmp_wire_recv_header(int fd, int is_socket, cmp_wire_rx *rx)
 {
     while (!rx->header_done) {
-        void *dst = rx->hdr + rx->hdr_have;
-        size_t want = rx->hdr_need - rx->hdr_have;
-        ssize_t n;
-        if (is_socket) {
-            struct iovec iov = {.iov_base = dst, .iov_len = want};
-            cmp_cmsg_space cmsg;
-            struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1,
-                               .msg_control = cmsg.buf,
-                               .msg_controllen = sizeof(cmsg.buf)};
-            n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC);
-            if (n >= 0 && m.msg_controllen > 0)
-                collect_fds(rx, &m);
+        if (rx->hdr_have < rx->hdr_need) {
+            void *dst = rx->hdr + rx->hdr_have;
+            size_t want = rx->hdr_need - rx->hdr_have;
+            ssize_t n;
+            if (is_socket) {
+                struct iovec iov = {.iov_base = dst, .iov_len = want};
+                cmp_cmsg_space cmsg;
+                struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1,
+                                   .msg_control = cmsg.buf,
+                                   .msg_controllen = sizeof(cmsg.buf)};
+                n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC);
+                if (n >= 0 && m.msg_controllen > 0)
+                    collect_fds(rx, &m);
+            }
+            else {
+                n = read(fd, dst, want);
+            }
+            if (n < 0) {
+                int st = io_error(fd, POLLIN);
+                if (st != CMP_OK)
+                    return st;
+                continue;
+            }
+            if (n == 0)
+                return CMP_EEOF;
+            rx->hdr_have += (uint32_t)n;
+            if (rx->hdr_have < rx->hdr_need)
+                return CMP_EINTR;   /* a short read may hide a signal, as above */
         }
-        else {
-            n = read(fd, dst, want);
-        }
-        if (n < 0) {
-            int st = io_error(fd, POLLIN);
-            if (st != CMP_OK)
-                return st;
-            continue;
-        }
-        if (n == 0)
-            return CMP_EEOF;
-        rx->hdr_have += (uint32_t)n;
-        if (rx->hdr_have < rx->hdr_need)
-            return CMP_EINTR;   /* a short read may hide a signal, as above */
         if (rx->hdr_need == 4) {
             int32_t v = (int32_t)(uint32_t)big_endian(rx->hdr, 4);
             if (v == -1) {
@@ -244,6 +246,47 @@ cmp_wire_recv_header(int fd, int is_socket, cmp_wire_rx *rx)
         rx->header_done = 1;
     }
     return CMP_OK;
+}
+
+int
+cmp_wire_recv_header_spin(int fd, int is_socket, cmp_wire_rx *rx, uint32_t *budget_ns)
+{
+    if (!is_socket || cmp_wire_rx_started(rx))
+        return CMP_EEMPTY;
+    /* The first bytes, if they are there: a non-blocking read of the header. */
+    struct iovec iov = {.iov_base = rx->hdr, .iov_len = rx->hdr_need};
+    cmp_cmsg_space cmsg;
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1,
+                       .msg_control = cmsg.buf, .msg_controllen = sizeof(cmsg.buf)};
+    ssize_t n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n > 0) {
+        if (m.msg_controllen > 0)
+            collect_fds(rx, &m);
+        rx->hdr_have = (uint32_t)n;
+        if (rx->hdr_have < rx->hdr_need)
+            return CMP_EINTR;   /* progress kept: the caller calls again */
+        return cmp_wire_recv_header(fd, is_socket, rx);
+    }
+    if (n == 0)
+        return CMP_EEOF;
+    if (errno != EAGAIN && errno != EWOULDBLOCK)
+        return errno == EINTR ? CMP_EINTR : CMP_ERRNO;
+
+    uint32_t ns = *budget_ns;
+    if (ns == 0 || ns > CMP_WIRE_SPIN_MAX_NS)
+        ns = CMP_WIRE_SPIN_MAX_NS;
+    int64_t end = cmp_monotonic_ns() + ns;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    do {
+        if (poll(&p, 1, 0) > 0) {
+            if (ns < CMP_WIRE_SPIN_MAX_NS)
+                *budget_ns = ns * 2;
+            return cmp_wire_recv_header(fd, is_socket, rx);
+        }
+    } while (cmp_monotonic_ns() < end);
+    if (ns > CMP_WIRE_SPIN_MIN_NS)
+        *budget_ns = ns / 2;
+    return CMP_EEMPTY;
 }
 
 int

@@ -95,6 +95,20 @@ int cmp_wire_rx_started(const cmp_wire_rx *rx);
  * collected into rx->fds (close-on-exec). */
 int cmp_wire_recv_header(int fd, int is_socket, cmp_wire_rx *rx);
 
+/* Before blocking for a frame that has not begun, busy-wait for it: a peer
+ * about to answer (a round trip) is caught without putting this process to
+ * sleep and waking it, which costs more than the system calls do. On a
+ * socket, first try a non-blocking read of the header (data already there
+ * costs nothing extra), then poll with a zero timeout for up to *budget_ns.
+ * The budget adapts per connection, as the futex waits' do (sync.c): it
+ * doubles, up to CMP_WIRE_SPIN_MAX_NS, when the spin caught the frame, and
+ * halves, down to CMP_WIRE_SPIN_MIN_NS, when the wait went on regardless.
+ * Returns what cmp_wire_recv_header() would, or CMP_EEMPTY when the caller
+ * should go on with a blocking cmp_wire_recv_header(). Pipes do not spin. */
+#define CMP_WIRE_SPIN_MAX_NS 50000
+#define CMP_WIRE_SPIN_MIN_NS 2000
+int cmp_wire_recv_header_spin(int fd, int is_socket, cmp_wire_rx *rx, uint32_t *budget_ns);
+
 /* Read the rest of the payload into rx->body. CMP_OK, CMP_EEOF (the peer
  * closed inside the frame), CMP_EINTR, CMP_ERRNO. */
 int cmp_wire_recv_body(int fd, cmp_wire_rx *rx);

@@ -54,6 +54,7 @@ typedef struct {
     char is_unix;           /* a Unix socket: descriptors can travel */
     conn_parked *parked;    /* an interrupted incoming frame, or NULL */
     PyObject *tx_rest;      /* the unsent rest of an interrupted frame, or NULL */
+    uint32_t spin_ns;       /* adaptive busy-wait before blocking in recv (wire.h) */
 } CmpConnection;
 
 /* Descriptors handed out while this thread pickles (send) or unpickles
@@ -686,12 +687,20 @@ struct rx_call {
     int fd;
     int is_socket;
     cmp_wire_rx *rx;
+    uint32_t *spin_ns;      /* NULL once spun: a retry after a signal blocks */
 };
 
 static int
 rx_header_fn(void *p)
 {
     struct rx_call *a = p;
+    if (a->spin_ns != NULL) {
+        uint32_t *budget = a->spin_ns;
+        a->spin_ns = NULL;
+        int st = cmp_wire_recv_header_spin(a->fd, a->is_socket, a->rx, budget);
+        if (st != CMP_EEMPTY)
+            return st;
+    }
     return cmp_wire_recv_header(a->fd, a->is_socket, a->rx);
 }
 
@@ -773,7 +782,7 @@ conn_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
     else {
         cmp_wire_rx_reset(rx);
     }
-    struct rx_call a = {self->fd, self->is_socket, rx};
+    struct rx_call a = {self->fd, self->is_socket, rx, &self->spin_ns};
     if (!rx->header_done) {
         st = cmp_run_blocking(rx_header_fn, &a);
         if (st != CMP_OK)

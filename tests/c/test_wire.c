@@ -345,6 +345,74 @@ CTEST(dup_is_cloexec_and_close)
     CHECK_EQ(cmp_wire_close(p[1]), CMP_OK);
 }
 
+CTEST(spin_reads_a_waiting_frame_without_blocking)
+{
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    unsigned char frame[] = {0, 0, 0, 3, 'a', 'b', 'c'};
+    CHECK(write(sv[0], frame, sizeof frame) == (ssize_t)sizeof frame);
+    cmp_wire_rx rx;
+    cmp_wire_rx_reset(&rx);
+    uint32_t budget = 0;
+    CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget), CMP_OK);
+    CHECK_EQ(rx.len, 3);
+    CHECK_EQ(budget, 0);          /* no spin happened: nothing to adapt */
+    close(sv[0]);
+    close(sv[1]);
+}
+
+CTEST(spin_gives_up_and_halves_its_budget)
+{
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    cmp_wire_rx rx;
+    cmp_wire_rx_reset(&rx);
+    uint32_t budget = 8000;
+    int64_t t0 = cmp_monotonic_ns();
+    CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget), CMP_EEMPTY);
+    CHECK(cmp_monotonic_ns() - t0 >= 8000);
+    CHECK_EQ(budget, 4000);
+    CHECK(!cmp_wire_rx_started(&rx));
+    for (int i = 0; i < 10; i++)
+        cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget);
+    CHECK_EQ(budget, CMP_WIRE_SPIN_MIN_NS);
+    /* The peer closing is end of file, not "go on and block". */
+    close(sv[0]);
+    CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget), CMP_EEOF);
+    close(sv[1]);
+}
+
+CTEST(spin_header_split_across_reads)
+{
+    int sv[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
+    unsigned char frame[] = {0, 0, 0, 2, 'h', 'i'};
+    CHECK(write(sv[0], frame, 2) == 2);       /* half a header now */
+    cmp_wire_rx rx;
+    cmp_wire_rx_reset(&rx);
+    uint32_t budget = 0;
+    CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget), CMP_EINTR);
+    CHECK(cmp_wire_rx_started(&rx));
+    CHECK(write(sv[0], frame + 2, 4) == 4);
+    CHECK_EQ(cmp_wire_recv_header(sv[1], 1, &rx), CMP_OK);
+    CHECK_EQ(rx.len, 2);
+    close(sv[0]);
+    close(sv[1]);
+}
+
+CTEST(pipes_do_not_spin)
+{
+    int p[2];
+    CHECK(pipe2(p, O_CLOEXEC) == 0);
+    cmp_wire_rx rx;
+    cmp_wire_rx_reset(&rx);
+    uint32_t budget = 0;
+    CHECK_EQ(cmp_wire_recv_header_spin(p[0], 0, &rx, &budget), CMP_EEMPTY);
+    CHECK_EQ(budget, 0);
+    close(p[0]);
+    close(p[1]);
+}
+
 int
 main(void)
 {
