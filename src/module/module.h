@@ -37,6 +37,14 @@ int cmp_deadline_from_timeout(PyObject *timeout, int64_t *deadline);
 typedef int (*cmp_blocking_fn)(void *arg);
 int cmp_run_blocking(cmp_blocking_fn fn, void *arg);
 
+/* synchronize.c, for other types that take a cmp lock from C.
+ * cmp_semlock_check: 1 if obj is a cmp SemLock whose __enter__/__exit__ are
+ * the C ones (then the two below may be called on it), 0 if not, -1 error.
+ * cmp_semlock_enter/exit: what `with lock:` does; 0, or -1 with an exception. */
+int cmp_semlock_check(PyObject *obj);
+int cmp_semlock_enter(PyObject *lock);
+int cmp_semlock_exit(PyObject *lock);
+
 /* Per-area initialisation, called in order from the module's exec slot.
  * Each adds its functions and types to the module; 0 or -1 with an exception. */
 int cmp_proc_exec(PyObject *module);
