@@ -18,6 +18,11 @@ typedef struct {
     PyTypeObject *condvar_type;     /* synchronize.c: CmpCondVar */
     PyTypeObject *event_type;       /* synchronize.c: CmpEvent */
     PyTypeObject *block_type;       /* synchronize.c: CmpSharedBlock */
+    PyTypeObject *shared_value_type;    /* sharedctypes.c: CmpShared */
+    PyTypeObject *shared_array_type;    /* sharedctypes.c: CmpShared */
+    PyTypeObject *sync_value_type;      /* sharedctypes.c: CmpSync */
+    PyTypeObject *sync_array_type;      /* sharedctypes.c: CmpSync */
+    PyTypeObject *sync_string_type;     /* sharedctypes.c: CmpSync */
 } cmp_state;
 
 /* Turn a core status into an exception (errno read for CMP_ERRNO).
@@ -50,5 +55,6 @@ int cmp_semlock_exit(PyObject *lock);
 int cmp_proc_exec(PyObject *module);
 int cmp_pshm_exec(PyObject *module);
 int cmp_sync_exec(PyObject *module);
+int cmp_sharedctypes_exec(PyObject *module);
 
 #endif /* CMP_MODULE_H */
