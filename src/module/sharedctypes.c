@@ -180,33 +180,32 @@ set_format(CmpShared *self)
 }
 
 /* A zeroed object in fresh arena memory, or (fd >= 0) over the block at
- * offset `off` of the segment open as fd, which it takes over. */
+ * offset `off` of the segment open as fd, which it takes over (closing it if
+ * the arguments are bad). */
 static PyObject *
 shared_create(PyTypeObject *type, PyObject *ctype, PyObject *code_obj, Py_ssize_t length,
               int is_array, int fd, Py_ssize_t off)
 {
-    if (!PyUnicode_Check(code_obj) || PyUnicode_GET_LENGTH(code_obj) != 1
-            || PyUnicode_READ_CHAR(code_obj, 0) > 127
-            || code_size((char)PyUnicode_READ_CHAR(code_obj, 0)) == 0) {
-        PyErr_Format(PyExc_ValueError, "bad type code %R", code_obj);
-        return NULL;
-    }
-    char code = (char)PyUnicode_READ_CHAR(code_obj, 0);
+    char code = 0;
+    if (PyUnicode_Check(code_obj) && PyUnicode_GET_LENGTH(code_obj) == 1
+            && PyUnicode_READ_CHAR(code_obj, 0) < 128)
+        code = (char)PyUnicode_READ_CHAR(code_obj, 0);
     Py_ssize_t itemsize = code_size(code);
+    if (itemsize == 0) {
+        PyErr_Format(PyExc_ValueError, "bad type code %R", code_obj);
+        goto bad_args;
+    }
     if (length < 0) {
         PyErr_Format(PyExc_ValueError, "Array length must be >= 0, not %zd", length);
-        return NULL;
+        goto bad_args;
     }
     if (length > PY_SSIZE_T_MAX / itemsize) {
         PyErr_SetString(PyExc_OverflowError, "array too large");
-        return NULL;
+        goto bad_args;
     }
     CmpShared *self = (CmpShared *)type->tp_alloc(type, 0);
-    if (self == NULL) {
-        if (fd >= 0)
-            close(fd);
-        return NULL;
-    }
+    if (self == NULL)
+        goto bad_args;
     self->code = code;
     self->itemsize = itemsize;
     self->length = length;
@@ -222,6 +221,11 @@ shared_create(PyTypeObject *type, PyObject *ctype, PyObject *code_obj, Py_ssize_
     }
     self->data = self->blk.addr;
     return (PyObject *)self;
+
+bad_args:
+    if (fd >= 0)
+        close(fd);
+    return NULL;
 }
 
 static PyObject *
@@ -294,6 +298,20 @@ value_set_value(CmpShared *self, PyObject *v, void *Py_UNUSED(closure))
     return item_set(self->code, self->data, v);
 }
 
+/* AttributeError for an attribute only some arrays have, naming the array
+ * as ctypes does ('c_int_Array_3'). Returns -1. */
+static int
+no_attribute(CmpShared *self, const char *attr)
+{
+    PyObject *name = PyObject_GetAttrString(self->ctype, "__name__");
+    if (name == NULL)
+        return -1;
+    PyErr_Format(PyExc_AttributeError, "'%U_Array_%zd' object has no attribute '%s'",
+                 name, self->length, attr);
+    Py_DECREF(name);
+    return -1;
+}
+
 /* A 'c' array's .value: the bytes before the first NUL; a 'u' array's: the
  * characters before the first NUL. Other arrays have no .value. */
 static PyObject *
@@ -306,8 +324,7 @@ array_get_value(CmpShared *self, void *Py_UNUSED(closure))
         const wchar_t *w = (const wchar_t *)self->data;
         return PyUnicode_FromWideChar(w, (Py_ssize_t)wcsnlen(w, (size_t)self->length));
     }
-    PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute 'value'",
-                 Py_TYPE(self)->tp_name);
+    no_attribute(self, "value");
     return NULL;
 }
 
@@ -352,9 +369,7 @@ array_set_value(CmpShared *self, PyObject *v, void *Py_UNUSED(closure))
             return -1;
         return 0;
     }
-    PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute 'value'",
-                 Py_TYPE(self)->tp_name);
-    return -1;
+    return no_attribute(self, "value");
 }
 
 /* A 'c' array's .raw: all its bytes; setting copies a bytes-like object in. */
@@ -362,8 +377,7 @@ static PyObject *
 array_get_raw(CmpShared *self, void *Py_UNUSED(closure))
 {
     if (self->code != 'c') {
-        PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute 'raw'",
-                     Py_TYPE(self)->tp_name);
+        no_attribute(self, "raw");
         return NULL;
     }
     return PyBytes_FromStringAndSize(self->data, self->length);
@@ -373,9 +387,7 @@ static int
 array_set_raw(CmpShared *self, PyObject *v, void *Py_UNUSED(closure))
 {
     if (self->code != 'c') {
-        PyErr_Format(PyExc_AttributeError, "'%.100s' object has no attribute 'raw'",
-                     Py_TYPE(self)->tp_name);
-        return -1;
+        return no_attribute(self, "raw");
     }
     if (v == NULL) {
         PyErr_SetString(PyExc_TypeError, "can't delete attribute");
