@@ -57,8 +57,9 @@ def run_script(path, argv):
         sys.stderr.write("%s: can't open file %r: [Errno %d] %s\n"
                          % (sys.executable, os.path.abspath(path), e.errno, e.strerror))
         sys.exit(2)
-    sys.argv = list(argv)
-    sys.path[0] = os.path.dirname(os.path.abspath(path))
+    sys.argv = list(argv)                   # argv[0] as typed, like python
+    path = os.path.abspath(path)            # __file__ and tracebacks: absolute (3.9+)
+    sys.path[0] = os.path.dirname(path)
     main = types.ModuleType('__main__')
     main.__file__ = path
     main.__cached__ = None

@@ -63,13 +63,25 @@ def run(code, impl='cmp', *, timeout=60, start_method=None, args=(), stdin=None,
         proc = subprocess.Popen(cmd, cwd=d, env=child_env(env), text=True,
                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, start_new_session=True)
+        timed_out = False
         try:
-            out, err = proc.communicate(stdin, timeout=timeout)
-            return Result(impl, proc.returncode, out, err)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
-            return Result(impl, proc.returncode, out, err, timed_out=True)
+            try:
+                out, err = proc.communicate(stdin, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                timed_out = True
+                os.killpg(proc.pid, signal.SIGKILL)
+                out, err = proc.communicate()
+        finally:
+            # Whatever ended the wait (a timeout here, pytest-timeout, Ctrl-C),
+            # nothing the snippet started outlives it.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        return Result(impl, proc.returncode, out, err, timed_out=timed_out)
 
 
 def run_both(code, **kwargs):

@@ -127,3 +127,17 @@ def test_cmp_never_imports_stdlib_multiprocessing(tmp_path):
     '''))
     r = run_python(tmp_path)
     assert r.stdout.splitlines() == ['[]'] * 4, r.stderr
+
+
+def test_relative_script_path_as_python(tmp_path):
+    (tmp_path / 'prog.py').write_text(textwrap.dedent('''
+        import sys
+        print(__file__, sys.argv[0])
+        raise ValueError('where')
+    '''))
+    mine = subprocess.run([sys.executable, '-m', 'cmp', 'prog.py'], cwd=tmp_path,
+                          env=child_env(), capture_output=True, text=True, timeout=60)
+    std = subprocess.run([sys.executable, 'prog.py'], cwd=tmp_path,
+                         env=child_env(), capture_output=True, text=True, timeout=60)
+    assert mine.stdout == std.stdout == '%s prog.py\n' % (tmp_path / 'prog.py')
+    assert mine.stderr == std.stderr

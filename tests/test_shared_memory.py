@@ -247,27 +247,6 @@ def test_no_fd_or_block_leaks(shm_entries):
     assert r.stderr == ''
 
 
-def test_notes_sender_reader_run_cleanly(tmp_path, shm_entries):
-    """000-27 (sender) and 000-28 (reader) from the notes, by name 'shm'."""
-    here = os.path.join(os.path.dirname(__file__), 'notes')
-    if not os.path.exists(os.path.join(here, '000-27.py')):
-        pytest.skip('notes examples not copied yet')
-    for f in ('000-27.py', '000-28.py', 'MyClass.py'):
-        (tmp_path / f).write_bytes(open(os.path.join(here, f), 'rb').read())
-    env = child_env()
-    sender = subprocess.Popen([sys.executable, '-m', 'cmp', '000-27.py'], cwd=tmp_path,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)
-    reader = subprocess.run([sys.executable, '-m', 'cmp', '000-28.py'], cwd=tmp_path, env=env,
-                            capture_output=True, text=True, timeout=30)
-    out, err = sender.communicate(timeout=30)
-    lines = reader.stdout.splitlines()
-    assert lines[1:] == ['name =  zhangsan', 'age =  20', 'cannot close exported pointers exist']
-    assert reader.stderr == '' and reader.returncode == 0
-    assert err == '' and sender.returncode == 0, err
-    assert len(out.splitlines()) == 1          # just its pid: close and unlink succeeded
-
-
 def test_bad_size_leaves_no_block(shm_entries):
     # The stdlib creates the name first and leaks an empty block here.
     r = run('''

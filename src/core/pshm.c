@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -171,6 +172,7 @@ tracker_main(int rfd, track_table *t)
     ign.sa_handler = SIG_IGN;
     sigaction(SIGINT, &ign, NULL);      /* Ctrl-C in the terminal, like the stdlib's */
     sigaction(SIGTERM, &ign, NULL);
+    prctl(PR_SET_NAME, "cmp-tracker");  /* what ps shows */
 
     /* Hold nothing of the parent's but stderr and our pipe, or we would keep
      * its pipes and sockets open (no EOF for their readers). */

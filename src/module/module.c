@@ -87,6 +87,7 @@ static int (*const cmp_area_execs[])(PyObject *) = {
     cmp_pshm_exec,
     cmp_sync_exec,
     cmp_sharedctypes_exec,
+    cmp_queue_exec,
 };
 
 static int
@@ -113,7 +114,7 @@ cmp_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->sync_value_type);
     Py_VISIT(st->sync_array_type);
     Py_VISIT(st->sync_string_type);
-    return 0;
+    return cmp_queue_traverse(st, visit, arg);
 }
 
 static int
@@ -130,6 +131,7 @@ cmp_clear(PyObject *module)
     Py_CLEAR(st->sync_value_type);
     Py_CLEAR(st->sync_array_type);
     Py_CLEAR(st->sync_string_type);
+    cmp_queue_clear(st);
     return 0;
 }
 

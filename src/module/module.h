@@ -8,6 +8,23 @@
 
 #include "cmp_core.h"
 
+/* CPython 3.9 compatibility for what the binding uses from 3.10. */
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *
+Py_NewRef(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+#define Py_XNewRef(o) (Py_XINCREF(o), (PyObject *)(o))
+#endif
+#ifndef Py_TPFLAGS_IMMUTABLETYPE
+#define Py_TPFLAGS_IMMUTABLETYPE 0
+#endif
+#ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION
+#define Py_TPFLAGS_DISALLOW_INSTANTIATION 0
+#endif
+
 /* Binding-level status: a Python exception is already set. */
 #define CMP_PYERR (-1000)
 
@@ -23,6 +40,14 @@ typedef struct {
     PyTypeObject *sync_value_type;      /* sharedctypes.c: CmpSync */
     PyTypeObject *sync_array_type;      /* sharedctypes.c: CmpSync */
     PyTypeObject *sync_string_type;     /* sharedctypes.c: CmpSync */
+    /* queue.c */
+    PyTypeObject *q_ring_type;      /* Ring: the base of Queue */
+    PyTypeObject *q_simple_type;    /* SimpleRing: the base of SimpleQueue */
+    PyTypeObject *q_sink_type;      /* what the cached pickler writes to */
+    PyObject *q_pickler_type, *q_dispatch_table, *q_loads, *q_empty, *q_full;
+    int q_protocol;
+    int q_pickler_busy;
+    PyObject *q_sink, *q_dump, *q_clear_memo;   /* the cached pickler */
 } cmp_state;
 
 /* Turn a core status into an exception (errno read for CMP_ERRNO).
@@ -56,5 +81,8 @@ int cmp_proc_exec(PyObject *module);
 int cmp_pshm_exec(PyObject *module);
 int cmp_sync_exec(PyObject *module);
 int cmp_sharedctypes_exec(PyObject *module);
+int cmp_queue_exec(PyObject *module);
+int cmp_queue_traverse(cmp_state *st, visitproc visit, void *arg);
+void cmp_queue_clear(cmp_state *st);
 
 #endif /* CMP_MODULE_H */

@@ -176,9 +176,11 @@ semlock_new(PyTypeObject *type, PyObject *args, PyObject *Py_UNUSED(kwds))
         PyErr_SetString(PyExc_ValueError, "unrecognized kind");
         return NULL;
     }
-    if (value < 0 || maxvalue < 0) {   /* what sem_open says */
-        errno = EINVAL;
-        return cmp_set_error(CMP_ERRNO);
+    if (value < 0 || maxvalue < 0) {
+        /* The stdlib passes this to sem_open and reports its EINVAL as
+         * OSError; cmp says what is wrong, as threading.Semaphore does. */
+        PyErr_SetString(PyExc_ValueError, "semaphore initial value must be >= 0");
+        return NULL;
     }
     CmpSemLock *self = semlock_alloc(type, kind, (uint32_t)maxvalue);
     if (self == NULL)
