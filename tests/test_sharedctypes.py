@@ -2,17 +2,10 @@
 (every constructor form, type code, accessor, error and repr), across
 processes under every start method, with numpy, and on their own (locks,
 memory reclaimed)."""
-import json
-import os
-import re
-import shutil
-import subprocess
-import sys
-import tempfile
 
 import pytest
 
-from support import assert_same, child_env, normalize, run
+from support import assert_same, normalize, run
 
 METHODS = ['fork', 'spawn', 'forkserver']
 
@@ -435,58 +428,3 @@ def test_memory_is_reclaimed_when_dropped():
         print(after[2] - base[2], after[0] - base[0] <= 1)
     ''', impl='cmp'))
     assert out == '0 True\n'
-
-
-# ---------------------------------------------------------------------------
-# The notes' examples behave as under the stdlib
-
-EXAMPLES = '/work/shared/notes/examples'
-
-
-def run_example(name, impl, seconds, stdin=None):
-    """(exit status or 'timeout', stdout, stderr) of a notes example; pids in
-    stdout masked. Unbuffered, so that what a killed example printed shows."""
-    with tempfile.TemporaryDirectory() as d:
-        shutil.copy(os.path.join(EXAMPLES, name), d)
-        cmd = [sys.executable] + (['-m', 'cmp'] if impl == 'cmp' else []) + [name]
-        env = child_env({'PYTHONUNBUFFERED': '1'})
-        proc = subprocess.Popen(cmd, cwd=d, env=env, text=True, start_new_session=True,
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-        try:
-            out, err = proc.communicate(stdin, timeout=seconds)
-            status = proc.returncode
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-            out, err = proc.communicate()
-            status = 'timeout'
-        return status, re.sub(r'^\d+(?= )', 'PID', out, flags=re.M), err
-
-
-@pytest.mark.skipif(not os.path.isdir(EXAMPLES), reason='the notes are not here')
-@pytest.mark.parametrize('name', ['000-22.py', '000-24.py', '003-19.py', '004-10.py'])
-def test_notes_examples(name):
-    std = run_example(name, 'multiprocessing', 30)
-    mine = run_example(name, 'cmp', 30)
-    assert mine == std
-
-
-@pytest.mark.skipif(not os.path.isdir(EXAMPLES), reason='the notes are not here')
-def test_notes_fork_and_poll_example():
-    # 004-09: os.fork() with a module-level Value; the child reads numbers
-    # from stdin into it, the parent prints each change. Never ends.
-    def changes(out):
-        return re.findall(r'\d+', out)
-    std = run_example('004-09.py', 'multiprocessing', 3, stdin='100\n200\n')
-    mine = run_example('004-09.py', 'cmp', 3, stdin='100\n200\n')
-    assert changes(mine[1]) == changes(std[1]) == ['100', '200']
-
-
-@pytest.mark.skipif(not os.path.isdir(EXAMPLES), reason='the notes are not here')
-def test_notes_semaphore_ping_pong_example():
-    # 000-23: a child increments a Value once a second, handing over with two
-    # Semaphores; the parent prints it. Never ends: compare the first lines.
-    std = run_example('000-23.py', 'multiprocessing', 3.5)
-    mine = run_example('000-23.py', 'cmp', 3.5)
-    first = lambda out: out.splitlines()[:3]
-    assert first(mine[1]) == first(std[1]) == ['1', '2', '3']
