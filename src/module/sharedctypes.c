@@ -259,10 +259,12 @@ shared_traverse(CmpShared *self, visitproc visit, void *arg)
     return 0;
 }
 
+/* The cached ctypes object refers back to this one (through the buffer it
+ * exports): that is the cycle to break. The item type stays, so the object
+ * keeps working if anything still reaches it. */
 static int
 shared_clear(CmpShared *self)
 {
-    Py_CLEAR(self->ctype);
     Py_CLEAR(self->ctobj);
     return 0;
 }
@@ -273,6 +275,7 @@ shared_dealloc(CmpShared *self)
     PyTypeObject *tp = Py_TYPE(self);
     PyObject_GC_UnTrack(self);
     shared_clear(self);
+    Py_CLEAR(self->ctype);
     if (self->data != NULL)
         cmp_shm_free(&self->blk);
     tp->tp_free((PyObject *)self);
@@ -559,28 +562,18 @@ array_ass_slice(CmpShared *self, Py_ssize_t start, Py_ssize_t step, Py_ssize_t n
         memcpy(self->data + start, PyBytes_AS_STRING(v), (size_t)n);
         return 0;
     }
+    /* Item by item, as ctypes: a bad item leaves the ones before it set. */
     char *p = self->data + start * self->itemsize;
     Py_ssize_t stride = step * self->itemsize;
-    if (PyList_CheckExact(v) || PyTuple_CheckExact(v)) {
-        /* Items are converted one by one (no Python code runs between the
-         * size check and here, except conversions, which cannot resize v
-         * for a tuple; for a list re-check the size on every item). */
-        for (Py_ssize_t k = 0; k < n; k++, p += stride) {
-            if (PyList_CheckExact(v) && k >= PyList_GET_SIZE(v)) {
-                PyErr_SetString(PyExc_ValueError, "Can only assign sequence of same size");
-                return -1;
-            }
-            PyObject *item = PyList_CheckExact(v) ? PyList_GET_ITEM(v, k) : PyTuple_GET_ITEM(v, k);
-            Py_INCREF(item);
-            int rc = item_set(self->code, p, item);
-            Py_DECREF(item);
-            if (rc < 0)
-                return -1;
-        }
-        return 0;
-    }
+    int is_list = PyList_CheckExact(v), is_tuple = PyTuple_CheckExact(v);
     for (Py_ssize_t k = 0; k < n; k++, p += stride) {
-        PyObject *item = PySequence_GetItem(v, k);
+        PyObject *item;
+        if (is_tuple)
+            item = Py_NewRef(PyTuple_GET_ITEM(v, k));
+        else if (is_list && k < PyList_GET_SIZE(v))     /* a conversion may shrink it */
+            item = Py_NewRef(PyList_GET_ITEM(v, k));
+        else
+            item = PySequence_GetItem(v, k);
         if (item == NULL)
             return -1;
         int rc = item_set(self->code, p, item);
@@ -591,8 +584,7 @@ array_ass_slice(CmpShared *self, Py_ssize_t start, Py_ssize_t step, Py_ssize_t n
     return 0;
 }
 
-/* value NULL: deletion, which the stdlib's wrappers answer with an
- * AttributeError (they have no __delitem__) and ctypes with a TypeError. */
+/* Item or slice assignment; deletion is a TypeError, as in ctypes. */
 static int
 array_ass_subscript(CmpShared *self, PyObject *key, PyObject *v)
 {
