@@ -88,6 +88,7 @@ static int (*const cmp_area_execs[])(PyObject *) = {
     cmp_sync_exec,
     cmp_sharedctypes_exec,
     cmp_queue_exec,
+    cmp_conn_exec,
 };
 
 static int
@@ -105,6 +106,11 @@ cmp_traverse(PyObject *module, visitproc visit, void *arg)
 {
     cmp_state *st = PyModule_GetState(module);
     Py_VISIT(st->mapping_type);
+    Py_VISIT(st->conn_type);
+    Py_VISIT(st->conn_dump);
+    Py_VISIT(st->conn_clear_memo);
+    Py_VISIT(st->conn_chunks);
+    Py_VISIT(st->conn_loads);
     Py_VISIT(st->semlock_type);
     Py_VISIT(st->condvar_type);
     Py_VISIT(st->event_type);
@@ -132,6 +138,11 @@ cmp_clear(PyObject *module)
     Py_CLEAR(st->sync_array_type);
     Py_CLEAR(st->sync_string_type);
     cmp_queue_clear(st);
+    Py_CLEAR(st->conn_type);
+    Py_CLEAR(st->conn_dump);
+    Py_CLEAR(st->conn_clear_memo);
+    Py_CLEAR(st->conn_chunks);
+    Py_CLEAR(st->conn_loads);
     return 0;
 }
 

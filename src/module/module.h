@@ -48,6 +48,13 @@ typedef struct {
     int q_protocol;
     int q_pickler_busy;
     PyObject *q_sink, *q_dump, *q_clear_memo;   /* the cached pickler */
+    /* connection.c */
+    PyObject *conn_type;        /* cmp._core.Connection */
+    PyObject *conn_dump;        /* the cached pickler's dump, clear_memo, */
+    PyObject *conn_clear_memo;  /* and the list its file's write appends to */
+    PyObject *conn_chunks;
+    int conn_pickler_busy;      /* the cached pickler is in use */
+    PyObject *conn_loads;       /* reduction._loads */
 } cmp_state;
 
 /* Turn a core status into an exception (errno read for CMP_ERRNO).
@@ -84,5 +91,6 @@ int cmp_sharedctypes_exec(PyObject *module);
 int cmp_queue_exec(PyObject *module);
 int cmp_queue_traverse(cmp_state *st, visitproc visit, void *arg);
 void cmp_queue_clear(cmp_state *st);
+int cmp_conn_exec(PyObject *module);
 
 #endif /* CMP_MODULE_H */

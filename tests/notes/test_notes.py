@@ -57,18 +57,13 @@ IMPLS = ('stdlib', 'cmp')
 # xfail is strict, so an example that starts passing fails until it does.
 
 ISSUES = {
-    3: 'Pipe/Connection: issue #3',
     7: 'Pool: issue #7',
     'Manager': 'Manager: not planned in any open issue',
 }
 NEEDS = {
-    '000-10.py': {3},
-    '000-11.py': {3},
-    '002-19.py': {3},
     '002-20.py': {7},
     '002-21.py': {7},
     '003-20.py': {'Manager'},
-    '004-06.py': {3},
 }
 
 # ---------------------------------------------------------------------------
