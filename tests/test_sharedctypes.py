@@ -346,6 +346,18 @@ def test_numpy_views_see_writes_from_another_process(method):
                    '-1.0 -1.0 0\n')
 
 
+def test_sent_outside_of_spawning():
+    # Through a Pipe: the stdlib's RuntimeError for each kind.
+    probe('''
+        a, b = mp.Pipe()
+        for expr in ("mp.Value('i')", "mp.Array('c', 3)", "mp.Array('d', 3)", "mp.RawValue('i')",
+                     "mp.RawArray('d', 2)", "mp.Value(Point)", "mp.RawArray(Point, 2)"):
+            show('a.send(%s)' % expr)
+        a.send(mp.Value('i', 3).value)
+        show('b.recv()')
+    ''')
+
+
 # ---------------------------------------------------------------------------
 # Locks and threads
 
