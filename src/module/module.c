@@ -86,6 +86,7 @@ static int (*const cmp_area_execs[])(PyObject *) = {
     cmp_proc_exec,
     cmp_pshm_exec,
     cmp_sync_exec,
+    cmp_sharedctypes_exec,
     cmp_queue_exec,
     cmp_conn_exec,
 };
@@ -114,6 +115,11 @@ cmp_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->condvar_type);
     Py_VISIT(st->event_type);
     Py_VISIT(st->block_type);
+    Py_VISIT(st->shared_value_type);
+    Py_VISIT(st->shared_array_type);
+    Py_VISIT(st->sync_value_type);
+    Py_VISIT(st->sync_array_type);
+    Py_VISIT(st->sync_string_type);
     return cmp_queue_traverse(st, visit, arg);
 }
 
@@ -126,6 +132,11 @@ cmp_clear(PyObject *module)
     Py_CLEAR(st->condvar_type);
     Py_CLEAR(st->event_type);
     Py_CLEAR(st->block_type);
+    Py_CLEAR(st->shared_value_type);
+    Py_CLEAR(st->shared_array_type);
+    Py_CLEAR(st->sync_value_type);
+    Py_CLEAR(st->sync_array_type);
+    Py_CLEAR(st->sync_string_type);
     cmp_queue_clear(st);
     Py_CLEAR(st->conn_type);
     Py_CLEAR(st->conn_dump);

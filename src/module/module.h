@@ -35,6 +35,11 @@ typedef struct {
     PyTypeObject *condvar_type;     /* synchronize.c: CmpCondVar */
     PyTypeObject *event_type;       /* synchronize.c: CmpEvent */
     PyTypeObject *block_type;       /* synchronize.c: CmpSharedBlock */
+    PyTypeObject *shared_value_type;    /* sharedctypes.c: CmpShared */
+    PyTypeObject *shared_array_type;    /* sharedctypes.c: CmpShared */
+    PyTypeObject *sync_value_type;      /* sharedctypes.c: CmpSync */
+    PyTypeObject *sync_array_type;      /* sharedctypes.c: CmpSync */
+    PyTypeObject *sync_string_type;     /* sharedctypes.c: CmpSync */
     /* queue.c */
     PyTypeObject *q_ring_type;      /* Ring: the base of Queue */
     PyTypeObject *q_simple_type;    /* SimpleRing: the base of SimpleQueue */
@@ -69,11 +74,20 @@ int cmp_deadline_from_timeout(PyObject *timeout, int64_t *deadline);
 typedef int (*cmp_blocking_fn)(void *arg);
 int cmp_run_blocking(cmp_blocking_fn fn, void *arg);
 
+/* synchronize.c, for other types that take a cmp lock from C.
+ * cmp_semlock_check: 1 if obj is a cmp SemLock whose __enter__/__exit__ are
+ * the C ones (then the two below may be called on it), 0 if not, -1 error.
+ * cmp_semlock_enter/exit: what `with lock:` does; 0, or -1 with an exception. */
+int cmp_semlock_check(PyObject *obj);
+int cmp_semlock_enter(PyObject *lock);
+int cmp_semlock_exit(PyObject *lock);
+
 /* Per-area initialisation, called in order from the module's exec slot.
  * Each adds its functions and types to the module; 0 or -1 with an exception. */
 int cmp_proc_exec(PyObject *module);
 int cmp_pshm_exec(PyObject *module);
 int cmp_sync_exec(PyObject *module);
+int cmp_sharedctypes_exec(PyObject *module);
 int cmp_queue_exec(PyObject *module);
 int cmp_queue_traverse(cmp_state *st, visitproc visit, void *arg);
 void cmp_queue_clear(cmp_state *st);

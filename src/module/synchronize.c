@@ -448,6 +448,51 @@ static PyType_Spec semlock_spec = {
     .slots = semlock_slots,
 };
 
+/* For the binding's other types (sharedctypes.c): `with lock:` from C, so a
+ * synchronized Value takes its lock without a Python-level call. */
+
+int
+cmp_semlock_check(PyObject *obj)
+{
+    PyTypeObject *tp = Py_TYPE(obj), *base = tp;
+    while (base != NULL && base->tp_dealloc != (destructor)semlock_dealloc)
+        base = base->tp_base;
+    if (base == NULL)
+        return 0;
+    if (base == tp)
+        return 1;
+    /* A subclass: only if it keeps SemLock's own __enter__ and __exit__. */
+    static const char *const names[] = {"__enter__", "__exit__"};
+    for (int i = 0; i < 2; i++) {
+        PyObject *mine = PyObject_GetAttrString((PyObject *)tp, names[i]);
+        PyObject *orig = PyObject_GetAttrString((PyObject *)base, names[i]);
+        int same = mine != NULL && mine == orig;
+        Py_XDECREF(mine);
+        Py_XDECREF(orig);
+        if (PyErr_Occurred())
+            return -1;
+        if (!same)
+            return 0;
+    }
+    return 1;
+}
+
+int
+cmp_semlock_enter(PyObject *lock)
+{
+    return semlock_do_acquire((CmpSemLock *)lock, 1, Py_None) < 0 ? -1 : 0;
+}
+
+int
+cmp_semlock_exit(PyObject *lock)
+{
+    PyObject *r = semlock_release((CmpSemLock *)lock, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
+
 /* Blocking reacquire after a condition wait, not interruptible (as
  * threading.Condition's): an exception from the wait may already be set. */
 static void
