@@ -77,52 +77,6 @@ close_fds(int *fds, int n)
     }
 }
 
-/* ------------------------------------------------------------------------ */
-/* Argument parsing (positional or keyword, no private CPython API)        */
-
-/* Fill out[0..n) from args/kwnames by the given names; missing optional
- * arguments stay as the caller preset them. 0, or -1 with TypeError. */
-static int
-parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-           PyObject *kwnames, const char *const *names, Py_ssize_t nrequired,
-           Py_ssize_t n, PyObject **out)
-{
-    if (nargs > n) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd arguments (%zd given)",
-                     fname, n, nargs);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++)
-        out[i] = args[i];
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t k = 0; k < nkw; k++) {
-        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
-        Py_ssize_t i;
-        for (i = 0; i < n; i++) {
-            if (PyUnicode_CompareWithASCIIString(key, names[i]) == 0)
-                break;
-        }
-        if (i == n) {
-            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
-                         fname, key);
-            return -1;
-        }
-        if (i < nargs) {
-            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
-                         fname, names[i]);
-            return -1;
-        }
-        out[i] = args[nargs + k];
-    }
-    for (Py_ssize_t i = 0; i < nrequired; i++) {
-        if (out[i] == NULL) {
-            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'",
-                         fname, names[i]);
-            return -1;
-        }
-    }
-    return 0;
-}
 
 /* ------------------------------------------------------------------------ */
 /* State checks (the stdlib's messages)                                     */
@@ -393,7 +347,7 @@ conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject 
     PyObject *argv[3] = {NULL, NULL, NULL};
     Py_buffer view = {0};
     PyObject *ret = NULL;
-    if (parse_args("send_bytes", args, nargs, kwnames, names, 1, 3, argv) < 0)
+    if (cmp_parse_args("send_bytes", args, nargs, kwnames, names, 3, 1, CMP_ARGS_PY, argv) < 0)
         return NULL;
     if (check_writable(self) < 0)
         return NULL;
@@ -544,7 +498,7 @@ conn_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
 
     if (state == NULL)
         return NULL;
-    if (parse_args("send", args, nargs, kwnames, names, 1, 1, argv) < 0)
+    if (cmp_parse_args("send", args, nargs, kwnames, names, 1, 1, CMP_ARGS_PY, argv) < 0)
         return NULL;
     if (check_writable(self) < 0)
         return NULL;
@@ -854,7 +808,7 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject 
     CmpConnection *self = (CmpConnection *)op;
     PyObject *argv[1] = {NULL}, *buf = NULL;
     cmp_wire_rx rx;
-    if (parse_args("recv_bytes", args, nargs, kwnames, names, 0, 1, argv) < 0)
+    if (cmp_parse_args("recv_bytes", args, nargs, kwnames, names, 1, 0, CMP_ARGS_PY, argv) < 0)
         return NULL;
     if (check_readable(self) < 0)
         return NULL;
@@ -891,7 +845,7 @@ conn_recv_bytes_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     PyObject *argv[2] = {NULL, NULL}, *buf = NULL, *ret = NULL;
     Py_buffer view = {0};
     cmp_wire_rx rx;
-    if (parse_args("recv_bytes_into", args, nargs, kwnames, names, 1, 2, argv) < 0)
+    if (cmp_parse_args("recv_bytes_into", args, nargs, kwnames, names, 2, 1, CMP_ARGS_PY, argv) < 0)
         return NULL;
     if (check_readable(self) < 0)
         return NULL;
@@ -1049,7 +1003,7 @@ conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
     CmpConnection *self = (CmpConnection *)op;
     PyObject *argv[1] = {NULL};
     int64_t deadline;
-    if (parse_args("poll", args, nargs, kwnames, names, 0, 1, argv) < 0)
+    if (cmp_parse_args("poll", args, nargs, kwnames, names, 1, 0, CMP_ARGS_PY, argv) < 0)
         return NULL;
     if (check_readable(self) < 0)
         return NULL;
@@ -1078,7 +1032,7 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
     PyObject *argv[2] = {NULL, NULL}, *seq = NULL, *ret = NULL;
     struct pollfd stack_fds[16], *fds = stack_fds;
     int64_t deadline;
-    if (parse_args("wait", args, nargs, kwnames, names, 1, 2, argv) < 0)
+    if (cmp_parse_args("wait", args, nargs, kwnames, names, 2, 1, CMP_ARGS_PY, argv) < 0)
         return NULL;
     seq = PySequence_Fast(argv[0], "object_list must be iterable");
     if (seq == NULL)

@@ -68,6 +68,18 @@ PyObject *cmp_set_error_with_filename(int status, PyObject *filename);
  * Returns 0, or -1 with an exception set. */
 int cmp_deadline_from_timeout(PyObject *timeout, int64_t *deadline);
 
+/* Arguments of METH_FASTCALL | METH_KEYWORDS functions, parsed without
+ * CPython's private API: out[0..n) from the positional arguments, then the
+ * keywords by names[]; arguments not given keep the value the caller preset
+ * (NULL for "not given"), and the first `required` must be given. The
+ * TypeError wording is that of the stdlib function being mirrored: one
+ * written in Python (Connection.send_bytes, Queue.put) or in C with
+ * Argument Clinic (SemLock.acquire). 0, or -1 with TypeError set. */
+typedef enum { CMP_ARGS_PY, CMP_ARGS_CLINIC } cmp_args_style;
+int cmp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                   PyObject *kwnames, const char *const *names, Py_ssize_t n,
+                   Py_ssize_t required, cmp_args_style style, PyObject **out);
+
 /* Run fn(arg) with the GIL released, the PEP 475 way: on CMP_EINTR run the
  * signal handlers and retry (deadlines are absolute, so retries never stretch
  * a timeout); if a handler raised, return CMP_PYERR. */

@@ -14,46 +14,6 @@
 #include <stddef.h>
 #include <structmember.h>
 
-/* ------------------------------------------------------------------------ */
-/* Argument parsing for the METH_FASTCALL | METH_KEYWORDS methods           */
-
-/* Fill out[i] with the argument named names[i] (positional or keyword);
- * missing ones keep their value. 0, or -1 with TypeError set. */
-static int
-parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-           PyObject *kwnames, const char *const *names, Py_ssize_t n,
-           PyObject **out)
-{
-    if (nargs > n) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd argument%s (%zd given)",
-                     fname, n, n == 1 ? "" : "s", nargs);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++)
-        out[i] = args[i];
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    for (Py_ssize_t k = 0; k < nkw; k++) {
-        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
-        Py_ssize_t i;
-        for (i = 0; i < n; i++) {
-            if (PyUnicode_CompareWithASCIIString(key, names[i]) == 0)
-                break;
-        }
-        if (i == n) {
-            PyErr_Format(PyExc_TypeError, "'%U' is an invalid keyword argument for %s()",
-                         key, fname);
-            return -1;
-        }
-        if (i < nargs) {
-            PyErr_Format(PyExc_TypeError,
-                         "argument for %s() given by name ('%s') and position (%zd)",
-                         fname, names[i], i + 1);
-            return -1;
-        }
-        out[i] = args[nargs + k];
-    }
-    return 0;
-}
 
 /* timeout (None or seconds) -> deadline; *nonblocking set when it is <= 0. */
 static int
@@ -260,7 +220,8 @@ semlock_acquire(CmpSemLock *self, PyObject *const *args, Py_ssize_t nargs,
     static const char *const names[] = {"block", "timeout"};
     PyObject *argv[2] = {Py_True, Py_None};
     if ((nargs > 0 || kwnames != NULL)
-            && parse_args("acquire", args, nargs, kwnames, names, 2, argv) < 0)
+            && cmp_parse_args("acquire", args, nargs, kwnames,
+                              names, 2, 0, CMP_ARGS_CLINIC, argv) < 0)
         return NULL;
     int blocking = argv[0] == Py_True ? 1 : PyObject_IsTrue(argv[0]);
     if (blocking < 0)
@@ -774,7 +735,8 @@ event_wait(CmpEvent *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
     static const char *const names[] = {"timeout"};
     PyObject *timeout = Py_None;
     if ((nargs > 0 || kwnames != NULL)
-            && parse_args("wait", args, nargs, kwnames, names, 1, &timeout) < 0)
+            && cmp_parse_args("wait", args, nargs, kwnames,
+                              names, 1, 0, CMP_ARGS_CLINIC, &timeout) < 0)
         return NULL;
     uint32_t seen = cmp_event_snapshot(self->ev);
     if (seen & 1)
