@@ -506,8 +506,10 @@ class BaseManager:
     def __enter__(self):
         if self._state.value == State.INITIAL:
             self.start()
-        if self._state.value != State.STARTED:
+        if self._state.value == State.INITIAL:
             raise ProcessError('Unable to start server')
+        if self._state.value != State.STARTED:
+            self._check_initial()       # raises: shut down, or an unknown state
         return self
 
     def __exit__(self, exc_type, exc_val, exc_tb):
