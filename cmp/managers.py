@@ -15,6 +15,7 @@ as RemoteError with the server's traceback text), and '#PROXY' (a method
 whose result the server keeps, returned to the caller as a new proxy).
 """
 import array
+import os
 import queue
 import signal
 import sys
@@ -33,6 +34,13 @@ __all__ = ['BaseManager', 'SyncManager', 'BaseProxy', 'Token']
 # sends a list, as the stdlib does.
 def _rebuild_as_list(obj):
     return list, (list(obj),)
+
+
+def _reduce_array(a):
+    return array.array, (a.typecode, a.tobytes())
+
+
+reduction.register(array.array, _reduce_array)
 
 
 for _view in (type({}.items()), type({}.keys()), type({}.values())):
@@ -1054,3 +1062,114 @@ SyncManager.register('Namespace', Namespace, NamespaceProxy)
 # types returned by methods, with no create method of their own
 SyncManager.register('Iterator', proxytype=IteratorProxy, create_method=False)
 SyncManager.register('AsyncResult', create_method=False)
+
+
+# ---------------------------------------------------------------------------
+# SharedMemoryManager: a server that unlinks, when it shuts down, the shared
+# memory blocks its clients created through it.
+
+try:
+    from . import shared_memory
+except ImportError:         # pragma: no cover -- part of cmp; kept optional as in the stdlib
+    HAS_SHMEM = False
+else:
+    HAS_SHMEM = True
+    __all__.append('SharedMemoryManager')
+
+
+if HAS_SHMEM:
+    class _SharedMemoryTracker:
+        """The names of the blocks a SharedMemoryServer unlinks at shutdown."""
+
+        def __init__(self, name, segment_names=None):
+            self.shared_memory_context_name = name
+            self.segment_names = [] if segment_names is None else segment_names
+
+        def register_segment(self, segment_name):
+            util.debug('Register segment %r in pid %d', segment_name, os.getpid())
+            self.segment_names.append(segment_name)
+
+        def destroy_segment(self, segment_name):
+            util.debug('Destroy segment %r in pid %d', segment_name, os.getpid())
+            self.segment_names.remove(segment_name)
+            segment = shared_memory.SharedMemory(segment_name)
+            segment.close()
+            segment.unlink()
+
+        def unlink(self):
+            for segment_name in self.segment_names[:]:
+                self.destroy_segment(segment_name)
+
+        def __del__(self):
+            util.debug('Call %s.__del__ in %d', type(self).__name__, os.getpid())
+            self.unlink()
+
+        def __getstate__(self):
+            return (self.shared_memory_context_name, self.segment_names)
+
+        def __setstate__(self, state):
+            self.__init__(*state)
+
+    class SharedMemoryServer(Server):
+
+        public = Server.public + ['track_segment', 'release_segment', 'list_segments']
+
+        def __init__(self, *args, **kwargs):
+            Server.__init__(self, *args, **kwargs)
+            self.shared_memory_context = _SharedMemoryTracker('shm_tracker_%d' % os.getpid())
+            util.debug('SharedMemoryServer started by pid %d', os.getpid())
+
+        def create(self, c, typeid, /, *args, **kwargs):
+            """Create an object; types that ask for it get the tracker too."""
+            if hasattr(self.registry[typeid][-1], '_shared_memory_proxy'):
+                kwargs['shared_memory_context'] = self.shared_memory_context
+            return Server.create(self, c, typeid, *args, **kwargs)
+
+        def shutdown(self, c):
+            """Unlink every tracked block, then stop."""
+            self.shared_memory_context.unlink()
+            return Server.shutdown(self, c)
+
+        def track_segment(self, c, segment_name):
+            self.shared_memory_context.register_segment(segment_name)
+
+        def release_segment(self, c, segment_name):
+            self.shared_memory_context.destroy_segment(segment_name)
+
+        def list_segments(self, c):
+            return self.shared_memory_context.segment_names
+
+    class SharedMemoryManager(BaseManager):
+        """A manager whose SharedMemory() and ShareableList() blocks are
+        unlinked when it shuts down."""
+
+        _Server = SharedMemoryServer
+
+        def __init__(self, *args, **kwargs):
+            BaseManager.__init__(self, *args, **kwargs)
+            util.debug('%s created by pid %d', type(self).__name__, os.getpid())
+
+        def __del__(self):
+            util.debug('%s.__del__ by pid %d', type(self).__name__, os.getpid())
+
+        def _tracked(self, make, block_of):
+            """make() a block, once connected to the server, and have it tracked."""
+            with self._Client(self._address, authkey=self._authkey) as conn:
+                obj = make()
+                try:
+                    dispatch(conn, None, 'track_segment', (block_of(obj).name,))
+                except BaseException:
+                    block_of(obj).unlink()
+                    raise
+            return obj
+
+        def SharedMemory(self, size):
+            """A new SharedMemory block of size bytes, tracked by the server."""
+            return self._tracked(
+                lambda: shared_memory.SharedMemory(None, create=True, size=size),
+                lambda sms: sms)
+
+        def ShareableList(self, sequence):
+            """A new ShareableList holding sequence, tracked by the server."""
+            return self._tracked(lambda: shared_memory.ShareableList(sequence),
+                                 lambda sl: sl.shm)

@@ -358,3 +358,34 @@ if __name__ == '__main__':
             p.join()
         print(d['value'])
 ''', start_method=method, timeout=90)
+
+
+def test_shared_memory_manager(method):
+    std, mine = assert_same(SHOW + '''
+import os
+shared_memory = __import__(mp.__name__ + '.shared_memory', fromlist=['x'])
+
+def child(name):
+    sm = shared_memory.SharedMemory(name)
+    sm.buf[0] = 42
+    sm.close()
+
+if __name__ == '__main__':
+    with managers.SharedMemoryManager() as smm:
+        sm = smm.SharedMemory(16)
+        sl = smm.ShareableList([1, 'two', None])
+        print(sm.size >= 16, list(sl), type(smm).__name__)
+        p = mp.Process(target=child, args=(sm.name,))
+        p.start(); p.join(30)
+        print(p.exitcode, sm.buf[0])
+        names = [sm.name, sl.shm.name]
+        c = smm._Client(smm.address, authkey=smm._authkey)
+        print(sorted(managers.dispatch(c, None, 'list_segments')) == sorted(names))
+        c.close()
+        sm.close(); sl.shm.close()
+        print([os.path.exists('/dev/shm/' + n.lstrip('/')) for n in names])
+    print([os.path.exists('/dev/shm/' + n.lstrip('/')) for n in names])
+    show("managers.SharedMemoryManager().SharedMemory(1)")
+''', start_method=method, normalize_output=norm)
+    assert '1 0\n' not in mine.stdout and '[True, True]\n[False, False]' in mine.stdout
+    assert 'leaked' not in mine.stderr and 'leaked' not in std.stderr
