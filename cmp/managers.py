@@ -415,7 +415,7 @@ class BaseManager:
         self._Listener, self._Client = listener_client[serializer]
         if ctx is None:
             from .context import _default_context
-            ctx = _default_context
+            ctx = _default_context.get_context()
         self._ctx = ctx
         self._shutdown_timeout = shutdown_timeout
         self._process = None

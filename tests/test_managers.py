@@ -389,3 +389,48 @@ if __name__ == '__main__':
 ''', start_method=method, normalize_output=norm)
     assert '1 0\n' not in mine.stdout and '[True, True]\n[False, False]' in mine.stdout
     assert 'leaked' not in mine.stderr and 'leaked' not in std.stderr
+
+
+def test_threads_share_a_proxy():
+    assert_same('''
+import threading
+if __name__ == '__main__':
+    with mp.Manager() as m:
+        l = m.list()
+        q = m.JoinableQueue()
+        def work(i):
+            for k in range(20):
+                l.append((i, k))
+            q.put(i)
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+        for t in ts: t.start()
+        for t in ts: t.join(30)
+        got = sorted(q.get(timeout=10) for _ in ts)
+        for _ in ts: q.task_done()
+        q.join()
+        print(len(l), sorted(l) == sorted((i, k) for i in range(4) for k in range(20)), got)
+''')
+
+
+def _have_cmp_pool():
+    try:
+        import cmp.pool     # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _have_cmp_pool(), reason='cmp.pool is not there yet')
+def test_pool_in_the_manager():
+    assert_same('''
+def sq(x):
+    return x * x
+
+if __name__ == '__main__':
+    with mp.Manager() as m:
+        with m.Pool(2) as p:
+            print(p.map(sq, range(5)), p.apply(sq, (3,)))
+            r = p.apply_async(sq, (4,))
+            print(type(r).__name__, r.get(timeout=30))
+            print(list(p.imap(sq, range(3))))
+''', timeout=90)
