@@ -434,3 +434,36 @@ if __name__ == '__main__':
             print(type(r).__name__, r.get(timeout=30))
             print(list(p.imap(sq, range(3))))
 ''', timeout=90)
+
+
+def test_serializers_contexts_and_objects_without_callable():
+    assert_same('''
+mm = __import__(mp.__name__ + '.managers', fromlist=['managers'])
+
+class M(mm.BaseManager):
+    pass
+
+M.register('l', list)
+M.register('wrap')
+
+if __name__ == '__main__':
+    m = M(serializer='xmlrpclib')
+    m.start()
+    l = m.l([1])
+    l.append(2)
+    print(l._getvalue(), str(l))
+    m.shutdown()
+    with mp.get_context('forkserver').Manager() as sm:
+        d = sm.dict(a=1)
+        print(d.copy(), sm._process.name, type(sm._ctx).__name__)
+    with M() as m2:
+        w = m2.wrap([1, 2])
+        print(type(w).__name__, w.count(1))
+        try:
+            m2.wrap()
+        except Exception as e:
+            print(type(e).__name__, str(e).splitlines()[-2])
+        print(m2._debug_info().count('refcount'))
+    print(repr(mm.Token('a', '/x', '1')))
+    print(repr(str(mm.RemoteError('x\\n'))))
+''')
