@@ -58,12 +58,10 @@ IMPLS = ('stdlib', 'cmp')
 
 ISSUES = {
     7: 'Pool: issue #7',
-    'Manager': 'Manager: not planned in any open issue',
 }
 NEEDS = {
     '002-20.py': {7},
     '002-21.py': {7},
-    '003-20.py': {'Manager'},
 }
 
 # ---------------------------------------------------------------------------
