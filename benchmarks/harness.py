@@ -471,7 +471,7 @@ def plot(rows, path, report):
     names = [row['name'] for row in rows]
     y = list(range(len(rows)))[::-1]         # first workload on top
     fig, ax = plt.subplots(figsize=(9, 1.6 + 0.45 * len(rows)))
-    span = math.log(2.0)
+    low = high = 1.0
     for yi, row in zip(y, rows):
         r = row['ratio']
         if r is None:
@@ -481,7 +481,7 @@ def plot(rows, path, report):
             continue
         lo = row['ratio_min'] if row['pairs'] else r
         hi = row['ratio_max'] if row['pairs'] else r
-        span = max(span, abs(math.log(r)), abs(math.log(lo)), abs(math.log(hi)))
+        low, high = min(low, lo), max(high, hi)
         ax.barh(yi, r - 1.0, left=1.0, height=0.6,
                 color='#3a8f4b' if r >= 1.0 else '#c0504d', alpha=0.85)
         if row['pairs'] > 1:
@@ -489,11 +489,14 @@ def plot(rows, path, report):
                         capsize=3, lw=1)
         ax.text(hi if r >= 1.0 else lo, yi, ' %.2fx ' % r, va='center',
                 ha='left' if r >= 1.0 else 'right', fontsize=9)
-    limit = math.exp(span * 1.35)
+    # Each side of 1 as wide as its data needs (room for the labels), at
+    # least a factor of 2, so the ticks never crowd an empty side.
+    left, right = min(low, 0.5) / 1.6, max(high, 2.0) * 1.6
     ax.set_xscale('log')
-    ax.set_xlim(1 / limit, limit)
-    ticks = [t for t in (1 / 64, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 1, 2, 4, 8, 16, 64, 256)
-             if 1 / limit <= t <= limit]
+    ax.set_xlim(left, right)
+    ticks = [2.0 ** k for k in range(-12, 13) if left <= 2.0 ** k <= right]
+    if len(ticks) > 10:
+        ticks = [t for t in ticks if round(math.log2(t)) % 2 == 0]
     ax.set_xticks(ticks)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: '%gx' % v))
     ax.xaxis.set_minor_formatter(NullFormatter())

@@ -2,7 +2,15 @@
 
 ForkingPickler is a pickle.Pickler whose dispatch table is the reduction
 registry chained in front of copyreg's, so registering a reducer never
-copies a table and every pickler sees it at once.
+copies a table and every pickler sees it at once. Connection.send() (in C)
+keeps one ForkingPickler per interpreter, made by _new_pickler(), and reuses
+it for every message instead of building a pickler (and, in the stdlib, a
+copy of the dispatch table) per message.
+
+Descriptors: DupFd(fd) travels to a child being spawned (the Popen hands it
+over at start), or, outside of spawning, with the message that
+Connection.send() is writing on a Unix socket (SCM_RIGHTS): see
+_core._pass_fd / _core._take_fd.
 """
 import collections
 import copyreg
@@ -46,6 +54,23 @@ class ForkingPickler(pickle.Pickler):
 register = ForkingPickler.register
 
 
+class _Sink:
+    """The file of the cached pickler: write is the append of a list."""
+    __slots__ = ('write',)
+
+
+def _new_pickler(chunks):
+    """A ForkingPickler (protocol 5) whose output pieces are appended to
+    chunks, for Connection.send(), which writes them behind the frame
+    header and empties the list."""
+    sink = _Sink()
+    sink.write = chunks.append
+    return ForkingPickler(sink, DEFAULT_PROTOCOL)
+
+
+_loads = pickle.loads
+
+
 def dump(obj, file, protocol=None):
     """Replacement for pickle.dump() using ForkingPickler."""
     ForkingPickler(file, protocol).dump(obj)
@@ -62,12 +87,39 @@ class _DupFd:
         return context._resolve_inherited_fd(self.token)
 
 
+class _PassedFd:
+    """A descriptor that came with a Connection message (SCM_RIGHTS)."""
+    __slots__ = ('index', 'fd')
+
+    def __init__(self, index, fd=None):
+        self.index = index
+        self.fd = fd
+
+    def __reduce__(self):
+        return _take_passed_fd, (self.index,)
+
+    def detach(self):
+        """The descriptor, now owned by the caller."""
+        fd, self.fd = self.fd, None
+        if fd is None:
+            raise RuntimeError('the passed file descriptor was already detached')
+        return fd
+
+
+def _take_passed_fd(index):
+    from . import _core
+    return _PassedFd(index, _core._take_fd(index))
+
+
 def DupFd(fd):
-    """While spawning a child, an object whose detach() in the child returns
-    that child's copy of fd. Use it in __reduce__ of objects that own a
-    descriptor; it raises the stdlib's RuntimeError outside of spawning."""
+    """An object whose detach(), in the process that unpickles it, returns
+    that process's copy of fd. Use it in __reduce__ of objects that own a
+    descriptor. It works while spawning a child (the descriptor is handed
+    over at start) and while Connection.send() pickles a message on a Unix
+    socket (the descriptor travels with the message); elsewhere it raises
+    RuntimeError."""
     popen = context.get_spawning_popen()
-    if popen is None:
-        raise RuntimeError('file descriptors can only be passed to a child '
-                           'process while it is being spawned')
-    return _DupFd(popen.duplicate_for_child(fd))
+    if popen is not None:
+        return _DupFd(popen.duplicate_for_child(fd))
+    from . import _core
+    return _PassedFd(_core._pass_fd(fd))

@@ -65,6 +65,58 @@ cmp_deadline_from_timeout(PyObject *timeout, int64_t *deadline)
 }
 
 int
+cmp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+               PyObject *kwnames, const char *const *names, Py_ssize_t n,
+               Py_ssize_t required, cmp_args_style style, PyObject **out)
+{
+    int py = style == CMP_ARGS_PY;
+    if (nargs > n) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd argument%s (%zd given)",
+                     fname, n, (n == 1 && !py) ? "" : "s", nargs);
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++)
+        out[i] = args[i];
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        Py_ssize_t i;
+        for (i = 0; i < n; i++) {
+            if (PyUnicode_CompareWithASCIIString(key, names[i]) == 0)
+                break;
+        }
+        if (i == n) {
+            if (py)
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
+                             fname, key);
+            else
+                PyErr_Format(PyExc_TypeError, "'%U' is an invalid keyword argument for %s()",
+                             key, fname);
+            return -1;
+        }
+        if (i < nargs) {
+            if (py)
+                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
+                             fname, names[i]);
+            else
+                PyErr_Format(PyExc_TypeError,
+                             "argument for %s() given by name ('%s') and position (%zd)",
+                             fname, names[i], i + 1);
+            return -1;
+        }
+        out[i] = args[nargs + k];
+    }
+    for (Py_ssize_t i = 0; i < required; i++) {
+        if (out[i] == NULL) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'",
+                         fname, names[i]);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+int
 cmp_run_blocking(cmp_blocking_fn fn, void *arg)
 {
     for (;;) {
@@ -86,8 +138,10 @@ static int (*const cmp_area_execs[])(PyObject *) = {
     cmp_proc_exec,
     cmp_pshm_exec,
     cmp_sync_exec,
+    cmp_sharedctypes_exec,
     cmp_queue_exec,
     cmp_pool_exec,
+    cmp_conn_exec,
 };
 
 static int
@@ -105,10 +159,20 @@ cmp_traverse(PyObject *module, visitproc visit, void *arg)
 {
     cmp_state *st = PyModule_GetState(module);
     Py_VISIT(st->mapping_type);
+    Py_VISIT(st->conn_type);
+    Py_VISIT(st->conn_dump);
+    Py_VISIT(st->conn_clear_memo);
+    Py_VISIT(st->conn_chunks);
+    Py_VISIT(st->conn_loads);
     Py_VISIT(st->semlock_type);
     Py_VISIT(st->condvar_type);
     Py_VISIT(st->event_type);
     Py_VISIT(st->block_type);
+    Py_VISIT(st->shared_value_type);
+    Py_VISIT(st->shared_array_type);
+    Py_VISIT(st->sync_value_type);
+    Py_VISIT(st->sync_array_type);
+    Py_VISIT(st->sync_string_type);
     return cmp_queue_traverse(st, visit, arg);
 }
 
@@ -121,7 +185,17 @@ cmp_clear(PyObject *module)
     Py_CLEAR(st->condvar_type);
     Py_CLEAR(st->event_type);
     Py_CLEAR(st->block_type);
+    Py_CLEAR(st->shared_value_type);
+    Py_CLEAR(st->shared_array_type);
+    Py_CLEAR(st->sync_value_type);
+    Py_CLEAR(st->sync_array_type);
+    Py_CLEAR(st->sync_string_type);
     cmp_queue_clear(st);
+    Py_CLEAR(st->conn_type);
+    Py_CLEAR(st->conn_dump);
+    Py_CLEAR(st->conn_clear_memo);
+    Py_CLEAR(st->conn_chunks);
+    Py_CLEAR(st->conn_loads);
     return 0;
 }
 

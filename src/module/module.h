@@ -8,6 +8,23 @@
 
 #include "cmp_core.h"
 
+/* CPython 3.9 compatibility for what the binding uses from 3.10. */
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *
+Py_NewRef(PyObject *o)
+{
+    Py_INCREF(o);
+    return o;
+}
+#define Py_XNewRef(o) (Py_XINCREF(o), (PyObject *)(o))
+#endif
+#ifndef Py_TPFLAGS_IMMUTABLETYPE
+#define Py_TPFLAGS_IMMUTABLETYPE 0
+#endif
+#ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION
+#define Py_TPFLAGS_DISALLOW_INSTANTIATION 0
+#endif
+
 /* Binding-level status: a Python exception is already set. */
 #define CMP_PYERR (-1000)
 
@@ -18,6 +35,11 @@ typedef struct {
     PyTypeObject *condvar_type;     /* synchronize.c: CmpCondVar */
     PyTypeObject *event_type;       /* synchronize.c: CmpEvent */
     PyTypeObject *block_type;       /* synchronize.c: CmpSharedBlock */
+    PyTypeObject *shared_value_type;    /* sharedctypes.c: CmpShared */
+    PyTypeObject *shared_array_type;    /* sharedctypes.c: CmpShared */
+    PyTypeObject *sync_value_type;      /* sharedctypes.c: CmpSync */
+    PyTypeObject *sync_array_type;      /* sharedctypes.c: CmpSync */
+    PyTypeObject *sync_string_type;     /* sharedctypes.c: CmpSync */
     /* queue.c */
     PyTypeObject *q_ring_type;      /* Ring: the base of Queue */
     PyTypeObject *q_simple_type;    /* SimpleRing: the base of SimpleQueue */
@@ -26,6 +48,13 @@ typedef struct {
     int q_protocol;
     int q_pickler_busy;
     PyObject *q_sink, *q_dump, *q_clear_memo;   /* the cached pickler */
+    /* connection.c */
+    PyObject *conn_type;        /* cmp._core.Connection */
+    PyObject *conn_dump;        /* the cached pickler's dump, clear_memo, */
+    PyObject *conn_clear_memo;  /* and the list its file's write appends to */
+    PyObject *conn_chunks;
+    int conn_pickler_busy;      /* the cached pickler is in use */
+    PyObject *conn_loads;       /* reduction._loads */
 } cmp_state;
 
 /* Turn a core status into an exception (errno read for CMP_ERRNO).
@@ -39,20 +68,42 @@ PyObject *cmp_set_error_with_filename(int status, PyObject *filename);
  * Returns 0, or -1 with an exception set. */
 int cmp_deadline_from_timeout(PyObject *timeout, int64_t *deadline);
 
+/* Arguments of METH_FASTCALL | METH_KEYWORDS functions, parsed without
+ * CPython's private API: out[0..n) from the positional arguments, then the
+ * keywords by names[]; arguments not given keep the value the caller preset
+ * (NULL for "not given"), and the first `required` must be given. The
+ * TypeError wording is that of the stdlib function being mirrored: one
+ * written in Python (Connection.send_bytes, Queue.put) or in C with
+ * Argument Clinic (SemLock.acquire). 0, or -1 with TypeError set. */
+typedef enum { CMP_ARGS_PY, CMP_ARGS_CLINIC } cmp_args_style;
+int cmp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
+                   PyObject *kwnames, const char *const *names, Py_ssize_t n,
+                   Py_ssize_t required, cmp_args_style style, PyObject **out);
+
 /* Run fn(arg) with the GIL released, the PEP 475 way: on CMP_EINTR run the
  * signal handlers and retry (deadlines are absolute, so retries never stretch
  * a timeout); if a handler raised, return CMP_PYERR. */
 typedef int (*cmp_blocking_fn)(void *arg);
 int cmp_run_blocking(cmp_blocking_fn fn, void *arg);
 
+/* synchronize.c, for other types that take a cmp lock from C.
+ * cmp_semlock_check: 1 if obj is a cmp SemLock whose __enter__/__exit__ are
+ * the C ones (then the two below may be called on it), 0 if not, -1 error.
+ * cmp_semlock_enter/exit: what `with lock:` does; 0, or -1 with an exception. */
+int cmp_semlock_check(PyObject *obj);
+int cmp_semlock_enter(PyObject *lock);
+int cmp_semlock_exit(PyObject *lock);
+
 /* Per-area initialisation, called in order from the module's exec slot.
  * Each adds its functions and types to the module; 0 or -1 with an exception. */
 int cmp_proc_exec(PyObject *module);
 int cmp_pshm_exec(PyObject *module);
 int cmp_sync_exec(PyObject *module);
+int cmp_sharedctypes_exec(PyObject *module);
 int cmp_queue_exec(PyObject *module);
 int cmp_queue_traverse(cmp_state *st, visitproc visit, void *arg);
 void cmp_queue_clear(cmp_state *st);
+int cmp_conn_exec(PyObject *module);
 int cmp_pool_exec(PyObject *module);
 
 /* queue.c, for pool.c: queue internals behind framed messages. A message is

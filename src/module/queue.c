@@ -473,51 +473,6 @@ msg_to_pieces(const cmp_ring_msg *m, PyObject *obj)
 /* ------------------------------------------------------------------------ */
 /* Arguments                                                                */
 
-/* Parse fastcall arguments by name into out[0..nnames) (NULL: not given);
- * the first `required` are required. */
-static int
-parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
-           const char *const *names, int nnames, int required, PyObject **out)
-{
-    for (int i = 0; i < nnames; i++)
-        out[i] = NULL;
-    if (nargs > nnames) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %d arguments (%zd given)", fname,
-                     nnames, nargs);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++)
-        out[i] = args[i];
-    Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
-    for (Py_ssize_t k = 0; k < nkw; k++) {
-        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
-        int i;
-        for (i = 0; i < nnames; i++) {
-            if (PyUnicode_CompareWithASCIIString(key, names[i]) == 0)
-                break;
-        }
-        if (i == nnames) {
-            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
-                         fname, key);
-            return -1;
-        }
-        if (out[i] != NULL) {
-            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
-                         names[i]);
-            return -1;
-        }
-        out[i] = args[nargs + k];
-    }
-    for (int i = 0; i < required; i++) {
-        if (out[i] == NULL) {
-            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname,
-                         names[i]);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 /* block (default True) and timeout (default None) -> deadline; 0 = now. */
 static int
 block_deadline(PyObject *block, PyObject *timeout, int *blocking, int64_t *deadline)
@@ -795,10 +750,10 @@ static const char *const put_names[] = {"obj", "block", "timeout"};
 static PyObject *
 ring_put(CmpRingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *a[3];
+    PyObject *a[3] = {NULL, NULL, NULL};
     int blocking;
     int64_t deadline;
-    if (parse_args("put", args, nargs, kwnames, put_names, 3, 1, a) < 0)
+    if (cmp_parse_args("put", args, nargs, kwnames, put_names, 3, 1, CMP_ARGS_PY, a) < 0)
         return NULL;
     if (check_open(self) < 0 || block_deadline(a[1], a[2], &blocking, &deadline) < 0)
         return NULL;
@@ -844,14 +799,14 @@ static const char *const put_many_names[] = {"items", "block", "timeout"};
 static PyObject *
 ring_put_many(CmpRingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *a[3], *seq = NULL, *all = NULL, *ret = NULL;
+    PyObject *a[3] = {NULL, NULL, NULL}, *seq = NULL, *all = NULL, *ret = NULL;
     msg_view *views = NULL;
     fast_msg *fast = NULL;
     cmp_ring_msg *msgs = NULL;
     Py_ssize_t n = 0, opened = 0;
     int blocking;
     int64_t deadline;
-    if (parse_args("put_many", args, nargs, kwnames, put_many_names, 3, 1, a) < 0)
+    if (cmp_parse_args("put_many", args, nargs, kwnames, put_many_names, 3, 1, CMP_ARGS_PY, a) < 0)
         return NULL;
     if (check_open(self) < 0 || block_deadline(a[1], a[2], &blocking, &deadline) < 0)
         return NULL;
@@ -1128,10 +1083,10 @@ static const char *const get_names[] = {"block", "timeout"};
 static PyObject *
 ring_get(CmpRingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *a[2];
+    PyObject *a[2] = {NULL, NULL};
     int blocking;
     int64_t deadline;
-    if (parse_args("get", args, nargs, kwnames, get_names, 2, 0, a) < 0)
+    if (cmp_parse_args("get", args, nargs, kwnames, get_names, 2, 0, CMP_ARGS_PY, a) < 0)
         return NULL;
     if (check_open(self) < 0 || block_deadline(a[0], a[1], &blocking, &deadline) < 0)
         return NULL;
@@ -1155,10 +1110,10 @@ static const char *const get_many_names[] = {"max_items", "block", "timeout"};
 static PyObject *
 ring_get_many(CmpRingObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    PyObject *a[3];
+    PyObject *a[3] = {NULL, NULL, NULL};
     int blocking;
     int64_t deadline;
-    if (parse_args("get_many", args, nargs, kwnames, get_many_names, 3, 1, a) < 0)
+    if (cmp_parse_args("get_many", args, nargs, kwnames, get_many_names, 3, 1, CMP_ARGS_PY, a) < 0)
         return NULL;
     Py_ssize_t max = PyNumber_AsSsize_t(a[0], PyExc_OverflowError);
     if (max == -1 && PyErr_Occurred())

@@ -14,46 +14,6 @@
 #include <stddef.h>
 #include <structmember.h>
 
-/* ------------------------------------------------------------------------ */
-/* Argument parsing for the METH_FASTCALL | METH_KEYWORDS methods           */
-
-/* Fill out[i] with the argument named names[i] (positional or keyword);
- * missing ones keep their value. 0, or -1 with TypeError set. */
-static int
-parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-           PyObject *kwnames, const char *const *names, Py_ssize_t n,
-           PyObject **out)
-{
-    if (nargs > n) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd argument%s (%zd given)",
-                     fname, n, n == 1 ? "" : "s", nargs);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++)
-        out[i] = args[i];
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    for (Py_ssize_t k = 0; k < nkw; k++) {
-        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
-        Py_ssize_t i;
-        for (i = 0; i < n; i++) {
-            if (PyUnicode_CompareWithASCIIString(key, names[i]) == 0)
-                break;
-        }
-        if (i == n) {
-            PyErr_Format(PyExc_TypeError, "'%U' is an invalid keyword argument for %s()",
-                         key, fname);
-            return -1;
-        }
-        if (i < nargs) {
-            PyErr_Format(PyExc_TypeError,
-                         "argument for %s() given by name ('%s') and position (%zd)",
-                         fname, names[i], i + 1);
-            return -1;
-        }
-        out[i] = args[nargs + k];
-    }
-    return 0;
-}
 
 /* timeout (None or seconds) -> deadline; *nonblocking set when it is <= 0. */
 static int
@@ -260,7 +220,8 @@ semlock_acquire(CmpSemLock *self, PyObject *const *args, Py_ssize_t nargs,
     static const char *const names[] = {"block", "timeout"};
     PyObject *argv[2] = {Py_True, Py_None};
     if ((nargs > 0 || kwnames != NULL)
-            && parse_args("acquire", args, nargs, kwnames, names, 2, argv) < 0)
+            && cmp_parse_args("acquire", args, nargs, kwnames,
+                              names, 2, 0, CMP_ARGS_CLINIC, argv) < 0)
         return NULL;
     int blocking = argv[0] == Py_True ? 1 : PyObject_IsTrue(argv[0]);
     if (blocking < 0)
@@ -447,6 +408,51 @@ static PyType_Spec semlock_spec = {
     .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
     .slots = semlock_slots,
 };
+
+/* For the binding's other types (sharedctypes.c): `with lock:` from C, so a
+ * synchronized Value takes its lock without a Python-level call. */
+
+int
+cmp_semlock_check(PyObject *obj)
+{
+    PyTypeObject *tp = Py_TYPE(obj), *base = tp;
+    while (base != NULL && base->tp_dealloc != (destructor)semlock_dealloc)
+        base = base->tp_base;
+    if (base == NULL)
+        return 0;
+    if (base == tp)
+        return 1;
+    /* A subclass: only if it keeps SemLock's own __enter__ and __exit__. */
+    static const char *const names[] = {"__enter__", "__exit__"};
+    for (int i = 0; i < 2; i++) {
+        PyObject *mine = PyObject_GetAttrString((PyObject *)tp, names[i]);
+        PyObject *orig = PyObject_GetAttrString((PyObject *)base, names[i]);
+        int same = mine != NULL && mine == orig;
+        Py_XDECREF(mine);
+        Py_XDECREF(orig);
+        if (PyErr_Occurred())
+            return -1;
+        if (!same)
+            return 0;
+    }
+    return 1;
+}
+
+int
+cmp_semlock_enter(PyObject *lock)
+{
+    return semlock_do_acquire((CmpSemLock *)lock, 1, Py_None) < 0 ? -1 : 0;
+}
+
+int
+cmp_semlock_exit(PyObject *lock)
+{
+    PyObject *r = semlock_release((CmpSemLock *)lock, NULL);
+    if (r == NULL)
+        return -1;
+    Py_DECREF(r);
+    return 0;
+}
 
 /* Blocking reacquire after a condition wait, not interruptible (as
  * threading.Condition's): an exception from the wait may already be set. */
@@ -729,7 +735,8 @@ event_wait(CmpEvent *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
     static const char *const names[] = {"timeout"};
     PyObject *timeout = Py_None;
     if ((nargs > 0 || kwnames != NULL)
-            && parse_args("wait", args, nargs, kwnames, names, 1, &timeout) < 0)
+            && cmp_parse_args("wait", args, nargs, kwnames,
+                              names, 1, 0, CMP_ARGS_CLINIC, &timeout) < 0)
         return NULL;
     uint32_t seen = cmp_event_snapshot(self->ev);
     if (seen & 1)

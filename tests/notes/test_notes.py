@@ -57,23 +57,8 @@ IMPLS = ('stdlib', 'cmp')
 # xfail is strict, so an example that starts passing fails until it does.
 
 ISSUES = {
-    3: 'Pipe/Connection: issue #3',
-    5: 'Value/Array: issue #5',
-    7: 'Pool: issue #7',
-    'Manager': 'Manager: not planned in any open issue',
 }
 NEEDS = {
-    '000-10.py': {3},
-    '000-11.py': {3},
-    '000-22.py': {5},
-    '000-23.py': {5},
-    '000-24.py': {5},
-    '002-19.py': {3},
-    '003-19.py': {5},
-    '003-20.py': {'Manager'},
-    '004-06.py': {3},
-    '004-09.py': {5},
-    '004-10.py': {5},
 }
 
 # ---------------------------------------------------------------------------

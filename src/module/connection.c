@@ -1,0 +1,1178 @@
+/* cmp._core.Connection: framed send/recv over a descriptor, wait(), and the
+ * descriptor hand-off used to send a Connection through another one.
+ *
+ * The hot paths (send, recv, send_bytes, recv_bytes, recv_bytes_into, poll)
+ * are here; cmp/connection.py subclasses the type for the Python-level parts
+ * (repr, pickling, context manager).
+ *
+ * Receiving: a frame's header is read first, then its payload straight into
+ * the bytes object that recv_bytes() returns (or into the caller's buffer for
+ * recv_bytes_into() when it fits). The progress of a frame lives on the C
+ * stack; if a signal handler raises part-way (Ctrl-C), the partial frame is
+ * parked on the Connection and the next receive resumes it, so no byte of the
+ * stream is lost. Concurrent receives on one Connection from several threads
+ * interleave their reads exactly like the stdlib's (unsupported, but never
+ * unsafe: each call owns its buffer).
+ *
+ * Sending: send() pickles with one cached reduction.ForkingPickler whose
+ * file's write is a list's append, so the pickle's pieces (and any large
+ * bytes payload, which _pickle hands over without copying) go out in one
+ * writev() behind the header. A send interrupted part-way through a frame
+ * keeps the unsent rest and writes it before the next frame.
+ *
+ * Descriptors: while send() pickles on a Unix socket, reduction.DupFd()
+ * outside of spawning calls _pass_fd(): the descriptor is dup'ed into this
+ * thread's batch and travels with the frame as SCM_RIGHTS. The receiving
+ * recv() exposes the frame's descriptors to _take_fd() while it unpickles and
+ * closes those nobody took.
+ */
+#include "module.h"
+#include "wire.h"
+
+#include <limits.h>
+#include <string.h>
+
+/* Binding-level statuses of a receive, besides the core's. */
+#define CONN_ETRUNC (-1001)     /* end of file inside a frame */
+#define CONN_EBADLEN (-1002)    /* longer than maxlength, or unrepresentable */
+
+/* Bytes objects cannot be larger than this (header and slack excluded). */
+#define CONN_MAX_FRAME ((uint64_t)PY_SSIZE_T_MAX - 4096)
+
+/* A frame interrupted part-way, waiting for the next receive. */
+typedef struct {
+    cmp_wire_rx rx;
+    PyObject *buf;          /* the bytes object rx.body points into */
+} conn_parked;
+
+typedef struct {
+    PyObject_HEAD
+    int fd;                 /* -1 once closed */
+    char readable;
+    char writable;
+    char is_socket;         /* sendmsg/recvmsg, MSG_NOSIGNAL */
+    char is_unix;           /* a Unix socket: descriptors can travel */
+    conn_parked *parked;    /* an interrupted incoming frame, or NULL */
+    PyObject *tx_rest;      /* the unsent rest of an interrupted frame, or NULL */
+    uint32_t spin_ns;       /* adaptive busy-wait before blocking in recv (wire.h) */
+} CmpConnection;
+
+/* Descriptors handed out while this thread pickles (send) or unpickles
+ * (recv) a frame; NULL outside of those. */
+typedef struct {
+    int fds[CMP_WIRE_MAX_FDS];
+    int nfds;
+} conn_fd_batch;
+
+static _Thread_local conn_fd_batch *conn_tx_batch;
+static _Thread_local conn_fd_batch *conn_rx_batch;
+
+static void
+close_fds(int *fds, int n)
+{
+    for (int i = 0; i < n; i++) {
+        if (fds[i] >= 0)
+            cmp_wire_close(fds[i]);
+        fds[i] = -1;
+    }
+}
+
+
+/* ------------------------------------------------------------------------ */
+/* State checks (the stdlib's messages)                                     */
+
+static int
+check_readable(CmpConnection *self)
+{
+    if (self->fd < 0) {
+        PyErr_SetString(PyExc_OSError, "handle is closed");
+        return -1;
+    }
+    if (!self->readable) {
+        PyErr_SetString(PyExc_OSError, "connection is write-only");
+        return -1;
+    }
+    return 0;
+}
+
+static int
+check_writable(CmpConnection *self)
+{
+    if (self->fd < 0) {
+        PyErr_SetString(PyExc_OSError, "handle is closed");
+        return -1;
+    }
+    if (!self->writable) {
+        PyErr_SetString(PyExc_OSError, "connection is read-only");
+        return -1;
+    }
+    return 0;
+}
+
+static void
+drop_parked(CmpConnection *self)
+{
+    conn_parked *p = self->parked;
+    if (p == NULL)
+        return;
+    self->parked = NULL;
+    close_fds(p->rx.fds, p->rx.nfds);
+    Py_XDECREF(p->buf);
+    PyMem_Free(p);
+}
+
+static int
+conn_close_fd(CmpConnection *self)
+{
+    int fd = self->fd;
+    if (fd < 0)
+        return 0;
+    self->fd = -1;
+    drop_parked(self);
+    Py_CLEAR(self->tx_rest);
+    if (cmp_wire_close(fd) != CMP_OK) {
+        cmp_set_error(CMP_ERRNO);
+        return -1;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Type basics                                                              */
+
+static int
+conn_init(PyObject *op, PyObject *args, PyObject *kwds)
+{
+    CmpConnection *self = (CmpConnection *)op;
+    static char *kwlist[] = {"handle", "readable", "writable", NULL};
+    PyObject *handle, *index = NULL;
+    int readable = 1, writable = 1, ret = -1;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pp:Connection", kwlist,
+                                     &handle, &readable, &writable))
+        return -1;
+    if (PyIndex_Check(handle))
+        index = PyNumber_Index(handle);
+    else
+        index = PyObject_CallMethod(handle, "__index__", NULL);   /* the stdlib's error */
+    if (index == NULL)
+        goto done;
+    int overflow;
+    long fd = PyLong_AsLongAndOverflow(index, &overflow);
+    if (fd == -1 && PyErr_Occurred())
+        goto done;
+    if (overflow < 0 || fd < 0) {
+        PyErr_SetString(PyExc_ValueError, "invalid handle");
+        goto done;
+    }
+    if (overflow > 0 || fd > INT_MAX) {
+        PyErr_SetString(PyExc_OverflowError, "handle is too large");
+        goto done;
+    }
+    if (!readable && !writable) {
+        PyErr_SetString(PyExc_ValueError,
+                        "at least one of `readable` and `writable` must be True");
+        goto done;
+    }
+    if (self->fd >= 0 && conn_close_fd(self) < 0)
+        goto done;
+    self->fd = (int)fd;
+    self->readable = (char)readable;
+    self->writable = (char)writable;
+    int kind = cmp_wire_fd_kind(self->fd);
+    self->is_socket = kind != CMP_WIRE_PIPE;
+    self->is_unix = kind == CMP_WIRE_UNIX;
+    ret = 0;
+done:
+    Py_XDECREF(index);
+    return ret;
+}
+
+static PyObject *
+conn_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
+{
+    CmpConnection *self = (CmpConnection *)type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    self->fd = -1;
+    return (PyObject *)self;
+}
+
+static void
+conn_dealloc(PyObject *op)
+{
+    CmpConnection *self = (CmpConnection *)op;
+    PyTypeObject *tp = Py_TYPE(op);
+    if (self->fd >= 0)
+        cmp_wire_close(self->fd);
+    self->fd = -1;
+    drop_parked(self);
+    Py_CLEAR(self->tx_rest);
+    tp->tp_free(op);
+    Py_DECREF(tp);
+}
+
+static PyObject *
+conn_get_closed(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(((CmpConnection *)op)->fd < 0);
+}
+
+static PyObject *
+conn_get_readable(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(((CmpConnection *)op)->readable);
+}
+
+static PyObject *
+conn_get_writable(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyBool_FromLong(((CmpConnection *)op)->writable);
+}
+
+static PyObject *
+conn_get_handle(PyObject *op, void *Py_UNUSED(closure))
+{
+    CmpConnection *self = (CmpConnection *)op;
+    if (self->fd < 0)
+        Py_RETURN_NONE;
+    return PyLong_FromLong(self->fd);
+}
+
+static PyObject *
+conn_fileno(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    CmpConnection *self = (CmpConnection *)op;
+    if (self->fd < 0) {
+        PyErr_SetString(PyExc_OSError, "handle is closed");
+        return NULL;
+    }
+    return PyLong_FromLong(self->fd);
+}
+
+static PyObject *
+conn_close(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    if (conn_close_fd((CmpConnection *)op) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+conn_detach(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    CmpConnection *self = (CmpConnection *)op;
+    if (self->fd < 0) {
+        PyErr_SetString(PyExc_OSError, "handle is closed");
+        return NULL;
+    }
+    int fd = self->fd;
+    self->fd = -1;
+    drop_parked(self);
+    Py_CLEAR(self->tx_rest);
+    return PyLong_FromLong(fd);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sending                                                                  */
+
+struct tx_call {
+    int fd;
+    cmp_wire_tx tx;
+};
+
+static int
+tx_call_fn(void *p)
+{
+    struct tx_call *a = p;
+    return cmp_wire_send(a->fd, &a->tx);
+}
+
+/* Write iov (a whole frame) on self; if a signal handler raises after part
+ * of it went out, keep the rest for the next send. */
+static int
+conn_write_frame(CmpConnection *self, struct iovec *iov, int iovcnt,
+                 const int *fds, int nfds)
+{
+    struct tx_call a = {.fd = self->fd,
+                        .tx = {.iov = iov, .iovcnt = iovcnt, .fds = fds, .nfds = nfds,
+                               .is_socket = self->is_socket}};
+    int st = cmp_run_blocking(tx_call_fn, &a);
+    if (st == CMP_PYERR && a.tx.sent > 0 && a.tx.iovcnt > 0) {
+        size_t rest = 0;
+        for (int i = 0; i < a.tx.iovcnt; i++)
+            rest += a.tx.iov[i].iov_len;
+        PyObject *saved = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)rest);
+        if (saved == NULL) {
+            /* The stream is broken either way; the signal's exception wins. */
+            PyObject *et, *ev, *tb;
+            PyErr_Fetch(&et, &ev, &tb);
+            PyErr_Clear();
+            PyErr_Restore(et, ev, tb);
+            return st;
+        }
+        char *dst = PyBytes_AS_STRING(saved);
+        for (int i = 0; i < a.tx.iovcnt; i++) {
+            memcpy(dst, a.tx.iov[i].iov_base, a.tx.iov[i].iov_len);
+            dst += a.tx.iov[i].iov_len;
+        }
+        Py_XSETREF(self->tx_rest, saved);
+    }
+    return st;
+}
+
+/* Finish a frame an earlier send left half-written. */
+static int
+conn_flush_rest(CmpConnection *self)
+{
+    if (self->tx_rest == NULL)
+        return CMP_OK;
+    PyObject *rest = self->tx_rest;
+    self->tx_rest = NULL;
+    struct iovec iov = {PyBytes_AS_STRING(rest), (size_t)PyBytes_GET_SIZE(rest)};
+    int st = conn_write_frame(self, &iov, 1, NULL, 0);
+    if (st == CMP_PYERR && self->tx_rest == NULL) {
+        /* Interrupted before any of it went out: keep all of it. */
+        self->tx_rest = rest;
+        return st;
+    }
+    Py_DECREF(rest);
+    return st;
+}
+
+static PyObject *
+conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"buf", "offset", "size"};
+    CmpConnection *self = (CmpConnection *)op;
+    PyObject *argv[3] = {NULL, NULL, NULL};
+    Py_buffer view = {0};
+    PyObject *ret = NULL;
+    if (cmp_parse_args("send_bytes", args, nargs, kwnames, names, 3, 1, CMP_ARGS_PY, argv) < 0)
+        return NULL;
+    if (check_writable(self) < 0)
+        return NULL;
+    if (!PyObject_CheckBuffer(argv[0])) {
+        PyErr_Format(PyExc_TypeError,
+                     "memoryview: a bytes-like object is required, not '%.200s'",
+                     Py_TYPE(argv[0])->tp_name);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(argv[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    Py_ssize_t n = view.len, offset = 0, size;
+    if (argv[1] != NULL) {
+        offset = PyNumber_AsSsize_t(argv[1], PyExc_OverflowError);
+        if (offset == -1 && PyErr_Occurred())
+            goto done;
+    }
+    if (offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "offset is negative");
+        goto done;
+    }
+    if (n < offset) {
+        PyErr_SetString(PyExc_ValueError, "buffer length < offset");
+        goto done;
+    }
+    if (argv[2] == NULL || argv[2] == Py_None) {
+        size = n - offset;
+    }
+    else {
+        size = PyNumber_AsSsize_t(argv[2], PyExc_OverflowError);
+        if (size == -1 && PyErr_Occurred())
+            goto done;
+        if (size < 0) {
+            PyErr_SetString(PyExc_ValueError, "size is negative");
+            goto done;
+        }
+        if (size > n - offset) {
+            PyErr_SetString(PyExc_ValueError, "buffer length < offset + size");
+            goto done;
+        }
+    }
+    int st = conn_flush_rest(self);
+    if (st == CMP_OK) {
+        unsigned char hdr[CMP_WIRE_HEADER_MAX];
+        struct iovec iov[2] = {
+            {hdr, cmp_wire_header((uint64_t)size, hdr)},
+            {(char *)view.buf + offset, (size_t)size},
+        };
+        st = conn_write_frame(self, iov, 2, NULL, 0);
+    }
+    if (st != CMP_OK) {
+        cmp_set_error(st);
+        goto done;
+    }
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    PyBuffer_Release(&view);
+    return ret;
+}
+
+/* A pickler from reduction._new_pickler(chunks): its dump and clear_memo
+ * (bound methods, keeping it alive) and the list its file appends to. */
+typedef struct {
+    PyObject *dump;
+    PyObject *clear_memo;
+    PyObject *chunks;
+} conn_pickler;
+
+static void
+pickler_clear(conn_pickler *p)
+{
+    Py_CLEAR(p->dump);
+    Py_CLEAR(p->clear_memo);
+    Py_CLEAR(p->chunks);
+}
+
+static int
+pickler_new(cmp_state *st, conn_pickler *out)
+{
+    PyObject *red = NULL, *pickler = NULL;
+    conn_pickler p = {NULL, NULL, NULL};
+    int ret = -1;
+    red = PyImport_ImportModule("cmp.reduction");
+    if (red == NULL)
+        goto done;
+    if (st->conn_loads == NULL) {
+        st->conn_loads = PyObject_GetAttrString(red, "_loads");
+        if (st->conn_loads == NULL)
+            goto done;
+    }
+    p.chunks = PyList_New(0);
+    if (p.chunks == NULL)
+        goto done;
+    pickler = PyObject_CallMethod(red, "_new_pickler", "O", p.chunks);
+    if (pickler == NULL)
+        goto done;
+    p.dump = PyObject_GetAttrString(pickler, "dump");
+    if (p.dump == NULL)
+        goto done;
+    p.clear_memo = PyObject_GetAttrString(pickler, "clear_memo");
+    if (p.clear_memo == NULL)
+        goto done;
+    *out = p;
+    p.dump = p.clear_memo = p.chunks = NULL;
+    ret = 0;
+done:
+    pickler_clear(&p);
+    Py_XDECREF(pickler);
+    Py_XDECREF(red);
+    return ret;
+}
+
+/* The interpreter's cached pickler (and unpickler), made on first use. */
+static int
+pickler_ensure(cmp_state *st)
+{
+    if (st->conn_dump != NULL)
+        return 0;
+    conn_pickler p;
+    if (pickler_new(st, &p) < 0)
+        return -1;
+    st->conn_dump = p.dump;
+    st->conn_clear_memo = p.clear_memo;
+    st->conn_chunks = p.chunks;
+    return 0;
+}
+
+#define CONN_STACK_CHUNKS 8
+
+static PyObject *
+conn_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
+          Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"obj"};
+    CmpConnection *self = (CmpConnection *)op;
+    cmp_state *state = PyType_GetModuleState(defining_class);
+    PyObject *argv[1] = {NULL};
+    PyObject *r = NULL, *ret = NULL;
+    conn_pickler p = {NULL, NULL, NULL};
+    PyObject *chunks = NULL;
+    conn_fd_batch batch, *outer_batch = conn_tx_batch;
+    Py_buffer stack_views[CONN_STACK_CHUNKS], *views = stack_views;
+    struct iovec stack_iov[CONN_STACK_CHUNKS + 1], *iov = stack_iov;
+    Py_ssize_t nviews = 0;
+    int own_pickler = 0;
+    batch.nfds = 0;
+
+    if (state == NULL)
+        return NULL;
+    if (cmp_parse_args("send", args, nargs, kwnames, names, 1, 1, CMP_ARGS_PY, argv) < 0)
+        return NULL;
+    if (check_writable(self) < 0)
+        return NULL;
+
+    /* Pickle. The cached pickler is reused unless it is busy (a __reduce__
+     * that sends, or another thread while a reducer released the GIL). */
+    if (pickler_ensure(state) < 0)
+        return NULL;
+    if (!state->conn_pickler_busy) {
+        state->conn_pickler_busy = 1;
+        own_pickler = 1;
+        p.dump = state->conn_dump;
+        p.clear_memo = state->conn_clear_memo;
+        p.chunks = state->conn_chunks;
+        Py_INCREF(p.dump);
+        Py_INCREF(p.clear_memo);
+        Py_INCREF(p.chunks);
+    }
+    else if (pickler_new(state, &p) < 0) {
+        return NULL;
+    }
+    chunks = p.chunks;
+    conn_tx_batch = self->is_unix ? &batch : NULL;
+    r = PyObject_CallOneArg(p.dump, argv[0]);
+    conn_tx_batch = outer_batch;
+    {
+        /* Drop the memo (and its references) whether or not dump failed. */
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        PyObject *c = PyObject_CallNoArgs(p.clear_memo);
+        if (c == NULL) {
+            if (et != NULL)
+                PyErr_Clear();
+            else
+                Py_CLEAR(r);
+        }
+        Py_XDECREF(c);
+        if (et != NULL)
+            PyErr_Restore(et, ev, tb);
+    }
+    if (r == NULL)
+        goto done;
+    Py_DECREF(r);
+
+    /* Pin every piece, then free the pickler for the next sender. */
+    Py_ssize_t n = PyList_GET_SIZE(chunks);
+    if (n > CONN_STACK_CHUNKS) {
+        views = PyMem_New(Py_buffer, (size_t)n);
+        iov = PyMem_New(struct iovec, (size_t)n + 1);
+        if (views == NULL || iov == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    uint64_t total = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(chunks, i), &views[i], PyBUF_SIMPLE) < 0)
+            goto done;
+        nviews++;
+        iov[i + 1].iov_base = views[i].buf;
+        iov[i + 1].iov_len = (size_t)views[i].len;
+        total += (uint64_t)views[i].len;
+    }
+    if (PyList_SetSlice(chunks, 0, n, NULL) < 0)
+        goto done;
+    if (own_pickler) {
+        state->conn_pickler_busy = 0;
+        own_pickler = 0;
+    }
+
+    int st = conn_flush_rest(self);
+    if (st == CMP_OK) {
+        unsigned char hdr[CMP_WIRE_HEADER_MAX];
+        iov[0].iov_base = hdr;
+        iov[0].iov_len = cmp_wire_header(total, hdr);
+        st = conn_write_frame(self, iov, (int)n + 1, batch.fds, batch.nfds);
+    }
+    if (st != CMP_OK) {
+        cmp_set_error(st);
+        goto done;
+    }
+    Py_INCREF(Py_None);
+    ret = Py_None;
+done:
+    for (Py_ssize_t i = 0; i < nviews; i++)
+        PyBuffer_Release(&views[i]);
+    if (views != stack_views)
+        PyMem_Free(views);
+    if (iov != stack_iov)
+        PyMem_Free(iov);
+    if (ret == NULL && chunks != NULL && PyList_GET_SIZE(chunks) > 0) {
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
+        if (PyList_SetSlice(chunks, 0, PyList_GET_SIZE(chunks), NULL) < 0)
+            PyErr_Clear();
+        PyErr_Restore(et, ev, tb);
+    }
+    if (own_pickler)
+        state->conn_pickler_busy = 0;
+    close_fds(batch.fds, batch.nfds);   /* our dups: the kernel holds its own */
+    pickler_clear(&p);
+    return ret;
+}
+
+PyDoc_STRVAR(pass_fd_doc,
+"_pass_fd(fd) -> index\n\n"
+"While send() pickles on a Unix socket: dup fd into the frame's descriptors\n"
+"and return its index there. Otherwise RuntimeError.");
+
+static PyObject *
+cmp_py_pass_fd(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0)
+        return NULL;
+    conn_fd_batch *b = conn_tx_batch;
+    if (b == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+            "a file descriptor can only be passed to a running process by "
+            "Connection.send() on a Unix socket (a duplex Pipe() or an AF_UNIX "
+            "Listener/Client), or to a child while it is being spawned");
+        return NULL;
+    }
+    if (b->nfds >= CMP_WIRE_MAX_FDS) {
+        PyErr_Format(PyExc_ValueError, "a message can pass at most %d file descriptors",
+                     CMP_WIRE_MAX_FDS);
+        return NULL;
+    }
+    int dup = cmp_wire_dup(fd);
+    if (dup < 0)
+        return cmp_set_error(CMP_ERRNO);
+    b->fds[b->nfds] = dup;
+    return PyLong_FromLong(b->nfds++);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Receiving                                                                */
+
+struct rx_call {
+    int fd;
+    int is_socket;
+    cmp_wire_rx *rx;
+    uint32_t *spin_ns;      /* NULL once spun: a retry after a signal blocks */
+};
+
+static int
+rx_header_fn(void *p)
+{
+    struct rx_call *a = p;
+    if (a->spin_ns != NULL) {
+        uint32_t *budget = a->spin_ns;
+        a->spin_ns = NULL;
+        int st = cmp_wire_recv_header_spin(a->fd, a->is_socket, a->rx, budget);
+        if (st != CMP_EEMPTY)
+            return st;
+    }
+    return cmp_wire_recv_header(a->fd, a->is_socket, a->rx);
+}
+
+static int
+rx_body_fn(void *p)
+{
+    struct rx_call *a = p;
+    return cmp_wire_recv_body(a->fd, a->rx);
+}
+
+/* A bad length: like the stdlib, a duplex end stops reading (the rest of the
+ * frame is still in the stream), a read-only end is closed. */
+static void
+bad_message_length(CmpConnection *self)
+{
+    if (self->writable) {
+        self->readable = 0;
+        drop_parked(self);
+    }
+    else {
+        conn_close_fd(self);
+        PyErr_Clear();
+    }
+    cmp_set_error(CMP_EBADMSG);
+}
+
+/* Park an interrupted frame on self; its payload so far moves into a bytes
+ * object if it was going into the caller's buffer. */
+static void
+park(CmpConnection *self, cmp_wire_rx *rx, PyObject *buf)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    conn_parked *p = PyMem_Malloc(sizeof(*p));
+    if (p == NULL)
+        goto lost;
+    if (rx->header_done && buf == NULL && rx->body != NULL) {
+        buf = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)rx->len);
+        if (buf == NULL) {
+            PyMem_Free(p);
+            goto lost;
+        }
+        memcpy(PyBytes_AS_STRING(buf), rx->body, (size_t)rx->body_have);
+        rx->body = PyBytes_AS_STRING(buf);
+    }
+    else {
+        Py_XINCREF(buf);
+    }
+    p->rx = *rx;
+    p->buf = buf;
+    drop_parked(self);
+    self->parked = p;
+    PyErr_Restore(et, ev, tb);
+    return;
+lost:
+    /* Out of memory as well: the frame is lost, the signal's error wins. */
+    PyErr_Clear();
+    close_fds(rx->fds, rx->nfds);
+    PyErr_Restore(et, ev, tb);
+}
+
+/* Receive one whole frame. into/room: where the payload goes if it fits
+ * (recv_bytes_into), else NULL. On CMP_OK *bufp is the new bytes object, or
+ * NULL if the payload went into `into`; rx holds the length and descriptors
+ * (the caller closes them). Otherwise an exception is set. */
+static int
+conn_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
+                char *into, Py_ssize_t room, PyObject **bufp)
+{
+    PyObject *buf = NULL;
+    int st;
+    if (self->parked != NULL) {
+        conn_parked *p = self->parked;
+        self->parked = NULL;
+        *rx = p->rx;
+        buf = p->buf;
+        PyMem_Free(p);
+    }
+    else {
+        cmp_wire_rx_reset(rx);
+    }
+    struct rx_call a = {self->fd, self->is_socket, rx, &self->spin_ns};
+    if (!rx->header_done) {
+        st = cmp_run_blocking(rx_header_fn, &a);
+        if (st != CMP_OK)
+            goto fail;
+    }
+    if ((maxlength >= 0 && rx->len > (uint64_t)maxlength) || rx->len > CONN_MAX_FRAME) {
+        st = CONN_EBADLEN;
+        goto fail;
+    }
+    if (rx->body == NULL) {
+        if (into != NULL && rx->len <= (uint64_t)room) {
+            rx->body = into;
+        }
+        else {
+            buf = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)rx->len);
+            if (buf == NULL) {
+                st = CMP_PYERR;
+                goto fail;
+            }
+            rx->body = PyBytes_AS_STRING(buf);
+        }
+    }
+    if (rx->body_have < rx->len) {
+        st = cmp_run_blocking(rx_body_fn, &a);
+        if (st != CMP_OK)
+            goto fail;
+    }
+    *bufp = buf;
+    return CMP_OK;
+
+fail:
+    if (st == CMP_PYERR && cmp_wire_rx_started(rx) && !PyErr_ExceptionMatches(PyExc_MemoryError)) {
+        park(self, rx, buf);
+        Py_XDECREF(buf);
+        return st;
+    }
+    int started = cmp_wire_rx_started(rx);
+    close_fds(rx->fds, rx->nfds);
+    rx->nfds = 0;
+    Py_XDECREF(buf);
+    if (st == CMP_EEOF && started)
+        PyErr_SetString(PyExc_OSError, "got end of file during message");
+    else if (st == CMP_EBADMSG || st == CONN_EBADLEN)
+        bad_message_length(self);
+    else
+        cmp_set_error(st);
+    return st;
+}
+
+static Py_ssize_t
+maxlength_arg(PyObject *arg)
+{
+    if (arg == NULL || arg == Py_None)
+        return -1;
+    Py_ssize_t m = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (m == -1 && PyErr_Occurred())
+        return -2;
+    if (m < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative maxlength");
+        return -2;
+    }
+    return m;
+}
+
+static PyObject *
+conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"maxlength"};
+    CmpConnection *self = (CmpConnection *)op;
+    PyObject *argv[1] = {NULL}, *buf = NULL;
+    cmp_wire_rx rx;
+    if (cmp_parse_args("recv_bytes", args, nargs, kwnames, names, 1, 0, CMP_ARGS_PY, argv) < 0)
+        return NULL;
+    if (check_readable(self) < 0)
+        return NULL;
+    Py_ssize_t maxlength = maxlength_arg(argv[0]);
+    if (maxlength == -2)
+        return NULL;
+    if (conn_recv_frame(self, &rx, maxlength, NULL, 0, &buf) != CMP_OK)
+        return NULL;
+    close_fds(rx.fds, rx.nfds);
+    return buf;
+}
+
+static PyObject *
+buffer_too_short(PyObject *msg)
+{
+    PyObject *ctx = PyImport_ImportModule("cmp.context");
+    if (ctx == NULL)
+        return NULL;
+    PyObject *cls = PyObject_GetAttrString(ctx, "BufferTooShort");
+    Py_DECREF(ctx);
+    if (cls == NULL)
+        return NULL;
+    PyErr_SetObject(cls, msg);
+    Py_DECREF(cls);
+    return NULL;
+}
+
+static PyObject *
+conn_recv_bytes_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
+                     PyObject *kwnames)
+{
+    static const char *const names[] = {"buf", "offset"};
+    CmpConnection *self = (CmpConnection *)op;
+    PyObject *argv[2] = {NULL, NULL}, *buf = NULL, *ret = NULL;
+    Py_buffer view = {0};
+    cmp_wire_rx rx;
+    if (cmp_parse_args("recv_bytes_into", args, nargs, kwnames, names, 2, 1, CMP_ARGS_PY, argv) < 0)
+        return NULL;
+    if (check_readable(self) < 0)
+        return NULL;
+    if (!PyObject_CheckBuffer(argv[0])) {
+        PyErr_Format(PyExc_TypeError,
+                     "memoryview: a bytes-like object is required, not '%.200s'",
+                     Py_TYPE(argv[0])->tp_name);
+        return NULL;
+    }
+    /* A read-only buffer fails here, before a message is consumed (the
+     * stdlib reads the message, then fails to copy it). */
+    if (PyObject_GetBuffer(argv[0], &view, PyBUF_WRITABLE | PyBUF_ND | PyBUF_FORMAT) < 0) {
+        if (PyErr_ExceptionMatches(PyExc_BufferError)) {
+            PyErr_Clear();
+            PyErr_SetString(PyExc_TypeError,
+                            "readinto() argument must be read-write bytes-like object");
+        }
+        return NULL;
+    }
+    if (view.ndim == 0) {
+        PyErr_SetString(PyExc_TypeError, "0-dim memory has no length");
+        goto done;
+    }
+    Py_ssize_t itemsize = view.itemsize, offset = 0;
+    Py_ssize_t bytesize = itemsize * view.shape[0];
+    if (argv[1] != NULL) {
+        offset = PyNumber_AsSsize_t(argv[1], PyExc_OverflowError);
+        if (offset == -1 && PyErr_Occurred())
+            goto done;
+    }
+    if (offset < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative offset");
+        goto done;
+    }
+    if (offset > bytesize) {
+        PyErr_SetString(PyExc_ValueError, "offset too large");
+        goto done;
+    }
+    if (conn_recv_frame(self, &rx, -1, (char *)view.buf + offset, bytesize - offset,
+                        &buf) != CMP_OK)
+        goto done;
+    close_fds(rx.fds, rx.nfds);
+    if (buf != NULL) {
+        if (rx.len > (uint64_t)(bytesize - offset)) {
+            buffer_too_short(buf);
+            goto done;
+        }
+        memcpy((char *)view.buf + offset, PyBytes_AS_STRING(buf), (size_t)rx.len);
+    }
+    ret = PyLong_FromUnsignedLongLong(rx.len);
+done:
+    Py_XDECREF(buf);
+    PyBuffer_Release(&view);
+    return ret;
+}
+
+static PyObject *
+conn_recv(PyObject *op, PyTypeObject *defining_class, PyObject *const *Py_UNUSED(args),
+          Py_ssize_t nargs, PyObject *kwnames)
+{
+    CmpConnection *self = (CmpConnection *)op;
+    cmp_state *state = PyType_GetModuleState(defining_class);
+    PyObject *buf = NULL, *obj;
+    cmp_wire_rx rx;
+    if (state == NULL)
+        return NULL;
+    if (nargs != 0 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "recv() takes no arguments");
+        return NULL;
+    }
+    if (check_readable(self) < 0)
+        return NULL;
+    if (pickler_ensure(state) < 0)
+        return NULL;
+    if (conn_recv_frame(self, &rx, -1, NULL, 0, &buf) != CMP_OK)
+        return NULL;
+    if (rx.nfds == 0) {
+        obj = PyObject_CallOneArg(state->conn_loads, buf);
+    }
+    else {
+        conn_fd_batch batch, *outer = conn_rx_batch;
+        memcpy(batch.fds, rx.fds, sizeof(int) * (size_t)rx.nfds);
+        batch.nfds = rx.nfds;
+        conn_rx_batch = &batch;
+        obj = PyObject_CallOneArg(state->conn_loads, buf);
+        conn_rx_batch = outer;
+        close_fds(batch.fds, batch.nfds);   /* the ones nobody took */
+    }
+    Py_DECREF(buf);
+    return obj;
+}
+
+PyDoc_STRVAR(take_fd_doc,
+"_take_fd(index) -> fd\n\n"
+"While recv() unpickles a frame that carried descriptors: the descriptor at\n"
+"index, now owned by the caller. Otherwise RuntimeError.");
+
+static PyObject *
+cmp_py_take_fd(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    Py_ssize_t i = PyNumber_AsSsize_t(arg, PyExc_OverflowError);
+    if (i == -1 && PyErr_Occurred())
+        return NULL;
+    conn_fd_batch *b = conn_rx_batch;
+    if (b == NULL || i < 0 || i >= b->nfds || b->fds[i] < 0) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "no passed file descriptor to take: a pickle holding one "
+                        "can only be loaded by the Connection.recv() it came to");
+        return NULL;
+    }
+    int fd = b->fds[i];
+    b->fds[i] = -1;
+    return PyLong_FromLong(fd);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Polling and wait()                                                       */
+
+struct poll_call {
+    struct pollfd *fds;
+    size_t nfds;
+    int64_t deadline;
+};
+
+static int
+poll_fn(void *p)
+{
+    struct poll_call *a = p;
+    return cmp_wire_poll(a->fds, a->nfds, a->deadline);
+}
+
+/* poll() the set: the fast path with the GIL held, then a blocking wait.
+ * > 0 ready, 0 timed out, -1 with an exception. */
+static int
+poll_set(struct pollfd *fds, size_t nfds, int64_t deadline)
+{
+    struct poll_call a = {fds, nfds, cmp_monotonic_ns()};
+    int st = cmp_wire_poll(fds, nfds, a.deadline);
+    if (st == CMP_ETIMEDOUT && deadline > a.deadline) {
+        a.deadline = deadline;
+        st = cmp_run_blocking(poll_fn, &a);
+    }
+    if (st > 0)
+        return st;
+    if (st == CMP_ETIMEDOUT)
+        return 0;
+    cmp_set_error(st);
+    return -1;
+}
+
+static PyObject *
+conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"timeout"};
+    CmpConnection *self = (CmpConnection *)op;
+    PyObject *argv[1] = {NULL};
+    int64_t deadline;
+    if (cmp_parse_args("poll", args, nargs, kwnames, names, 1, 0, CMP_ARGS_PY, argv) < 0)
+        return NULL;
+    if (check_readable(self) < 0)
+        return NULL;
+    if (argv[0] == NULL)
+        deadline = cmp_monotonic_ns();
+    else if (cmp_deadline_from_timeout(argv[0], &deadline) < 0)
+        return NULL;
+    struct pollfd p = {.fd = self->fd, .events = POLLIN};
+    int r = poll_set(&p, 1, deadline);
+    if (r < 0)
+        return NULL;
+    return PyBool_FromLong(r > 0);
+}
+
+PyDoc_STRVAR(wait_doc,
+"wait(object_list, timeout=None) -> list\n\n"
+"The objects of object_list (Connections, sockets, sentinels, objects with\n"
+"fileno(), raw descriptors) that are ready to read, in their order; [] when\n"
+"timeout seconds pass first. Releases the GIL; interrupted the PEP 475 way.");
+
+static PyObject *
+cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    static const char *const names[] = {"object_list", "timeout"};
+    cmp_state *state = PyModule_GetState(module);
+    PyObject *argv[2] = {NULL, NULL}, *seq = NULL, *ret = NULL;
+    struct pollfd stack_fds[16], *fds = stack_fds;
+    int64_t deadline;
+    if (cmp_parse_args("wait", args, nargs, kwnames, names, 2, 1, CMP_ARGS_PY, argv) < 0)
+        return NULL;
+    seq = PySequence_Fast(argv[0], "object_list must be iterable");
+    if (seq == NULL)
+        return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    if (n > (Py_ssize_t)(sizeof(stack_fds) / sizeof(stack_fds[0]))) {
+        fds = PyMem_New(struct pollfd, (size_t)n);
+        if (fds == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *obj = PySequence_Fast_GET_ITEM(seq, i);
+        int fd;
+        if (PyObject_TypeCheck(obj, (PyTypeObject *)state->conn_type)) {
+            fd = ((CmpConnection *)obj)->fd;
+            if (fd < 0) {
+                PyErr_SetString(PyExc_OSError, "handle is closed");
+                goto done;
+            }
+        }
+        else if ((fd = PyObject_AsFileDescriptor(obj)) < 0) {
+            goto done;
+        }
+        for (Py_ssize_t j = 0; j < i; j++) {
+            if (fds[j].fd == fd) {      /* as the stdlib's selector says it */
+                PyObject *msg = PyUnicode_FromFormat("%R (FD %d) is already registered",
+                                                     obj, fd);
+                if (msg != NULL) {
+                    PyErr_SetObject(PyExc_KeyError, msg);
+                    Py_DECREF(msg);
+                }
+                goto done;
+            }
+        }
+        fds[i].fd = fd;
+        fds[i].events = POLLIN;
+        fds[i].revents = 0;
+    }
+    if (cmp_deadline_from_timeout(argv[1], &deadline) < 0)
+        goto done;
+    int r = poll_set(fds, (size_t)n, deadline);
+    if (r < 0)
+        goto done;
+    ret = PyList_New(0);
+    if (ret == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < n && r > 0; i++) {
+        if (fds[i].revents == 0)
+            continue;
+        if (PyList_Append(ret, PySequence_Fast_GET_ITEM(seq, i)) < 0) {
+            Py_CLEAR(ret);
+            goto done;
+        }
+    }
+done:
+    if (fds != stack_fds)
+        PyMem_Free(fds);
+    Py_XDECREF(seq);
+    return ret;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Type and module glue                                                     */
+
+PyDoc_STRVAR(send_doc, "send(obj)\n\nSend a picklable object.");
+PyDoc_STRVAR(recv_doc, "recv()\n\nReceive a picklable object.");
+PyDoc_STRVAR(send_bytes_doc,
+"send_bytes(buf, offset=0, size=None)\n\nSend the bytes of a bytes-like object.");
+PyDoc_STRVAR(recv_bytes_doc,
+"recv_bytes(maxlength=None)\n\nReceive one message as a bytes object.");
+PyDoc_STRVAR(recv_bytes_into_doc,
+"recv_bytes_into(buf, offset=0)\n\n"
+"Receive one message into a writable bytes-like object; return its size.");
+PyDoc_STRVAR(poll_doc,
+"poll(timeout=0.0)\n\nWhether there is any input available to be read.");
+
+static PyMethodDef conn_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))conn_send,
+     METH_METHOD | METH_FASTCALL | METH_KEYWORDS, send_doc},
+    {"recv", (PyCFunction)(void (*)(void))conn_recv,
+     METH_METHOD | METH_FASTCALL | METH_KEYWORDS, recv_doc},
+    {"send_bytes", (PyCFunction)(void (*)(void))conn_send_bytes,
+     METH_FASTCALL | METH_KEYWORDS, send_bytes_doc},
+    {"recv_bytes", (PyCFunction)(void (*)(void))conn_recv_bytes,
+     METH_FASTCALL | METH_KEYWORDS, recv_bytes_doc},
+    {"recv_bytes_into", (PyCFunction)(void (*)(void))conn_recv_bytes_into,
+     METH_FASTCALL | METH_KEYWORDS, recv_bytes_into_doc},
+    {"poll", (PyCFunction)(void (*)(void))conn_poll,
+     METH_FASTCALL | METH_KEYWORDS, poll_doc},
+    {"fileno", conn_fileno, METH_NOARGS, "File descriptor of the connection."},
+    {"close", conn_close, METH_NOARGS, "Close the connection."},
+    {"_detach", conn_detach, METH_NOARGS,
+     "Give up the descriptor (returned) without closing it."},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef conn_getset[] = {
+    {"closed", conn_get_closed, NULL, "True if the connection is closed", NULL},
+    {"readable", conn_get_readable, NULL, "True if the connection is readable", NULL},
+    {"writable", conn_get_writable, NULL, "True if the connection is writable", NULL},
+    {"_handle", conn_get_handle, NULL, "The descriptor, or None once closed", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyType_Slot conn_slots[] = {
+    {Py_tp_new, conn_new},
+    {Py_tp_init, conn_init},
+    {Py_tp_dealloc, conn_dealloc},
+    {Py_tp_methods, conn_methods},
+    {Py_tp_getset, conn_getset},
+    {Py_tp_doc, "Connection(handle, readable=True, writable=True): the C core of "
+                "cmp.connection.Connection."},
+    {0, NULL},
+};
+
+static PyType_Spec conn_spec = {
+    .name = "cmp._core.Connection",
+    .basicsize = sizeof(CmpConnection),
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .slots = conn_slots,
+};
+
+static PyMethodDef conn_module_methods[] = {
+    {"wait", (PyCFunction)(void (*)(void))cmp_py_wait, METH_FASTCALL | METH_KEYWORDS,
+     wait_doc},
+    {"_pass_fd", cmp_py_pass_fd, METH_O, pass_fd_doc},
+    {"_take_fd", cmp_py_take_fd, METH_O, take_fd_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+int
+cmp_conn_exec(PyObject *module)
+{
+    cmp_state *state = PyModule_GetState(module);
+    state->conn_type = PyType_FromModuleAndSpec(module, &conn_spec, NULL);
+    if (state->conn_type == NULL)
+        return -1;
+    if (PyModule_AddType(module, (PyTypeObject *)state->conn_type) < 0)
+        return -1;
+    return PyModule_AddFunctions(module, conn_module_methods);
+}
