@@ -113,107 +113,96 @@ def register_after_fork(obj, func):
 # ---------------------------------------------------------------------------
 # Finalizers
 
+# Every pending finalizer of this process, by key (exitpriority, sequence).
 _finalizer_registry = {}
 _finalizer_counter = itertools.count()
 
 
 class Finalize:
-    """Run callback(*args, **kwargs) when obj is collected, or at exit.
+    """Call callback(*args, **kwargs) once: when `obj` is garbage collected,
+    when the Finalize object is called, or at exit.
 
-    exitpriority: None means "only when collected"; otherwise finalizers with
-    a higher priority run first at exit, equal priorities in reverse order of
-    creation. A finalizer runs at most once, and only in the process that
-    created it.
+    `exitpriority` None: only at collection or call. An int: also at exit,
+    highest priority first and, for equal priorities, newest first. Without
+    an object an exitpriority is required. A finalizer only ever runs in the
+    process that created it (a forked child inherits it inert).
     """
 
     def __init__(self, obj, callback, args=(), kwargs=None, exitpriority=None):
-        if (exitpriority is not None) and not isinstance(exitpriority, int):
+        if exitpriority is not None and not isinstance(exitpriority, int):
             raise TypeError(
                 "Exitpriority ({0!r}) must be None or int, not {1!s}".format(
                     exitpriority, type(exitpriority)))
-        if obj is not None:
-            self._weakref = weakref.ref(obj, self)
-        elif exitpriority is None:
+        if obj is None and exitpriority is None:
             raise ValueError("Without object, exitpriority cannot be None")
-        self._callback = callback
-        self._args = args
-        self._kwargs = kwargs or {}
+        self._weakref = weakref.ref(obj, self) if obj is not None else None
+        self._call = (callback, args, kwargs or {})
         self._key = (exitpriority, next(_finalizer_counter))
         self._pid = os.getpid()
         _finalizer_registry[self._key] = self
 
-    def __call__(self, wr=None, _finalizer_registry=_finalizer_registry,
-                 sub_debug=sub_debug, getpid=os.getpid):
-        try:
-            del _finalizer_registry[self._key]
-        except KeyError:
+    def _forget(self):
+        """Take this finalizer out of the registry: True if it was still there."""
+        if _finalizer_registry is None or _finalizer_registry.pop(self._key, None) is None:
+            return False
+        return True
+
+    def __call__(self, wr=None):
+        """Run the callback now (once); its result, or None."""
+        if not self._forget():
             sub_debug('finalizer no longer registered')
             return None
-        if self._pid != getpid():
+        callback, args, kwargs = self._call
+        self._call = self._weakref = None
+        if self._pid != os.getpid():
             sub_debug('finalizer ignored because different process')
-            res = None
-        else:
-            sub_debug('finalizer calling %s with args %s and kwargs %s',
-                      self._callback, self._args, self._kwargs)
-            res = self._callback(*self._args, **self._kwargs)
-        self._weakref = self._callback = self._args = \
-            self._kwargs = self._key = None
-        return res
+            return None
+        sub_debug('finalizer calling %s with args %s and kwargs %s', callback, args, kwargs)
+        return callback(*args, **kwargs)
 
     def cancel(self):
-        """Cancel the finalizer without running it."""
-        try:
-            del _finalizer_registry[self._key]
-        except KeyError:
-            pass
-        else:
-            self._weakref = self._callback = self._args = \
-                self._kwargs = self._key = None
+        """Drop the finalizer without running it."""
+        if self._forget():
+            self._call = self._weakref = None
 
     def still_active(self):
-        return self._key in _finalizer_registry
+        """Whether the callback has neither run nor been cancelled."""
+        return _finalizer_registry is not None and self._key in _finalizer_registry
 
     def __repr__(self):
-        try:
-            obj = self._weakref()
-        except (AttributeError, TypeError):
-            obj = None
-        if obj is None:
-            return '<%s object, dead>' % self.__class__.__name__
-        x = '<%s object, callback=%s' % (
-            self.__class__.__name__,
-            getattr(self._callback, '__name__', self._callback))
-        if self._args:
-            x += ', args=' + str(self._args)
-        if self._kwargs:
-            x += ', kwargs=' + str(self._kwargs)
+        obj = self._weakref() if self._weakref is not None else None
+        if obj is None or self._call is None:
+            return '<%s object, dead>' % type(self).__name__
+        callback, args, kwargs = self._call
+        parts = ['callback=%s' % getattr(callback, '__name__', callback)]
+        if args:
+            parts.append('args=%s' % (args,))
+        if kwargs:
+            parts.append('kwargs=%s' % (kwargs,))
         if self._key[0] is not None:
-            x += ', exitpriority=' + str(self._key[0])
-        return x + '>'
+            parts.append('exitpriority=%s' % self._key[0])
+        return '<%s object, %s>' % (type(self).__name__, ', '.join(parts))
 
 
 def _run_finalizers(minpriority=None):
-    """Run finalizers whose priority is at least minpriority (all with a
-    priority when None), highest priority first, newest first."""
+    """Run the finalizers registered for exit: those with a priority of at
+    least `minpriority`, or all with a priority when it is None (and then
+    forget the rest). Highest priority first, newest first among equals."""
     if _finalizer_registry is None:
         return
-    if minpriority is None:
-        def wanted(p):
-            return p[0] is not None
-    else:
-        def wanted(p):
-            return p[0] is not None and p[0] >= minpriority
-    keys = [key for key in list(_finalizer_registry) if wanted(key)]
-    keys.sort(reverse=True)
-    for key in keys:
+    due = sorted((key for key in list(_finalizer_registry)
+                  if key[0] is not None and (minpriority is None or key[0] >= minpriority)),
+                 reverse=True)
+    for key in due:
         finalizer = _finalizer_registry.get(key)
-        if finalizer is not None:
-            sub_debug('calling %s', finalizer)
-            try:
-                finalizer()
-            except Exception:
-                import traceback
-                traceback.print_exc()
+        if finalizer is None:
+            continue
+        sub_debug('calling %s', finalizer)
+        try:
+            finalizer()
+        except Exception:
+            import traceback
+            traceback.print_exc()
     if minpriority is None:
         _finalizer_registry.clear()
 
