@@ -6,7 +6,6 @@ start method is fixed by the first `set_start_method()` or first use.
 """
 import importlib
 import os
-import sys
 import threading
 
 from . import process

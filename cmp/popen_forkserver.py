@@ -2,7 +2,7 @@
 import os
 import signal
 
-from . import _core, context, forkserver, popen_fork, spawn, util
+from . import _core, forkserver, popen_fork, spawn, util
 
 __all__ = ['Popen']
 
@@ -21,13 +21,7 @@ class Popen(popen_fork.Popen):
         return len(self._fds) - 1
 
     def _launch(self, process_obj):
-        data = bytearray()
-        context.set_spawning_popen(self)
-        try:
-            spawn.dump_prefixed(spawn.get_preparation_data(process_obj._name), data)
-            spawn.dump_prefixed(process_obj, data)
-        finally:
-            context.set_spawning_popen(None)
+        data = spawn.pickle_for_child(self, process_obj)
 
         child_r, parent_w = os.pipe()
         try:

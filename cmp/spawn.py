@@ -211,6 +211,21 @@ def _load_prefixed(data, offset):
     return pickle.loads(data[start:start + n]), start + n
 
 
+def pickle_for_child(popen, process_obj):
+    """What a child started by `popen` reads: the preparation data and the
+    Process object, pickled while `popen` is the spawning one (so objects
+    that carry descriptors or shared state may pickle, through
+    popen.duplicate_for_child)."""
+    data = bytearray()
+    context.set_spawning_popen(popen)
+    try:
+        dump_prefixed(get_preparation_data(process_obj._name), data)
+        dump_prefixed(process_obj, data)
+    finally:
+        context.set_spawning_popen(None)
+    return data
+
+
 def dump_prefixed(obj, out):
     """Append one length-prefixed pickle of obj (ForkingPickler) to bytearray out."""
     from .reduction import ForkingPickler
