@@ -76,9 +76,13 @@ class Popen:
     def _send_signal(self, sig):
         if self.returncode is None:
             try:
-                _core.pidfd_kill(self.sentinel, sig)
+                self._kill_child(sig)
             except ProcessLookupError:
                 pass
+
+    def _kill_child(self, sig):
+        # Through the pidfd: a recycled pid can never be hit.
+        _core.pidfd_kill(self.sentinel, sig)
 
     def terminate(self):
         self._send_signal(signal.SIGTERM)

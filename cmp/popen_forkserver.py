@@ -1,6 +1,5 @@
 """Starting a child through the fork server (mirrors multiprocessing.popen_forkserver)."""
 import os
-import signal
 
 from . import _core, forkserver, popen_fork, spawn, util
 
@@ -50,15 +49,7 @@ class Popen(popen_fork.Popen):
                 self.returncode = 255   # the server died: the status is lost
         return self.returncode
 
-    def _send_signal(self, sig):
-        if self.returncode is None:
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
-
-    def terminate(self):
-        self._send_signal(signal.SIGTERM)
-
-    def kill(self):
-        self._send_signal(signal.SIGKILL)
+    def _kill_child(self, sig):
+        # The sentinel is the request socket, not a pidfd: the child is the
+        # server's, so signal it by pid.
+        os.kill(self.pid, sig)
