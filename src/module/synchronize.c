@@ -65,6 +65,25 @@ attach_args(PyObject *fd_obj, PyObject *off_obj, size_t size, cmp_shm_block *blk
     return 0;
 }
 
+/* A new `type` object (tp_alloc) whose cmp_shm_block at `blk_offset` maps
+ * the `size` bytes at the (fd, offset) given in args: the _rebuild of an
+ * object that has nothing else to restore. */
+static PyObject *
+rebuild_attached(PyTypeObject *type, PyObject *args, size_t size, size_t blk_offset)
+{
+    PyObject *fd, *off;
+    if (!PyArg_ParseTuple(args, "OO:_rebuild", &fd, &off))
+        return NULL;
+    PyObject *self = type->tp_alloc(type, 0);
+    if (self == NULL)
+        return NULL;
+    if (attach_args(fd, off, size, (cmp_shm_block *)((char *)self + blk_offset)) < 0) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    return self;
+}
+
 /* ======================================================================== */
 /* SemLock                                                                  */
 
@@ -621,17 +640,10 @@ condvar_shm_handle(CmpCondVar *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 condvar_rebuild(PyTypeObject *type, PyObject *args)
 {
-    PyObject *fd, *off;
-    if (!PyArg_ParseTuple(args, "OO:_rebuild", &fd, &off))
-        return NULL;
-    CmpCondVar *self = (CmpCondVar *)type->tp_alloc(type, 0);
-    if (self == NULL)
-        return NULL;
-    if (attach_args(fd, off, sizeof(cmp_cond), &self->blk) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    self->cv = self->blk.addr;
+    CmpCondVar *self = (CmpCondVar *)rebuild_attached(type, args, sizeof(cmp_cond),
+                                                      offsetof(CmpCondVar, blk));
+    if (self != NULL)
+        self->cv = self->blk.addr;
     return (PyObject *)self;
 }
 
@@ -762,17 +774,10 @@ event_shm_handle(CmpEvent *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 event_rebuild(PyTypeObject *type, PyObject *args)
 {
-    PyObject *fd, *off;
-    if (!PyArg_ParseTuple(args, "OO:_rebuild", &fd, &off))
-        return NULL;
-    CmpEvent *self = (CmpEvent *)type->tp_alloc(type, 0);
-    if (self == NULL)
-        return NULL;
-    if (attach_args(fd, off, sizeof(cmp_event), &self->blk) < 0) {
-        Py_DECREF(self);
-        return NULL;
-    }
-    self->ev = self->blk.addr;
+    CmpEvent *self = (CmpEvent *)rebuild_attached(type, args, sizeof(cmp_event),
+                                                  offsetof(CmpEvent, blk));
+    if (self != NULL)
+        self->ev = self->blk.addr;
     return (PyObject *)self;
 }
 
