@@ -17,8 +17,6 @@ from . import _alias, _core, context, process, util
 __all__ = ['spawn_main', 'freeze_support', 'set_executable', 'get_executable',
            'get_preparation_data', 'get_command_line', 'import_main_path']
 
-WINEXE = False
-WINSERVICE = False
 
 _executable = sys.executable
 _old_main_modules = []
