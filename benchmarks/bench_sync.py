@@ -28,7 +28,7 @@ def _contend(lock, go, done, n):
 
 def lock_contended(mp, scale=1.0):
     """Two processes taking one Lock around an empty critical section."""
-    n = max(1, int(200_000 * scale))
+    n = max(1, int(1_000_000 * scale))       # long enough to hide start skew
     lock, go, done = mp.Lock(), mp.Event(), mp.Semaphore(0)
     procs = [mp.Process(target=_contend, args=(lock, go, done, n)) for _ in range(2)]
     for p in procs:

@@ -16,10 +16,17 @@
 #define CMP_SPIN_MAX_NS 20000
 #endif
 #define CMP_SPIN_MIN_NS 1000
+#define CMP_SPIN_LOCK_PAUSES 64      /* ~2 us on a 28 ns PAUSE (AMD Zen) */
 
-/* Spin until ready(arg) or the budget is spent: 1 if ready. */
+/* Spin until ready(arg) or the budget is spent: 1 if ready. Between checks
+ * the waiter pauses `max_pause` times at most, doubling from one: a lock
+ * waiter that backs off leaves the holder's cache line alone, so a holder
+ * that takes the lock again and again runs at its uncontended speed instead
+ * of losing the line to every check. Ping-pong waits (Event, Condition) keep
+ * max_pause 1, as their peer answers once and waits. */
 static int
-spin(int (*ready)(void *), void *arg, int64_t deadline, _Atomic uint32_t *budget)
+spin(int (*ready)(void *), void *arg, int64_t deadline, _Atomic uint32_t *budget,
+     unsigned max_pause)
 {
     if (ready(arg))
         return 1;
@@ -28,17 +35,23 @@ spin(int (*ready)(void *), void *arg, int64_t deadline, _Atomic uint32_t *budget
         ns = CMP_SPIN_MAX_NS;
     int64_t start = cmp_monotonic_ns();
     int64_t end = start + ns < deadline ? start + ns : deadline;
+    unsigned pause = 1, since_clock = 0;
     for (;;) {
-        for (int i = 0; i < 16; i++) {
+        for (unsigned i = 0; i < pause; i++)
             cmp_cpu_relax();
-            if (ready(arg)) {
-                if (ns < CMP_SPIN_MAX_NS)
-                    atomic_store_explicit(budget, ns * 2, memory_order_relaxed);
-                return 1;
-            }
+        if (ready(arg)) {
+            if (ns < CMP_SPIN_MAX_NS)
+                atomic_store_explicit(budget, ns * 2, memory_order_relaxed);
+            return 1;
         }
-        if (cmp_monotonic_ns() >= end)
-            break;
+        since_clock += pause;
+        if (pause < max_pause)
+            pause <<= 1;
+        if (since_clock >= 16) {        /* read the clock every ~0.5 us */
+            since_clock = 0;
+            if (cmp_monotonic_ns() >= end)
+                break;
+        }
     }
     if (end < deadline && ns > CMP_SPIN_MIN_NS)
         atomic_store_explicit(budget, ns / 2, memory_order_relaxed);
@@ -78,7 +91,7 @@ int
 cmp_sem_wait(cmp_sem *s, int64_t deadline)
 {
     for (;;) {
-        if (spin(sem_ready, s, deadline, &s->spin_ns))
+        if (spin(sem_ready, s, deadline, &s->spin_ns, CMP_SPIN_LOCK_PAUSES))
             return CMP_OK;
         atomic_fetch_add(&s->sleepers, 1);
         /* Re-check once counted: a release() that missed the count posted
@@ -138,7 +151,7 @@ int
 cmp_event_wait(cmp_event *e, uint32_t seen, int64_t deadline)
 {
     struct event_spin es = {e, seen};
-    if (spin(event_changed, &es, deadline, &e->spin_ns))
+    if (spin(event_changed, &es, deadline, &e->spin_ns, 1))
         return CMP_OK;
     atomic_fetch_add(&e->sleepers, 1);
     int st;
@@ -202,7 +215,7 @@ int
 cmp_cond_sleep(cmp_cond *c, cmp_cond_ticket t, int64_t deadline)
 {
     struct cond_spin cs = {c, t};
-    if (spin(cond_notified, &cs, deadline, &c->spin_ns))
+    if (spin(cond_notified, &cs, deadline, &c->spin_ns, 1))
         return CMP_OK;
     uint32_t bits = t.tracked ? 1u << (t.ticket % 32) : CMP_FUTEX_ANY;
     atomic_fetch_add(&c->sleepers, 1);
