@@ -28,6 +28,7 @@
 #define REC_MORE 1u
 #define REC_CONT 2u
 #define REC_ABORT 4u
+#define REC_MARK 8u         /* the producer's wop.mark (first record only) */
 #define REC_HDR 8u
 
 /* futex bitsets on data_seq and space_seq */
@@ -173,6 +174,12 @@ int
 cmp_ring_full(const cmp_ring *r)
 {
     return r->maxsize != 0 && cmp_ring_qsize(r) >= r->maxsize;
+}
+
+int
+cmp_ring_empty(const cmp_ring *r)
+{
+    return POS(LOAD(&r->tail, acquire)) == POS(LOAD(&r->head, acquire));
 }
 
 uint32_t
@@ -577,6 +584,7 @@ cmp_ring_wop_init(cmp_ring_wop *op, const cmp_ring_msg *msg, int reserved)
     memset(op, 0, sizeof(*op));
     op->msg = *msg;
     op->reserved = reserved;
+    op->deadline = CMP_FOREVER;
 }
 
 static void
@@ -591,10 +599,19 @@ cmp_ring_write(cmp_ring *r, cmp_ring_wop *op)
     size_t cap = (size_t)r->capacity, len = op->msg.len;
     int st;
     if (!op->locked) {
-        st = lock_acquire(&r->put_lock, CMP_FOREVER, SPIN_LOCK);
+        st = lock_acquire(&r->put_lock, op->deadline, SPIN_LOCK);
         if (st != CMP_OK)
             return st;
         op->locked = 1;
+    }
+    if (op->on_lock != NULL && !op->hooked) {
+        st = op->on_lock(op->arg);
+        if (st != CMP_OK) {
+            lock_release(&r->put_lock);
+            op->locked = 0;
+            return st;
+        }
+        op->hooked = 1;
     }
     if (!op->streaming) {
         st = repair(r, 1);
@@ -604,11 +621,11 @@ cmp_ring_write(cmp_ring *r, cmp_ring_wop *op)
     size_t rec = rec_size(len);
     if (rec <= cap / 2) {
         st = wait_until(r, has_space, rec, &r->space_seq, &r->space_waiters, BIT_SPACE,
-                        CMP_FOREVER, SPIN_WAIT);
+                        op->deadline, SPIN_WAIT);
         if (st != CMP_OK)
             return st;
         uint64_t t = LOAD(&r->tail, relaxed);
-        write_header(r, POS(t), (uint32_t)len, 0);
+        write_header(r, POS(t), (uint32_t)len, op->mark ? REC_MARK : 0);
         copy_in_msg(r, POS(t) + REC_HDR, &op->msg, &op->piece, &op->piece_off, len);
         STORE(&r->tail, mkpos(POS(t) + rec, CNT(t) + 1), release);
         if (op->reserved)
@@ -616,6 +633,8 @@ cmp_ring_write(cmp_ring *r, cmp_ring_wop *op)
         lock_release(&r->put_lock);
         op->locked = 0;
         wake_consumers(r, 1);
+        if (op->on_publish != NULL)
+            op->on_publish(op->arg);
         return CMP_OK;
     }
     /* Stream it: chunks of up to a quarter of the ring. */
@@ -628,10 +647,11 @@ cmp_ring_write(cmp_ring *r, cmp_ring_wop *op)
             part = chunk_max - extra;
         size_t crec = rec_size(part + extra);
         st = wait_until(r, has_space, crec, &r->space_seq, &r->space_waiters, BIT_SPACE,
-                        CMP_FOREVER, SPIN_WAIT);
+                        op->deadline, SPIN_WAIT);
         if (st != CMP_OK)
             return st;
-        uint32_t flags = (first ? 0 : REC_CONT) | (op->done + part < len ? REC_MORE : 0);
+        uint32_t flags = (first ? (op->mark ? REC_MARK : 0) : REC_CONT)
+                         | (op->done + part < len ? REC_MORE : 0);
         uint64_t t = LOAD(&r->tail, relaxed);
         write_header(r, POS(t), (uint32_t)(part + extra), flags);
         if (first) {
@@ -647,6 +667,8 @@ cmp_ring_write(cmp_ring *r, cmp_ring_wop *op)
             if (op->reserved)
                 unreserve(r);
             wake_consumers(r, 1);
+            if (op->on_publish != NULL)
+                op->on_publish(op->arg);
         }
         else {
             wake_stream(r);
@@ -688,6 +710,7 @@ cmp_ring_write_abandon(cmp_ring *r, cmp_ring_wop *op)
         lock_release(&r->put_lock);
     op->locked = 0;
     op->streaming = 0;
+    op->hooked = 0;
     wake_producers(r, 1);
 }
 
@@ -794,8 +817,10 @@ cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline)
                     break;
                 }
                 copy_out(r, POS(h) + REC_HDR, op->buf + used, len);
-                if (n == 0)
+                if (n == 0) {
                     claim_store(r, op->claim, POS(h) + REC_HDR, len);
+                    op->mark = (flags & REC_MARK) != 0;
+                }
                 op->lens[n++] = len;
                 used += len;
                 h = mkpos(POS(h) + rec, CNT(h) + 1);
@@ -821,6 +846,7 @@ cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline)
             STORE(&r->head, h, release);
             op->total = (size_t)total;
             op->got = part;
+            op->mark = (flags & REC_MARK) != 0;
             op->locked = 1;
             wake_producers(r, 1);
             goto stream;

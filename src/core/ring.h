@@ -77,6 +77,8 @@ uint32_t cmp_ring_flags(const cmp_ring *r);
 /* Messages accepted and not yet taken: in the ring, or reserved. */
 uint64_t cmp_ring_qsize(const cmp_ring *r);
 int cmp_ring_full(const cmp_ring *r);
+/* No record in the ring (a snapshot, with acquire ordering). */
+int cmp_ring_empty(const cmp_ring *r);
 
 /* ------------------------------------------------------------------------ */
 /* Producers                                                                */
@@ -111,16 +113,27 @@ int cmp_ring_offer(cmp_ring *r, const cmp_ring_msg *msgs, size_t count, int defe
 typedef struct {
     cmp_ring_msg msg;
     int reserved;               /* in: the message holds a reserved slot */
+    /* Optional, for cmp.connection's transport (cmp_ring_wop_init leaves
+     * them off): */
+    int64_t deadline;           /* give up waiting then: CMP_ETIMEDOUT (resumable) */
+    int mark;                   /* the taker sees it in cmp_ring_rop.mark */
+    int (*on_lock)(void *arg);  /* once, holding the put lock, before any
+                                   record: non-CMP_OK aborts the write */
+    void (*on_publish)(void *arg);  /* once, when the message's first record
+                                       is in the ring */
+    void *arg;
     /* private */
+    int hooked;
     int locked, streaming;
     size_t done, piece, piece_off;
 } cmp_ring_wop;
 
 void cmp_ring_wop_init(cmp_ring_wop *op, const cmp_ring_msg *msg, int reserved);
 
-/* Write one message, waiting as long as it takes for room; messages larger
- * than half the ring stream through it. CMP_OK, CMP_EINTR (call again with
- * the same op to resume, or cmp_ring_write_abandon), or CMP_ERRNO. */
+/* Write one message, waiting (until op->deadline) for room; messages larger
+ * than half the ring stream through it. CMP_OK, CMP_EINTR or CMP_ETIMEDOUT
+ * (call again with the same op to resume, or cmp_ring_write_abandon), the
+ * on_lock hook's status, or CMP_ERRNO. */
 int cmp_ring_write(cmp_ring *r, cmp_ring_wop *op);
 void cmp_ring_write_abandon(cmp_ring *r, cmp_ring_wop *op);
 
@@ -141,6 +154,7 @@ typedef struct {
     size_t max_items;           /* in: at most this many (>= 1) */
     size_t *lens;               /* in: room for max_items lengths */
     size_t n;                   /* out: messages taken, back to back in buf */
+    int mark;                   /* out: the first message's wop.mark */
     size_t need;                /* out with CMP_RING_NEED: buffer size needed */
     _Atomic uint64_t *claim;    /* in, optional (set after rop_init): see below */
     /* private */
