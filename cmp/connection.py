@@ -27,6 +27,7 @@ Differences from the stdlib, all where it loses data or fails late:
 - recv_bytes_into() checks that the buffer is writable before it takes a
   message (the stdlib consumes the message, then fails).
 """
+import errno
 import itertools
 import os
 import shutil
@@ -66,25 +67,53 @@ class Connection(_core.Connection):
         self.close()
 
     def __reduce__(self):
-        df = reduction.DupFd(self.fileno())
-        return rebuild_connection, (df, self.readable, self.writable)
+        handle = self._handle
+        if handle is None:
+            raise OSError('handle is closed')
+        df = reduction.DupFd(handle)
+        chan = self._ring_share()
+        if chan is None:
+            return rebuild_connection, (df, self.readable, self.writable)
+        memfd, size, end, exact = chan
+        return rebuild_connection, (df, self.readable, self.writable,
+                                    (reduction.DupFd(memfd), size, end, exact))
 
 
 def reduce_connection(conn):
     return conn.__reduce__()
 
 
-def rebuild_connection(df, readable, writable):
-    return Connection(df.detach(), readable, writable)
+def rebuild_connection(df, readable, writable, chan=None):
+    conn = Connection(df.detach(), readable, writable)
+    if chan is not None:
+        mdf, size, end, exact = chan
+        memfd = mdf.detach()
+        try:
+            conn._ring_attach(memfd, size, end, exact)
+        except BaseException:
+            os.close(memfd)
+            conn.close()
+            raise
+    return conn
 
 
 wait = _core.wait
 
 
 def Pipe(duplex=True):
-    """A pair (conn1, conn2) of Connections joined by a pipe: a socketpair
-    if duplex, else an os.pipe() whose conn1 only receives and conn2 only
-    sends."""
+    """A pair (conn1, conn2) of Connections joined by a pipe; if not duplex,
+    conn1 only receives and conn2 only sends.
+
+    Messages travel through rings in shared memory; the descriptors (a Unix
+    SOCK_SEQPACKET socketpair if duplex, else an os.pipe()) carry only
+    wake-ups, end of file and passed descriptors (see src/core/chan.h). If
+    the shared memory cannot be had (out of descriptors or memory), the pair
+    is a plain socketpair or pipe carrying the stdlib's frames."""
+    try:
+        return _core._pipe(Connection, duplex)
+    except OSError as e:
+        if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+            raise
     if duplex:
         s1, s2 = socket.socketpair()
         s1.setblocking(True)

@@ -27,10 +27,15 @@
  * closes those nobody took.
  */
 #include "module.h"
+#include "chan.h"
 #include "wire.h"
 
+#include <fcntl.h>
 #include <limits.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 /* Binding-level statuses of a receive, besides the core's. */
 #define CONN_ETRUNC (-1001)     /* end of file inside a frame */
@@ -45,6 +50,32 @@ typedef struct {
     PyObject *buf;          /* the bytes object rx.body points into */
 } conn_parked;
 
+/* A Pipe()'s channel (chan.h) as mapped in this process, shared by the
+ * Connections on it here: unmapped, and its descriptor closed, with the last. */
+typedef struct {
+    Py_ssize_t refs;
+    void *base;
+    size_t size;
+    int memfd;
+    cmp_chan c;
+} conn_chan;
+
+/* A streamed message whose receive a signal handler interrupted. */
+typedef struct {
+    cmp_ring_rop op;
+    size_t lens[1];
+    PyObject *buf;          /* the bytes object op.buf points into */
+} conn_rparked;
+
+/* How often a producer on a channel asks the kernel whether its reader is
+ * still there (besides after any explicit close of an end), and how long a
+ * producer waits for room between two such checks. */
+#define CONN_PEER_CHECK_NS (1000 * 1000LL)
+#define CONN_PEER_PROBE_NS (50 * 1000 * 1000LL)
+/* Receives first try a buffer this large, with the GIL held: less than half
+ * a ring, so a message that must stream through it never starts there. */
+#define CONN_RX_FIRST 8192
+
 typedef struct {
     PyObject_HEAD
     int fd;                 /* -1 once closed */
@@ -55,7 +86,36 @@ typedef struct {
     conn_parked *parked;    /* an interrupted incoming frame, or NULL */
     PyObject *tx_rest;      /* the unsent rest of an interrupted frame, or NULL */
     uint32_t spin_ns;       /* adaptive busy-wait before blocking in recv (wire.h) */
+    /* A Pipe() end: messages travel through the channel, not the descriptor */
+    conn_chan *chan;
+    int end;                /* 0 or 1: it receives from ring `end` */
+    char exact;             /* fileno() was asked: keep its readiness exact */
+    uint32_t closes_seen;
+    int64_t peer_checked;
+    conn_rparked *rparked;
 } CmpConnection;
+
+static inline int
+chan_rx(const CmpConnection *self)
+{
+    return self->end;
+}
+
+static inline int
+chan_tx(const CmpConnection *self)
+{
+    return self->chan->c.nrings == 2 ? 1 - self->end : 0;
+}
+
+static void
+chan_release(conn_chan *ch)
+{
+    if (--ch->refs > 0)
+        return;
+    munmap(ch->base, ch->size);
+    close(ch->memfd);
+    PyMem_Free(ch);
+}
 
 /* Descriptors handed out while this thread pickles (send) or unpickles
  * (recv) a frame; NULL outside of those. */
@@ -121,12 +181,31 @@ drop_parked(CmpConnection *self)
     PyMem_Free(p);
 }
 
+static void
+drop_chan(CmpConnection *self)
+{
+    conn_chan *ch = self->chan;
+    if (ch == NULL)
+        return;
+    self->chan = NULL;
+    conn_rparked *rp = self->rparked;
+    if (rp != NULL) {
+        self->rparked = NULL;
+        cmp_ring_take_abandon(ch->c.ring[chan_rx(self)], &rp->op);
+        Py_XDECREF(rp->buf);
+        PyMem_Free(rp);
+    }
+    cmp_chan_note_close(&ch->c);
+    chan_release(ch);
+}
+
 static int
 conn_close_fd(CmpConnection *self)
 {
     int fd = self->fd;
     if (fd < 0)
         return 0;
+    drop_chan(self);
     self->fd = -1;
     drop_parked(self);
     Py_CLEAR(self->tx_rest);
@@ -202,6 +281,7 @@ conn_dealloc(PyObject *op)
 {
     CmpConnection *self = (CmpConnection *)op;
     PyTypeObject *tp = Py_TYPE(op);
+    drop_chan(self);
     if (self->fd >= 0)
         cmp_wire_close(self->fd);
     self->fd = -1;
@@ -246,6 +326,12 @@ conn_fileno(PyObject *op, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_OSError, "handle is closed");
         return NULL;
     }
+    if (self->chan != NULL && !self->exact) {
+        /* Someone may select() on it from now on: make its readiness exact. */
+        self->exact = 1;
+        if (self->readable)
+            cmp_chan_quiesce(&self->chan->c, chan_rx(self), self->fd, self->is_socket);
+    }
     return PyLong_FromLong(self->fd);
 }
 
@@ -266,6 +352,7 @@ conn_detach(PyObject *op, PyObject *Py_UNUSED(ignored))
         return NULL;
     }
     int fd = self->fd;
+    drop_chan(self);
     self->fd = -1;
     drop_parked(self);
     Py_CLEAR(self->tx_rest);
@@ -339,6 +426,99 @@ conn_flush_rest(CmpConnection *self)
     return st;
 }
 
+/* Sending on a channel */
+
+struct ring_tx {
+    CmpConnection *self;
+    cmp_ring *ring;
+    cmp_ring_wop op;
+    int k;
+    const int *fds;
+    int nfds;
+    int bell_errno;
+};
+
+static int
+ring_tx_on_lock(void *p)
+{
+    struct ring_tx *a = p;
+    return cmp_chan_send_fds(a->self->fd, a->fds, a->nfds);
+}
+
+static void
+ring_tx_on_publish(void *p)
+{
+    struct ring_tx *a = p;
+    if (cmp_chan_notify(&a->self->chan->c, a->k, a->self->fd, a->self->is_socket) != CMP_OK)
+        a->bell_errno = errno;
+}
+
+/* Wait for room in slices, asking the kernel between them whether the
+ * reader is still there. */
+static int
+ring_tx_fn(void *p)
+{
+    struct ring_tx *a = p;
+    for (;;) {
+        a->op.deadline = cmp_monotonic_ns() + CONN_PEER_PROBE_NS;
+        int st = cmp_ring_write(a->ring, &a->op);
+        if (st != CMP_ETIMEDOUT)
+            return st;
+        if (cmp_chan_peer_gone(a->self->fd)) {
+            errno = EPIPE;
+            return CMP_ERRNO;
+        }
+    }
+}
+
+/* Whether to ask the kernel about the reader before this send: after any
+ * explicit close of an end of this channel, and at most every
+ * CONN_PEER_CHECK_NS otherwise. */
+static int
+peer_check_due(CmpConnection *self)
+{
+    uint32_t closes = cmp_chan_closes(&self->chan->c);
+    int64_t now = cmp_monotonic_ns();
+    if (closes == self->closes_seen && now - self->peer_checked < CONN_PEER_CHECK_NS)
+        return 0;
+    self->closes_seen = closes;
+    self->peer_checked = now;
+    return 1;
+}
+
+/* Put one message (its pieces, no header) in the channel; a message that
+ * cannot be written whole is not written at all. */
+static int
+conn_ring_send(CmpConnection *self, const struct iovec *iov, int niov, size_t total,
+               const int *fds, int nfds)
+{
+    if (peer_check_due(self) && cmp_chan_peer_gone(self->fd)) {
+        errno = EPIPE;
+        return CMP_ERRNO;
+    }
+    cmp_ring_msg msg = {iov, niov, total};
+    struct ring_tx a = {.self = self, .k = chan_tx(self), .fds = fds, .nfds = nfds};
+    a.ring = self->chan->c.ring[a.k];
+    cmp_ring_wop_init(&a.op, &msg, 0);
+    a.op.mark = nfds > 0;
+    a.op.on_lock = nfds > 0 ? ring_tx_on_lock : NULL;
+    a.op.on_publish = ring_tx_on_publish;
+    a.op.arg = &a;
+    a.op.deadline = 0;                  /* first without waiting, with the GIL */
+    int st = cmp_ring_write(a.ring, &a.op);
+    if (st == CMP_ETIMEDOUT)
+        st = cmp_run_blocking(ring_tx_fn, &a);
+    if (st != CMP_OK) {
+        cmp_ring_write_abandon(a.ring, &a.op);
+        return st;
+    }
+    if (a.bell_errno != 0) {
+        errno = a.bell_errno;
+        return CMP_ERRNO;
+    }
+    return CMP_OK;
+}
+
 static PyObject *
 conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -389,8 +569,12 @@ conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject 
             goto done;
         }
     }
-    int st = conn_flush_rest(self);
-    if (st == CMP_OK) {
+    int st;
+    if (self->chan != NULL) {
+        struct iovec iov = {(char *)view.buf + offset, (size_t)size};
+        st = conn_ring_send(self, &iov, 1, (size_t)size, NULL, 0);
+    }
+    else if ((st = conn_flush_rest(self)) == CMP_OK) {
         unsigned char hdr[CMP_WIRE_HEADER_MAX];
         struct iovec iov[2] = {
             {hdr, cmp_wire_header((uint64_t)size, hdr)},
@@ -569,8 +753,11 @@ conn_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
         own_pickler = 0;
     }
 
-    int st = conn_flush_rest(self);
-    if (st == CMP_OK) {
+    int st;
+    if (self->chan != NULL) {
+        st = conn_ring_send(self, iov + 1, (int)n, (size_t)total, batch.fds, batch.nfds);
+    }
+    else if ((st = conn_flush_rest(self)) == CMP_OK) {
         unsigned char hdr[CMP_WIRE_HEADER_MAX];
         iov[0].iov_base = hdr;
         iov[0].iov_len = cmp_wire_header(total, hdr);
@@ -716,6 +903,180 @@ lost:
     PyErr_Restore(et, ev, tb);
 }
 
+/* Receiving from a channel */
+
+struct ring_rx {
+    cmp_ring *ring;
+    cmp_ring_rop op;
+    size_t lens[1];
+};
+
+static int
+ring_rx_fn(void *p)
+{
+    struct ring_rx *a = p;
+    return cmp_ring_take(a->ring, &a->op, 0);
+}
+
+struct chan_wait_call {
+    CmpConnection *self;
+    int64_t deadline;
+};
+
+static int
+chan_wait_fn(void *p)
+{
+    struct chan_wait_call *w = p;
+    CmpConnection *self = w->self;
+    return cmp_chan_wait(&self->chan->c, chan_rx(self), self->fd, self->is_socket,
+                         w->deadline, &self->spin_ns);
+}
+
+/* Keep a streamed receive that a signal handler interrupted for the next
+ * receive (the ring's get lock stays ours); what went into the caller's
+ * buffer moves into a bytes object. */
+static void
+ring_park(CmpConnection *self, struct ring_rx *a, PyObject *buf)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    conn_rparked *p = PyMem_Malloc(sizeof(*p));
+    if (p != NULL && buf == NULL) {
+        buf = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)a->op.cap);
+        if (buf != NULL)
+            memcpy(PyBytes_AS_STRING(buf), a->op.buf, a->op.cap);
+    }
+    else {
+        Py_XINCREF(buf);
+    }
+    if (p == NULL || buf == NULL) {
+        /* Out of memory as well: the message is lost. */
+        PyErr_Clear();
+        cmp_ring_take_abandon(a->ring, &a->op);
+        PyMem_Free(p);
+        Py_XDECREF(buf);
+        PyErr_Restore(et, ev, tb);
+        return;
+    }
+    p->op = a->op;
+    p->op.buf = (unsigned char *)PyBytes_AS_STRING(buf);
+    p->op.lens = p->lens;
+    p->buf = buf;
+    self->rparked = p;
+    PyErr_Restore(et, ev, tb);
+}
+
+/* conn_recv_frame() for a Pipe() end. A message whose length is refused
+ * (maxlength) stays in the ring. */
+static int
+conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
+                     char *into, Py_ssize_t room, PyObject **bufp)
+{
+    struct ring_rx a;
+    a.ring = self->chan->c.ring[chan_rx(self)];
+    PyObject *buf = NULL;
+    unsigned char first[CONN_RX_FIRST];
+    int st;
+    rx->nfds = 0;
+    rx->len = 0;
+    if (self->rparked != NULL) {
+        conn_rparked *p = self->rparked;
+        self->rparked = NULL;
+        a.op = p->op;
+        a.op.lens = a.lens;
+        buf = p->buf;
+        PyMem_Free(p);
+        st = cmp_run_blocking(ring_rx_fn, &a);
+        if (st != CMP_OK)
+            goto fail;
+        goto taken;
+    }
+    for (;;) {
+        /* Small messages: with the GIL, into a buffer on the stack (or the
+         * caller's), never waiting. */
+        unsigned char *dst = into != NULL ? (unsigned char *)into : first;
+        size_t cap = into != NULL ? (size_t)room : sizeof(first);
+        if (cap > sizeof(first))
+            cap = sizeof(first);
+        cmp_ring_rop_init(&a.op, dst, cap, a.lens, 1);
+        st = cmp_ring_take(a.ring, &a.op, 0);
+        if (st == CMP_OK) {
+            if (dst == first) {
+                if (maxlength >= 0 && a.lens[0] > (size_t)maxlength) {
+                    st = CONN_EBADLEN;
+                    goto fail;
+                }
+                buf = PyBytes_FromStringAndSize((char *)first, (Py_ssize_t)a.lens[0]);
+                if (buf == NULL)
+                    return CMP_PYERR;
+            }
+            goto taken;
+        }
+        if (st == CMP_RING_NEED) {
+            size_t need = a.op.need;
+            if ((maxlength >= 0 && need > (size_t)maxlength) || need > CONN_MAX_FRAME) {
+                st = CONN_EBADLEN;
+                goto fail;
+            }
+            if (into != NULL && need <= (size_t)room) {
+                dst = (unsigned char *)into;
+            }
+            else {
+                buf = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)need);
+                if (buf == NULL)
+                    return CMP_PYERR;
+                dst = (unsigned char *)PyBytes_AS_STRING(buf);
+            }
+            cmp_ring_rop_init(&a.op, dst, need, a.lens, 1);
+            st = cmp_run_blocking(ring_rx_fn, &a);
+            if (st == CMP_OK) {
+                if (buf != NULL && a.lens[0] < need
+                        && _PyBytes_Resize(&buf, (Py_ssize_t)a.lens[0]) < 0)
+                    return CMP_PYERR;
+                goto taken;
+            }
+            Py_CLEAR(buf);
+            if (st == CMP_EEMPTY || st == CMP_RING_NEED)
+                continue;       /* another process took it first */
+            goto fail;
+        }
+        if (st != CMP_EEMPTY)
+            goto fail;
+        struct chan_wait_call w = {self, CMP_FOREVER};
+        st = cmp_run_blocking(chan_wait_fn, &w);
+        if (st != CMP_OK)
+            goto fail;
+    }
+
+taken:
+    rx->len = a.lens[0];
+    if (a.op.mark) {
+        rx->nfds = CMP_WIRE_MAX_FDS;
+        st = cmp_chan_recv_fds(self->fd, rx->fds, &rx->nfds);
+        if (st != CMP_OK) {
+            rx->nfds = 0;
+            goto fail;
+        }
+    }
+    if (self->exact && cmp_ring_empty(a.ring))
+        cmp_chan_quiesce(&self->chan->c, chan_rx(self), self->fd, self->is_socket);
+    *bufp = buf;
+    return CMP_OK;
+
+fail:
+    if (st == CMP_PYERR && a.op.locked) {
+        ring_park(self, &a, buf);
+        Py_XDECREF(buf);
+        return st;
+    }
+    Py_XDECREF(buf);
+    if (st == CONN_EBADLEN)
+        bad_message_length(self);
+    else if (st != CMP_PYERR)
+        cmp_set_error(st);
+    return st;
+}
+
 /* Receive one whole frame. into/room: where the payload goes if it fits
  * (recv_bytes_into), else NULL. On CMP_OK *bufp is the new bytes object, or
  * NULL if the payload went into `into`; rx holds the length and descriptors
@@ -726,6 +1087,8 @@ conn_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
 {
     PyObject *buf = NULL;
     int st;
+    if (self->chan != NULL)
+        return conn_ring_recv_frame(self, rx, maxlength, into, room, bufp);
     if (self->parked != NULL) {
         conn_parked *p = self->parked;
         self->parked = NULL;
@@ -1011,6 +1374,20 @@ conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
         deadline = cmp_monotonic_ns();
     else if (cmp_deadline_from_timeout(argv[0], &deadline) < 0)
         return NULL;
+    if (self->chan != NULL) {
+        if (!cmp_ring_empty(self->chan->c.ring[chan_rx(self)]))
+            Py_RETURN_TRUE;
+        struct chan_wait_call w = {self, deadline};
+        int st = deadline <= cmp_monotonic_ns() ? chan_wait_fn(&w)
+                                                : cmp_run_blocking(chan_wait_fn, &w);
+        if (st == CMP_ETIMEDOUT)
+            Py_RETURN_FALSE;
+        if (st == CMP_OK || st == CMP_EEOF)
+            Py_RETURN_TRUE;
+        if (st != CMP_PYERR)
+            cmp_set_error(st);
+        return NULL;
+    }
     struct pollfd p = {.fd = self->fd, .events = POLLIN};
     int r = poll_set(&p, 1, deadline);
     if (r < 0)
@@ -1031,6 +1408,7 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
     cmp_state *state = PyModule_GetState(module);
     PyObject *argv[2] = {NULL, NULL}, *seq = NULL, *ret = NULL;
     struct pollfd stack_fds[16], *fds = stack_fds;
+    CmpConnection *stack_chans[16], **chans = stack_chans;
     int64_t deadline;
     if (cmp_parse_args("wait", args, nargs, kwnames, names, 2, 1, CMP_ARGS_PY, argv) < 0)
         return NULL;
@@ -1040,7 +1418,8 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
     Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
     if (n > (Py_ssize_t)(sizeof(stack_fds) / sizeof(stack_fds[0]))) {
         fds = PyMem_New(struct pollfd, (size_t)n);
-        if (fds == NULL) {
+        chans = PyMem_New(CmpConnection *, (size_t)n);
+        if (fds == NULL || chans == NULL) {
             PyErr_NoMemory();
             goto done;
         }
@@ -1048,8 +1427,12 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *obj = PySequence_Fast_GET_ITEM(seq, i);
         int fd;
+        chans[i] = NULL;
         if (PyObject_TypeCheck(obj, (PyTypeObject *)state->conn_type)) {
-            fd = ((CmpConnection *)obj)->fd;
+            CmpConnection *c = (CmpConnection *)obj;
+            fd = c->fd;
+            if (c->chan != NULL && c->readable)
+                chans[i] = c;
             if (fd < 0) {
                 PyErr_SetString(PyExc_OSError, "handle is closed");
                 goto done;
@@ -1075,13 +1458,45 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
     }
     if (cmp_deadline_from_timeout(argv[1], &deadline) < 0)
         goto done;
-    int r = poll_set(fds, (size_t)n, deadline);
-    if (r < 0)
-        goto done;
+    for (;;) {
+        /* A Pipe() end is ready when its ring holds a message (or its peer
+         * is gone); its descriptor only wakes us. Checking it also arms its
+         * bell, so the poll below sees the next message. */
+        int any = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            fds[i].revents = 0;
+            if (chans[i] != NULL) {
+                CmpConnection *c = chans[i];
+                int rd = cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
+                fds[i].events = (rd == 1 || rd == 3) ? 0 : POLLIN;
+                any |= fds[i].events == 0;
+            }
+        }
+        int r = poll_set(fds, (size_t)n, any ? cmp_monotonic_ns() : deadline);
+        if (r < 0)
+            goto done;
+        int count = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            if (chans[i] != NULL) {
+                if (fds[i].events == 0) {
+                    fds[i].revents = POLLIN;
+                }
+                else if (fds[i].revents != 0) {
+                    CmpConnection *c = chans[i];
+                    int rd = cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
+                    fds[i].revents = (rd == 1 || rd == 3) ? POLLIN : 0;
+                }
+                fds[i].events = POLLIN;
+            }
+            count += fds[i].revents != 0;
+        }
+        if (count > 0 || deadline <= cmp_monotonic_ns())
+            break;
+    }
     ret = PyList_New(0);
     if (ret == NULL)
         goto done;
-    for (Py_ssize_t i = 0; i < n && r > 0; i++) {
+    for (Py_ssize_t i = 0; i < n; i++) {
         if (fds[i].revents == 0)
             continue;
         if (PyList_Append(ret, PySequence_Fast_GET_ITEM(seq, i)) < 0) {
@@ -1092,8 +1507,151 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
 done:
     if (fds != stack_fds)
         PyMem_Free(fds);
+    if (chans != stack_chans)
+        PyMem_Free(chans);
     Py_XDECREF(seq);
     return ret;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Pipe() channels                                                          */
+
+static conn_chan *
+chan_map(int memfd, size_t size)
+{
+    conn_chan *ch = PyMem_Calloc(1, sizeof(*ch));
+    if (ch == NULL) {
+        errno = ENOMEM;
+        return NULL;
+    }
+    ch->base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    if (ch->base == MAP_FAILED) {
+        PyMem_Free(ch);
+        return NULL;
+    }
+    ch->size = size;
+    ch->memfd = memfd;
+    ch->refs = 1;
+    return ch;
+}
+
+static void
+chan_attach(CmpConnection *self, conn_chan *ch, int end)
+{
+    ch->refs++;
+    self->chan = ch;
+    self->end = end;
+    self->exact = 0;
+    self->closes_seen = cmp_chan_closes(&ch->c);
+    self->peer_checked = cmp_monotonic_ns();
+}
+
+PyDoc_STRVAR(pipe_doc,
+"_pipe(cls, duplex) -> (conn1, conn2)\n\n"
+"Pipe() on a channel: two cls(handle, readable, writable) whose messages go\n"
+"through rings in shared memory (see src/core/chan.h).");
+
+static PyObject *
+cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    cmp_state *state = PyModule_GetState(module);
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "_pipe(cls, duplex)");
+        return NULL;
+    }
+    int duplex = PyObject_IsTrue(args[1]);
+    if (duplex < 0)
+        return NULL;
+    int fds[2] = {-1, -1}, memfd = -1, nrings = duplex ? 2 : 1;
+    size_t size = cmp_chan_size(nrings, CMP_CHAN_CAPACITY);
+    conn_chan *ch = NULL;
+    PyObject *c1 = NULL, *c2 = NULL, *ret = NULL;
+    int ok = duplex ? socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) == 0
+                    : pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0;
+    if (!ok) {
+        fds[0] = fds[1] = -1;
+        goto error;
+    }
+    memfd = memfd_create("cmp-pipe", MFD_CLOEXEC);
+    if (memfd < 0 || ftruncate(memfd, (off_t)size) < 0)
+        goto error;
+    ch = chan_map(memfd, size);
+    if (ch == NULL)
+        goto error;
+    memfd = -1;
+    if (cmp_chan_init(ch->base, nrings, CMP_CHAN_CAPACITY, &ch->c) != CMP_OK)
+        goto error;
+    c1 = PyObject_CallFunction(args[0], "iii", fds[0], 1, duplex);
+    if (c1 == NULL)
+        goto done;
+    fds[0] = -1;
+    c2 = PyObject_CallFunction(args[0], "iii", fds[1], duplex, 1);
+    if (c2 == NULL)
+        goto done;
+    fds[1] = -1;
+    PyTypeObject *tp = (PyTypeObject *)state->conn_type;
+    if (!PyObject_TypeCheck(c1, tp) || !PyObject_TypeCheck(c2, tp)
+            || ((CmpConnection *)c1)->fd < 0 || ((CmpConnection *)c2)->fd < 0) {
+        PyErr_SetString(PyExc_TypeError, "_pipe: cls must make Connections");
+        goto done;
+    }
+    chan_attach((CmpConnection *)c1, ch, 0);
+    chan_attach((CmpConnection *)c2, ch, 1);
+    ret = PyTuple_Pack(2, c1, c2);
+    goto done;
+error:
+    cmp_set_error(CMP_ERRNO);
+done:
+    if (ch != NULL)
+        chan_release(ch);
+    if (memfd >= 0)
+        close(memfd);
+    for (int i = 0; i < 2; i++) {
+        if (fds[i] >= 0)
+            close(fds[i]);
+    }
+    Py_XDECREF(c1);
+    Py_XDECREF(c2);
+    return ret;
+}
+
+static PyObject *
+conn_ring_share(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    CmpConnection *self = (CmpConnection *)op;
+    if (self->chan == NULL)
+        Py_RETURN_NONE;
+    return Py_BuildValue("inni", self->chan->memfd, (Py_ssize_t)self->chan->size,
+                         (Py_ssize_t)self->end, (int)self->exact);
+}
+
+static PyObject *
+conn_ring_attach(PyObject *op, PyObject *args)
+{
+    CmpConnection *self = (CmpConnection *)op;
+    int memfd, end, exact;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "inii:_ring_attach", &memfd, &size, &end, &exact))
+        return NULL;
+    if (self->fd < 0 || self->chan != NULL || size <= 0 || end < 0 || end > 1) {
+        PyErr_SetString(PyExc_ValueError, "_ring_attach: bad arguments");
+        return NULL;
+    }
+    conn_chan *ch = chan_map(memfd, (size_t)size);
+    if (ch == NULL)
+        return cmp_set_error(CMP_ERRNO);
+    if (cmp_chan_open(ch->base, ch->size, &ch->c) != CMP_OK
+            || (ch->c.nrings == 1 && (end == 0) != (self->readable != 0))) {
+        ch->memfd = -1;         /* the caller still owns it */
+        munmap(ch->base, ch->size);
+        PyMem_Free(ch);
+        errno = EINVAL;
+        return cmp_set_error(CMP_ERRNO);
+    }
+    chan_attach(self, ch, end);
+    ch->refs--;                 /* the Connection holds the only reference */
+    self->exact = (char)(exact != 0);
+    Py_RETURN_NONE;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1128,6 +1686,11 @@ static PyMethodDef conn_methods[] = {
     {"close", conn_close, METH_NOARGS, "Close the connection."},
     {"_detach", conn_detach, METH_NOARGS,
      "Give up the descriptor (returned) without closing it."},
+    {"_ring_share", conn_ring_share, METH_NOARGS,
+     "A Pipe() end's channel: (memfd, size, end, exact), or None."},
+    {"_ring_attach", conn_ring_attach, METH_VARARGS,
+     "_ring_attach(memfd, size, end, exact): take over memfd (on success) as "
+     "this Connection's channel."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1161,6 +1724,7 @@ static PyMethodDef conn_module_methods[] = {
     {"wait", (PyCFunction)(void (*)(void))cmp_py_wait, METH_FASTCALL | METH_KEYWORDS,
      wait_doc},
     {"_pass_fd", cmp_py_pass_fd, METH_O, pass_fd_doc},
+    {"_pipe", (PyCFunction)(void (*)(void))cmp_py_pipe, METH_FASTCALL, pipe_doc},
     {"_take_fd", cmp_py_take_fd, METH_O, take_fd_doc},
     {NULL, NULL, 0, NULL},
 };
