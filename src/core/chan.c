@@ -278,6 +278,10 @@ cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline,
         }
         else {
             st = cmp_wire_poll(&p, 1, deadline);
+            if (st > 0 && (p.revents & POLLNVAL)) {
+                errno = EBADF;      /* closed under us by another thread */
+                return CMP_ERRNO;
+            }
         }
         if (st < 0)
             return st;

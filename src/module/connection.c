@@ -107,6 +107,15 @@ chan_tx(const CmpConnection *self)
     return self->chan->c.nrings == 2 ? 1 - self->end : 0;
 }
 
+/* A call that releases the GIL holds its own reference: another thread may
+ * close the Connection meanwhile. */
+static conn_chan *
+chan_hold(conn_chan *ch)
+{
+    ch->refs++;
+    return ch;
+}
+
 static void
 chan_release(conn_chan *ch)
 {
@@ -429,7 +438,9 @@ conn_flush_rest(CmpConnection *self)
 /* Sending on a channel */
 
 struct ring_tx {
-    CmpConnection *self;
+    conn_chan *ch;
+    int fd;
+    int is_socket;
     cmp_ring *ring;
     cmp_ring_wop op;
     int k;
@@ -442,14 +453,14 @@ static int
 ring_tx_on_lock(void *p)
 {
     struct ring_tx *a = p;
-    return cmp_chan_send_fds(a->self->fd, a->fds, a->nfds);
+    return cmp_chan_send_fds(a->fd, a->fds, a->nfds);
 }
 
 static void
 ring_tx_on_publish(void *p)
 {
     struct ring_tx *a = p;
-    if (cmp_chan_notify(&a->self->chan->c, a->k, a->self->fd, a->self->is_socket) != CMP_OK)
+    if (cmp_chan_notify(&a->ch->c, a->k, a->fd, a->is_socket) != CMP_OK)
         a->bell_errno = errno;
 }
 
@@ -464,7 +475,7 @@ ring_tx_fn(void *p)
         int st = cmp_ring_write(a->ring, &a->op);
         if (st != CMP_ETIMEDOUT)
             return st;
-        if (cmp_chan_peer_gone(a->self->fd)) {
+        if (cmp_chan_peer_gone(a->fd)) {
             errno = EPIPE;
             return CMP_ERRNO;
         }
@@ -497,8 +508,10 @@ conn_ring_send(CmpConnection *self, const struct iovec *iov, int niov, size_t to
         return CMP_ERRNO;
     }
     cmp_ring_msg msg = {iov, niov, total};
-    struct ring_tx a = {.self = self, .k = chan_tx(self), .fds = fds, .nfds = nfds};
-    a.ring = self->chan->c.ring[a.k];
+    struct ring_tx a = {.ch = chan_hold(self->chan), .fd = self->fd,
+                        .is_socket = self->is_socket, .k = chan_tx(self),
+                        .fds = fds, .nfds = nfds};
+    a.ring = a.ch->c.ring[a.k];
     cmp_ring_wop_init(&a.op, &msg, 0);
     a.op.mark = nfds > 0;
     a.op.on_lock = nfds > 0 ? ring_tx_on_lock : NULL;
@@ -508,15 +521,14 @@ conn_ring_send(CmpConnection *self, const struct iovec *iov, int niov, size_t to
     int st = cmp_ring_write(a.ring, &a.op);
     if (st == CMP_ETIMEDOUT)
         st = cmp_run_blocking(ring_tx_fn, &a);
-    if (st != CMP_OK) {
+    if (st != CMP_OK)
         cmp_ring_write_abandon(a.ring, &a.op);
-        return st;
-    }
-    if (a.bell_errno != 0) {
+    else if (a.bell_errno != 0) {
         errno = a.bell_errno;
-        return CMP_ERRNO;
+        st = CMP_ERRNO;
     }
-    return CMP_OK;
+    chan_release(a.ch);
+    return st;
 }
 
 static PyObject *
@@ -919,17 +931,25 @@ ring_rx_fn(void *p)
 }
 
 struct chan_wait_call {
-    CmpConnection *self;
+    conn_chan *ch;
+    int k, fd, is_socket;
     int64_t deadline;
+    uint32_t *spin_ns;
 };
+
+static void
+chan_wait_init(struct chan_wait_call *w, CmpConnection *self, conn_chan *ch,
+               int64_t deadline)
+{
+    *w = (struct chan_wait_call){ch, chan_rx(self), self->fd, self->is_socket, deadline,
+                                 &self->spin_ns};
+}
 
 static int
 chan_wait_fn(void *p)
 {
     struct chan_wait_call *w = p;
-    CmpConnection *self = w->self;
-    return cmp_chan_wait(&self->chan->c, chan_rx(self), self->fd, self->is_socket,
-                         w->deadline, &self->spin_ns);
+    return cmp_chan_wait(&w->ch->c, w->k, w->fd, w->is_socket, w->deadline, w->spin_ns);
 }
 
 /* Keep a streamed receive that a signal handler interrupted for the next
@@ -973,7 +993,9 @@ conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
                      char *into, Py_ssize_t room, PyObject **bufp)
 {
     struct ring_rx a;
-    a.ring = self->chan->c.ring[chan_rx(self)];
+    conn_chan *ch = chan_hold(self->chan);
+    int fd = self->fd, is_socket = self->is_socket;
+    a.ring = ch->c.ring[chan_rx(self)];
     PyObject *buf = NULL;
     unsigned char first[CONN_RX_FIRST];
     int st;
@@ -1007,8 +1029,10 @@ conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
                     goto fail;
                 }
                 buf = PyBytes_FromStringAndSize((char *)first, (Py_ssize_t)a.lens[0]);
-                if (buf == NULL)
-                    return CMP_PYERR;
+                if (buf == NULL) {
+                    st = CMP_PYERR;
+                    goto fail;
+                }
             }
             goto taken;
         }
@@ -1023,16 +1047,20 @@ conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
             }
             else {
                 buf = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)need);
-                if (buf == NULL)
-                    return CMP_PYERR;
+                if (buf == NULL) {
+                    st = CMP_PYERR;
+                    goto fail;
+                }
                 dst = (unsigned char *)PyBytes_AS_STRING(buf);
             }
             cmp_ring_rop_init(&a.op, dst, need, a.lens, 1);
             st = cmp_run_blocking(ring_rx_fn, &a);
             if (st == CMP_OK) {
                 if (buf != NULL && a.lens[0] < need
-                        && _PyBytes_Resize(&buf, (Py_ssize_t)a.lens[0]) < 0)
-                    return CMP_PYERR;
+                        && _PyBytes_Resize(&buf, (Py_ssize_t)a.lens[0]) < 0) {
+                    st = CMP_PYERR;     /* (buf is NULL now) */
+                    goto fail;
+                }
                 goto taken;
             }
             Py_CLEAR(buf);
@@ -1042,7 +1070,8 @@ conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
         }
         if (st != CMP_EEMPTY)
             goto fail;
-        struct chan_wait_call w = {self, CMP_FOREVER};
+        struct chan_wait_call w;
+        chan_wait_init(&w, self, ch, CMP_FOREVER);
         st = cmp_run_blocking(chan_wait_fn, &w);
         if (st != CMP_OK)
             goto fail;
@@ -1052,23 +1081,29 @@ taken:
     rx->len = a.lens[0];
     if (a.op.mark) {
         rx->nfds = CMP_WIRE_MAX_FDS;
-        st = cmp_chan_recv_fds(self->fd, rx->fds, &rx->nfds);
+        st = cmp_chan_recv_fds(fd, rx->fds, &rx->nfds);
         if (st != CMP_OK) {
             rx->nfds = 0;
             goto fail;
         }
     }
     if (self->exact && cmp_ring_empty(a.ring))
-        cmp_chan_quiesce(&self->chan->c, chan_rx(self), self->fd, self->is_socket);
+        cmp_chan_quiesce(&ch->c, chan_rx(self), fd, is_socket);
+    chan_release(ch);
     *bufp = buf;
     return CMP_OK;
 
 fail:
     if (st == CMP_PYERR && a.op.locked) {
-        ring_park(self, &a, buf);
+        if (self->chan == ch)
+            ring_park(self, &a, buf);
+        else            /* closed by another thread meanwhile */
+            cmp_ring_take_abandon(a.ring, &a.op);
         Py_XDECREF(buf);
+        chan_release(ch);
         return st;
     }
+    chan_release(ch);
     Py_XDECREF(buf);
     if (st == CONN_EBADLEN)
         bad_message_length(self);
@@ -1377,9 +1412,11 @@ conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
     if (self->chan != NULL) {
         if (!cmp_ring_empty(self->chan->c.ring[chan_rx(self)]))
             Py_RETURN_TRUE;
-        struct chan_wait_call w = {self, deadline};
+        struct chan_wait_call w;
+        chan_wait_init(&w, self, chan_hold(self->chan), deadline);
         int st = deadline <= cmp_monotonic_ns() ? chan_wait_fn(&w)
                                                 : cmp_run_blocking(chan_wait_fn, &w);
+        chan_release(w.ch);
         if (st == CMP_ETIMEDOUT)
             Py_RETURN_FALSE;
         if (st == CMP_OK || st == CMP_EEOF)
@@ -1467,7 +1504,8 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
             fds[i].revents = 0;
             if (chans[i] != NULL) {
                 CmpConnection *c = chans[i];
-                int rd = cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
+                int rd = c->chan == NULL ? 1 /* closed meanwhile: let recv() say so */
+                         : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
                 fds[i].events = (rd == 1 || rd == 3) ? 0 : POLLIN;
                 any |= fds[i].events == 0;
             }
@@ -1483,7 +1521,8 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
                 }
                 else if (fds[i].revents != 0) {
                     CmpConnection *c = chans[i];
-                    int rd = cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
+                    int rd = c->chan == NULL ? 1
+                             : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
                     fds[i].revents = (rd == 1 || rd == 3) ? POLLIN : 0;
                 }
                 fds[i].events = POLLIN;
