@@ -34,6 +34,7 @@
 #include <limits.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1612,7 +1613,19 @@ cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto error;
     }
     memfd = memfd_create("cmp-pipe", MFD_CLOEXEC);
-    if (memfd < 0 || ftruncate(memfd, (off_t)size) < 0)
+    if (memfd < 0)
+        goto error;
+    /* A channel costs a third descriptor: only while descriptors are
+     * plentiful (the lowest free one is in the first quarter of the limit),
+     * so cmp's Pipes never use more than a twelfth of the limit beyond what
+     * the stdlib's would. Past that, the caller makes a plain pipe. */
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+            && (rlim_t)memfd >= rl.rlim_cur / 4) {
+        errno = EMFILE;
+        goto error;
+    }
+    if (ftruncate(memfd, (off_t)size) < 0)
         goto error;
     ch = chan_map(memfd, size);
     if (ch == NULL)
