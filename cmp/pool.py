@@ -451,9 +451,9 @@ class _Workers:
     # -- transport -----------------------------------------------------------
 
     def setup(self):
-        from .queues import Queue, SimpleQueue
+        from .queues import Queue, _SimpleRing
         self.inqueue = Queue(ctx=self.ctx)
-        self.outqueue = SimpleQueue(ctx=self.ctx)
+        self.outqueue = _SimpleRing(ctx=self.ctx)
         self.slots = _core.SharedBlock(_core.POOL_SLOT_BYTES * self.processes)
         self.fcache = {}        # function -> its pickle (see src/module/pool.c)
 

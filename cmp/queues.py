@@ -165,6 +165,38 @@ class Queue(_core.Ring):
             done.wait()
         util.debug('... queue thread joined')
 
+    # -- what code written against the stdlib's internals touches ----------
+
+    def _on_queue_feeder_error(self, e, obj):
+        """Called for an item put() could not pickle, in place of raising,
+        when a subclass overrides it (concurrent.futures does: its futures
+        get the error). The stdlib calls it from its feeder thread."""
+        import traceback
+        traceback.print_exc()
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if cls._on_queue_feeder_error is not Queue._on_queue_feeder_error:
+            cls.put = Queue._put_reporting
+
+    def _put_reporting(self, obj, block=True, timeout=None):
+        try:
+            _core.Ring.put(self, obj, block, timeout)
+        except Full:
+            raise
+        except Exception as e:
+            if self._closed:
+                raise           # closed: ValueError / OSError, as put() says
+            self._on_queue_feeder_error(e, obj)
+
+    @property
+    def _reader(self):
+        return _QueueEnd(self, 'reader')
+
+    @property
+    def _writer(self):
+        return _QueueEnd(self, 'writer')
+
     # -- the stdlib's API beyond put/get -----------------------------------
 
     def close(self):
@@ -184,6 +216,29 @@ class Queue(_core.Ring):
         self._joincancelled = True
 
 
+class _QueueEnd:
+    """Queue._reader / Queue._writer. The stdlib's queue is a pipe, and code
+    such as concurrent.futures closes an end to say this process is done
+    reading or writing; a ring has no per-process end to release, so close()
+    only records it. There is no descriptor to wait on: use get(timeout=...)
+    (a SimpleQueue's _reader is a real Connection)."""
+
+    __slots__ = ('_queue', '_side', 'closed')
+
+    def __init__(self, queue, side):
+        self._queue = queue
+        self._side = side
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+    def fileno(self):
+        raise OSError('a cmp Queue has no %s descriptor: its items are in shared memory '
+                      '(use get(timeout=...), or a SimpleQueue, whose _reader is a '
+                      'Connection)' % self._side)
+
+
 class JoinableQueue(Queue):
     """A Queue with task_done() and join() (multiprocessing.JoinableQueue)."""
 
@@ -196,12 +251,65 @@ class JoinableQueue(Queue):
         self._join()
 
 
-class SimpleQueue(_core.SimpleRing):
+class SimpleQueue:
     """A simplified queue: put, get, empty, close (multiprocessing.SimpleQueue).
 
-    As in the stdlib, put() writes in the calling thread: it waits while the
-    ring is full. get_many/put_many work as on Queue.
+    As in the stdlib it is a Pipe(duplex=False) -- here one whose messages
+    go through a shared-memory ring -- so `_reader` and `_writer` are real
+    Connections: `connection.wait([q._reader, ...])` works, and so does
+    concurrent.futures.ProcessPoolExecutor. On a Pipe channel the ring keeps
+    each message whole and takes over from a killed holder, so no locks are
+    needed; on a plain pipe (descriptors scarce) `_rlock` and `_wlock`
+    serialize readers and writers, as in the stdlib.
     """
+
+    def __init__(self, *, ctx=None):
+        from . import connection
+        self._reader, self._writer = connection.Pipe(duplex=False)
+        if self._reader._ring_share() is not None:
+            self._rlock = self._wlock = None
+        else:
+            ctx = ctx if ctx is not None else context._default_context
+            self._rlock = ctx.Lock()
+            self._wlock = ctx.Lock()
+        self._poll = self._reader.poll
+
+    def empty(self):
+        return not self._poll()
+
+    def close(self):
+        self._reader.close()
+        self._writer.close()
+
+    def __getstate__(self):
+        context.assert_spawning(self)
+        return (self._reader, self._writer, self._rlock, self._wlock)
+
+    def __setstate__(self, state):
+        (self._reader, self._writer, self._rlock, self._wlock) = state
+        self._poll = self._reader.poll
+
+    def get(self):
+        if self._rlock is None:
+            return self._reader.recv()
+        with self._rlock:
+            res = self._reader.recv_bytes()
+        return reduction._loads(res)        # unpickled outside the lock
+
+    def put(self, obj):
+        if self._wlock is None:
+            self._writer.send(obj)
+            return
+        obj = reduction.ForkingPickler.dumps(obj)
+        with self._wlock:
+            self._writer.send_bytes(obj)
+
+    __class_getitem__ = classmethod(type(list[int]))
+
+
+class _SimpleRing(_core.SimpleRing):
+    """The Pool's result queue: a SimpleQueue as one bare ring, which the
+    Pool's C loops read and write directly (src/module/pool.c)."""
 
     def __init__(self, *, ctx=None, ring_size=None):
         self._create(_ring_size(ring_size), 0, False)
@@ -216,5 +324,3 @@ class SimpleQueue(_core.SimpleRing):
         context.assert_spawning(self)
         fd, size = self._share()
         return _rebuild, (type(self), reduction.DupFd(fd), size)
-
-    __class_getitem__ = classmethod(type(list[int]))

@@ -653,7 +653,7 @@ def test_dispatch_tells_finished_from_lost_tasks():
     # result of that task (it was also taken again) is dropped.
     r = run('''
 from cmp import _core
-from cmp.queues import SimpleQueue
+from cmp.queues import _SimpleRing as SimpleQueue
 class Job:
     def __init__(self):
         self.calls = []
