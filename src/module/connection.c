@@ -20,6 +20,11 @@
  * writev() behind the header. A send interrupted part-way through a frame
  * keeps the unsent rest and writes it before the next frame.
  *
+ * Pipe() ends (self->chan set) carry their messages in a channel's rings
+ * instead (src/core/chan.h): a message is one ring record, written whole
+ * or not at all; the descriptor only wakes receivers, reports the other
+ * end's close, and carries passed descriptors in records of their own.
+ *
  * Descriptors: while send() pickles on a Unix socket, reduction.DupFd()
  * outside of spawning calls _pass_fd(): the descriptor is dup'ed into this
  * thread's batch and travels with the frame as SCM_RIGHTS. The receiving
