@@ -191,11 +191,17 @@ class Queue(_core.Ring):
 
     @property
     def _reader(self):
-        return _QueueEnd(self, 'reader')
+        return self._end('reader')
 
     @property
     def _writer(self):
-        return _QueueEnd(self, 'writer')
+        return self._end('writer')
+
+    def _end(self, side):
+        ends = self.__dict__.setdefault('_ends', {})
+        if side not in ends:
+            ends[side] = _QueueEnd(side)
+        return ends[side]
 
     # -- the stdlib's API beyond put/get -----------------------------------
 
@@ -223,10 +229,9 @@ class _QueueEnd:
     only records it. There is no descriptor to wait on: use get(timeout=...)
     (a SimpleQueue's _reader is a real Connection)."""
 
-    __slots__ = ('_queue', '_side', 'closed')
+    __slots__ = ('_side', 'closed')
 
-    def __init__(self, queue, side):
-        self._queue = queue
+    def __init__(self, side):
         self._side = side
         self.closed = False
 

@@ -300,3 +300,39 @@ def test_many_pipes_under_a_low_descriptor_limit():
     assert err_std == err_cmp == 24, (std.stdout, mine.stdout, mine.stderr)
     assert n_cmp >= 0.85 * n_std, (n_std, n_cmp)
     assert std.stdout.split()[-1] == mine.stdout.split()[-1] == 'True', mine.stderr
+
+
+def test_send_of_a_connection_interrupted_while_the_pipe_is_full():
+    # Ctrl-C withdraws the message; its descriptor record, already sent, is
+    # dropped later as an orphan, and the pipe goes on (cmp only).
+    r = run('''
+        import os, signal, threading, time
+        import cmp
+        a, b = cmp.Pipe()
+        x, y = cmp.Pipe()
+        sizes = [100 << 10, 100 << 10, (256 << 10) - 2 * ((100 << 10) + 8) - 8]
+        for size in sizes:                         # fill the 256 KiB ring to b exactly
+            a.send_bytes(bytes(size))
+        n = len(sizes)
+        threading.Timer(0.5, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+        try:
+            a.send(y)                              # blocks: the ring is full
+        except KeyboardInterrupt:
+            print('interrupted')
+        for _ in range(n):
+            b.recv_bytes()
+        print('poll empty', b.poll(0.1))
+        a.send('after')
+        print(b.recv())
+        t0 = time.monotonic()
+        print('poll after orphan', b.poll(2), time.monotonic() - t0 > 1)
+        a.close()
+        try:
+            b.recv()
+        except EOFError:
+            print('EOFError')
+    ''', 'cmp', timeout=60)
+    assert not r.timed_out, r.stderr
+    assert r.stdout.split('\n')[:-1] == [
+        'interrupted', 'poll empty False', 'after', 'poll after orphan False True',
+        'EOFError'], (r.stdout, r.stderr)

@@ -261,6 +261,7 @@ cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline,
         if (end < deadline && ns > SPIN_MIN_NS)
             *spin_ns = ns / 2;
     }
+    int64_t orphan_after = 0;
     for (;;) {
         int ready = cmp_chan_ready(c, k, fd, is_socket);
         if (ready == 1)
@@ -270,8 +271,25 @@ cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline,
         struct pollfd p = {.fd = fd, .events = POLLIN};
         int st;
         if (ready == 2) {
-            /* A producer is between its descriptor record and its message. */
-            int64_t soon = cmp_monotonic_ns() + 1000000;
+            /* A producer is between its descriptor record and its message
+             * -- or gave the message up (interrupted) after sending the
+             * record: once that has lasted a second with nobody writing,
+             * the record is an orphan, and goes. */
+            int64_t now = cmp_monotonic_ns();
+            if (orphan_after == 0) {
+                orphan_after = now + 1000000000LL;
+            }
+            else if (now >= orphan_after && !cmp_ring_put_busy(c->ring[k])
+                     && cmp_ring_empty(c->ring[k])) {
+                int fds[CMP_CHAN_MAX_FDS], n = CMP_CHAN_MAX_FDS;
+                if (cmp_chan_recv_fds(fd, fds, &n) == CMP_OK) {
+                    for (int i = 0; i < n; i++)
+                        close(fds[i]);
+                }
+                orphan_after = 0;
+                continue;
+            }
+            int64_t soon = now + 1000000;
             st = cmp_wire_poll(NULL, 0, soon < deadline ? soon : deadline);
             if (st == CMP_ETIMEDOUT && soon < deadline)
                 continue;

@@ -182,6 +182,12 @@ cmp_ring_empty(const cmp_ring *r)
     return POS(LOAD(&r->tail, acquire)) == POS(LOAD(&r->head, acquire));
 }
 
+int
+cmp_ring_put_busy(const cmp_ring *r)
+{
+    return LOAD(&r->put_lock, acquire) != 0;
+}
+
 uint32_t
 cmp_ring_unfinished(const cmp_ring *r)
 {

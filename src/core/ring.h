@@ -79,6 +79,8 @@ uint64_t cmp_ring_qsize(const cmp_ring *r);
 int cmp_ring_full(const cmp_ring *r);
 /* No record in the ring (a snapshot, with acquire ordering). */
 int cmp_ring_empty(const cmp_ring *r);
+/* A producer holds the put lock (a snapshot, with acquire ordering). */
+int cmp_ring_put_busy(const cmp_ring *r);
 
 /* ------------------------------------------------------------------------ */
 /* Producers                                                                */
