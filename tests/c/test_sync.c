@@ -184,9 +184,9 @@ CTEST(sem_mutual_exclusion_across_processes)
 {
     enum { NPROC = 4, M = 20000 };
     cmp_shm_block blk;
-    CHECK_EQ(cmp_shm_alloc(sizeof(cmp_sem) + sizeof(long), 8, &blk), CMP_OK);
+    CHECK_EQ(cmp_shm_alloc(2 * sizeof(long) + sizeof(cmp_sem), 8, &blk), CMP_OK);
     cmp_sem *s = blk.addr;
-    volatile long *counter = (volatile long *)((char *)blk.addr + sizeof(cmp_sem));
+    volatile long *counter = (volatile long *)blk.addr + 2;  /* past the 12-byte sem */
     cmp_sem_init(s, 1);
     pid_t pids[NPROC];
     for (int i = 0; i < NPROC; i++) {
