@@ -240,32 +240,39 @@ cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline,
     cmp_ring *r = c->ring[k];
     if (!cmp_ring_empty(r))
         return CMP_OK;
-    int64_t now = cmp_monotonic_ns();
-    if (deadline > now) {
-        uint32_t ns = *spin_ns;
-        if (ns == 0 || ns > SPIN_MAX_NS)
-            ns = SPIN_MAX_NS;
-        int64_t end = deadline - now > ns ? now + ns : deadline;
+    /* The spin budget follows how long waits take: a message that came
+     * within the longest spin means spinning that long would have caught it
+     * (and saved a sleep, a bell and a wake-up); one that took longer means
+     * the peer is slow, or needs our CPU, and spinning only wastes it. */
+    int64_t start = cmp_monotonic_ns();
+    uint32_t ns = *spin_ns;
+    if (ns == 0 || ns > SPIN_MAX_NS)
+        ns = SPIN_MAX_NS;
+    if (deadline > start) {
+        int64_t end = deadline - start > ns ? start + ns : deadline;
         for (;;) {
             for (int i = 0; i < 16; i++) {
                 cmp_cpu_relax();
-                if (!cmp_ring_empty(r)) {
-                    if (ns < SPIN_MAX_NS)
-                        *spin_ns = ns * 2;
+                if (!cmp_ring_empty(r))
                     return CMP_OK;
-                }
             }
             if (cmp_monotonic_ns() >= end)
                 break;
         }
-        if (end < deadline && ns > SPIN_MIN_NS)
-            *spin_ns = ns / 2;
     }
     int64_t orphan_after = 0;
     for (;;) {
         int ready = cmp_chan_ready(c, k, fd, is_socket);
-        if (ready == 1)
+        if (ready == 1) {
+            if (deadline > start) {
+                int64_t waited = cmp_monotonic_ns() - start;
+                if (waited <= SPIN_MAX_NS)
+                    *spin_ns = SPIN_MAX_NS;
+                else if (ns > SPIN_MIN_NS)
+                    *spin_ns = ns / 2;
+            }
             return CMP_OK;
+        }
         if (ready == 3)
             return CMP_EEOF;
         struct pollfd p = {.fd = fd, .events = POLLIN};

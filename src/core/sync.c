@@ -8,10 +8,11 @@
  * caught without two system calls and two context switches. The budget is
  * adaptive, per object: it doubles (up to CMP_SPIN_MAX_NS, about what a
  * futex sleep and wake-up cost, so a waiter never spends much more than twice
- * the time it would have anyway) when spinning paid off, and halves (down to
- * CMP_SPIN_MIN_NS) when the waiter had to sleep regardless -- as on a machine
- * with more runnable processes than CPUs, where spinning only delays the
- * process that would end the wait. */
+ * the time it would have anyway) when spinning paid off; after a wait that
+ * slept, it goes back to the maximum if the whole wait was no longer than
+ * that (spinning would have caught it), and halves (down to CMP_SPIN_MIN_NS)
+ * if it was longer -- as on a machine with more runnable processes than
+ * CPUs, where spinning only delays the process that would end the wait. */
 #ifndef CMP_SPIN_MAX_NS
 #define CMP_SPIN_MAX_NS 20000
 #endif
@@ -26,14 +27,17 @@
  * max_pause 1, as their peer answers once and waits. */
 static int
 spin(int (*ready)(void *), void *arg, int64_t deadline, _Atomic uint32_t *budget,
-     unsigned max_pause)
+     unsigned max_pause, int64_t *startp)
 {
+    *startp = 0;
     if (ready(arg))
         return 1;
     uint32_t ns = atomic_load_explicit(budget, memory_order_relaxed);
     if (ns == 0 || ns > CMP_SPIN_MAX_NS)
         ns = CMP_SPIN_MAX_NS;
     int64_t start = cmp_monotonic_ns();
+    if (deadline > start)
+        *startp = start;
     int64_t end = start + ns < deadline ? start + ns : deadline;
     unsigned pause = 1, since_clock = 0;
     for (;;) {
@@ -53,9 +57,25 @@ spin(int (*ready)(void *), void *arg, int64_t deadline, _Atomic uint32_t *budget
                 break;
         }
     }
-    if (end < deadline && ns > CMP_SPIN_MIN_NS)
-        atomic_store_explicit(budget, ns / 2, memory_order_relaxed);
     return 0;
+}
+
+/* After a wait that spun in vain and slept, and then succeeded: a wait no
+ * longer than the longest spin would have been caught by spinning that
+ * long, so the budget goes back up; a longer one means the other side is
+ * slow, or needs this CPU, and the budget halves. */
+static void
+settle(_Atomic uint32_t *budget, int64_t start)
+{
+    if (start == 0)
+        return;
+    uint32_t ns = atomic_load_explicit(budget, memory_order_relaxed);
+    if (ns == 0 || ns > CMP_SPIN_MAX_NS)
+        ns = CMP_SPIN_MAX_NS;
+    if (cmp_monotonic_ns() - start <= CMP_SPIN_MAX_NS)
+        atomic_store_explicit(budget, CMP_SPIN_MAX_NS, memory_order_relaxed);
+    else if (ns > CMP_SPIN_MIN_NS)
+        atomic_store_explicit(budget, ns / 2, memory_order_relaxed);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -90,17 +110,24 @@ sem_ready(void *p)
 int
 cmp_sem_wait(cmp_sem *s, int64_t deadline)
 {
+    int64_t first = 0, start;
     for (;;) {
-        if (spin(sem_ready, s, deadline, &s->spin_ns, CMP_SPIN_LOCK_PAUSES))
+        if (spin(sem_ready, s, deadline, &s->spin_ns, CMP_SPIN_LOCK_PAUSES, &start)) {
+            settle(&s->spin_ns, first);     /* (nothing if it never slept) */
             return CMP_OK;
+        }
+        if (first == 0)
+            first = start;
         atomic_fetch_add(&s->sleepers, 1);
         /* Re-check once counted: a release() that missed the count posted
          * before it, and we see its unit here. */
         int taken = cmp_sem_trywait(s) == CMP_OK;
         int st = taken ? CMP_OK : cmp_futex_wait(&s->value, 0, CMP_FUTEX_ANY, deadline);
         atomic_fetch_sub(&s->sleepers, 1);
-        if (taken)
+        if (taken) {
+            settle(&s->spin_ns, first);
             return CMP_OK;
+        }
         if (st == CMP_OK)
             continue;       /* woken, or the value changed: try again */
         /* A unit posted as the deadline passed still counts. */
@@ -151,7 +178,8 @@ int
 cmp_event_wait(cmp_event *e, uint32_t seen, int64_t deadline)
 {
     struct event_spin es = {e, seen};
-    if (spin(event_changed, &es, deadline, &e->spin_ns, 1))
+    int64_t start;
+    if (spin(event_changed, &es, deadline, &e->spin_ns, 1, &start))
         return CMP_OK;
     atomic_fetch_add(&e->sleepers, 1);
     int st;
@@ -160,6 +188,8 @@ cmp_event_wait(cmp_event *e, uint32_t seen, int64_t deadline)
             break;
     }
     atomic_fetch_sub(&e->sleepers, 1);
+    if (st == CMP_OK)
+        settle(&e->spin_ns, start);
     return st;
 }
 
@@ -215,7 +245,8 @@ int
 cmp_cond_sleep(cmp_cond *c, cmp_cond_ticket t, int64_t deadline)
 {
     struct cond_spin cs = {c, t};
-    if (spin(cond_notified, &cs, deadline, &c->spin_ns, 1))
+    int64_t start;
+    if (spin(cond_notified, &cs, deadline, &c->spin_ns, 1, &start))
         return CMP_OK;
     uint32_t bits = t.tracked ? 1u << (t.ticket % 32) : CMP_FUTEX_ANY;
     atomic_fetch_add(&c->sleepers, 1);
@@ -231,6 +262,8 @@ cmp_cond_sleep(cmp_cond *c, cmp_cond_ticket t, int64_t deadline)
             break;
     }
     atomic_fetch_sub(&c->sleepers, 1);
+    if (st == CMP_OK)
+        settle(&c->spin_ns, start);
     return st;
 }
 
