@@ -249,8 +249,10 @@ cmp_wire_recv_header(int fd, int is_socket, cmp_wire_rx *rx)
 }
 
 int
-cmp_wire_recv_header_spin(int fd, int is_socket, cmp_wire_rx *rx, uint32_t *budget_ns)
+cmp_wire_recv_header_spin(int fd, int is_socket, cmp_wire_rx *rx, uint32_t *budget_ns,
+                          int64_t *start_ns)
 {
+    *start_ns = 0;
     if (!is_socket || cmp_wire_rx_started(rx))
         return CMP_EEMPTY;
     /* The first bytes, if they are there: a non-blocking read of the header. */
@@ -275,7 +277,7 @@ cmp_wire_recv_header_spin(int fd, int is_socket, cmp_wire_rx *rx, uint32_t *budg
     uint32_t ns = *budget_ns;
     if (ns == 0 || ns > CMP_WIRE_SPIN_MAX_NS)
         ns = CMP_WIRE_SPIN_MAX_NS;
-    int64_t end = cmp_monotonic_ns() + ns;
+    int64_t start = cmp_monotonic_ns(), end = start + ns;
     struct pollfd p = {.fd = fd, .events = POLLIN};
     do {
         if (poll(&p, 1, 0) > 0) {
@@ -284,9 +286,22 @@ cmp_wire_recv_header_spin(int fd, int is_socket, cmp_wire_rx *rx, uint32_t *budg
             return cmp_wire_recv_header(fd, is_socket, rx);
         }
     } while (cmp_monotonic_ns() < end);
-    if (ns > CMP_WIRE_SPIN_MIN_NS)
-        *budget_ns = ns / 2;
+    *start_ns = start;
     return CMP_EEMPTY;
+}
+
+void
+cmp_wire_spin_settle(uint32_t *budget_ns, int64_t start_ns)
+{
+    if (start_ns == 0)
+        return;
+    uint32_t ns = *budget_ns;
+    if (ns == 0 || ns > CMP_WIRE_SPIN_MAX_NS)
+        ns = CMP_WIRE_SPIN_MAX_NS;
+    if (cmp_monotonic_ns() - start_ns <= CMP_WIRE_SPIN_MAX_NS)
+        *budget_ns = CMP_WIRE_SPIN_MAX_NS;
+    else if (ns > CMP_WIRE_SPIN_MIN_NS)
+        *budget_ns = ns / 2;
 }
 
 int

@@ -101,13 +101,19 @@ int cmp_wire_recv_header(int fd, int is_socket, cmp_wire_rx *rx);
  * socket, first try a non-blocking read of the header (data already there
  * costs nothing extra), then poll with a zero timeout for up to *budget_ns.
  * The budget adapts per connection, as the futex waits' do (sync.c): it
- * doubles, up to CMP_WIRE_SPIN_MAX_NS, when the spin caught the frame, and
- * halves, down to CMP_WIRE_SPIN_MIN_NS, when the wait went on regardless.
+ * doubles, up to CMP_WIRE_SPIN_MAX_NS, when the spin caught the frame; when
+ * it did not, the caller passes the spin's start (*start_ns, 0 if it did not
+ * spin) to cmp_wire_spin_settle() once the frame's header has come.
  * Returns what cmp_wire_recv_header() would, or CMP_EEMPTY when the caller
  * should go on with a blocking cmp_wire_recv_header(). Pipes do not spin. */
 #define CMP_WIRE_SPIN_MAX_NS 50000
 #define CMP_WIRE_SPIN_MIN_NS 2000
-int cmp_wire_recv_header_spin(int fd, int is_socket, cmp_wire_rx *rx, uint32_t *budget_ns);
+int cmp_wire_recv_header_spin(int fd, int is_socket, cmp_wire_rx *rx, uint32_t *budget_ns,
+                              int64_t *start_ns);
+/* After a blocking wait that followed a vain spin: back to the maximum if
+ * the whole wait was no longer (spinning would have caught it), halved if
+ * it was longer. */
+void cmp_wire_spin_settle(uint32_t *budget_ns, int64_t start_ns);
 
 /* Read the rest of the payload into rx->body. CMP_OK, CMP_EEOF (the peer
  * closed inside the frame), CMP_EINTR, CMP_ERRNO. */

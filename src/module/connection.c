@@ -853,14 +853,18 @@ static int
 rx_header_fn(void *p)
 {
     struct rx_call *a = p;
-    if (a->spin_ns != NULL) {
-        uint32_t *budget = a->spin_ns;
+    int64_t start = 0;
+    uint32_t *budget = a->spin_ns;
+    if (budget != NULL) {
         a->spin_ns = NULL;
-        int st = cmp_wire_recv_header_spin(a->fd, a->is_socket, a->rx, budget);
+        int st = cmp_wire_recv_header_spin(a->fd, a->is_socket, a->rx, budget, &start);
         if (st != CMP_EEMPTY)
             return st;
     }
-    return cmp_wire_recv_header(a->fd, a->is_socket, a->rx);
+    int st = cmp_wire_recv_header(a->fd, a->is_socket, a->rx);
+    if (st == CMP_OK && budget != NULL)
+        cmp_wire_spin_settle(budget, start);
+    return st;
 }
 
 static int

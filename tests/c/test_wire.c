@@ -354,31 +354,39 @@ CTEST(spin_reads_a_waiting_frame_without_blocking)
     cmp_wire_rx rx;
     cmp_wire_rx_reset(&rx);
     uint32_t budget = 0;
-    CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget), CMP_OK);
+    int64_t start = -1;
+    CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget, &start), CMP_OK);
     CHECK_EQ(rx.len, 3);
     CHECK_EQ(budget, 0);          /* no spin happened: nothing to adapt */
+    CHECK_EQ(start, 0);
     close(sv[0]);
     close(sv[1]);
 }
 
-CTEST(spin_gives_up_and_halves_its_budget)
+CTEST(spin_gives_up_then_settles_on_the_wait)
 {
     int sv[2];
     CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
     cmp_wire_rx rx;
     cmp_wire_rx_reset(&rx);
     uint32_t budget = 8000;
-    int64_t t0 = cmp_monotonic_ns();
-    CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget), CMP_EEMPTY);
+    int64_t start, t0 = cmp_monotonic_ns();
+    CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget, &start), CMP_EEMPTY);
     CHECK(cmp_monotonic_ns() - t0 >= 8000);
-    CHECK_EQ(budget, 4000);
+    CHECK(start >= t0);
+    CHECK_EQ(budget, 8000);
     CHECK(!cmp_wire_rx_started(&rx));
-    for (int i = 0; i < 10; i++)
-        cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget);
-    CHECK_EQ(budget, CMP_WIRE_SPIN_MIN_NS);
+    /* A wait no longer than the longest spin: spinning would have caught it. */
+    cmp_wire_spin_settle(&budget, cmp_monotonic_ns());
+    CHECK_EQ(budget, CMP_WIRE_SPIN_MAX_NS);
+    /* Long waits halve it, down to the minimum. */
+    for (int i = 0; i < 20; i++)
+        cmp_wire_spin_settle(&budget, cmp_monotonic_ns() - 10 * CMP_WIRE_SPIN_MAX_NS);
+    CHECK(budget <= CMP_WIRE_SPIN_MIN_NS && budget > CMP_WIRE_SPIN_MIN_NS / 2);
+    cmp_wire_spin_settle(&budget, 0);                   /* did not spin */
     /* The peer closing is end of file, not "go on and block". */
     close(sv[0]);
-    CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget), CMP_EEOF);
+    CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget, &start), CMP_EEOF);
     close(sv[1]);
 }
 
@@ -391,7 +399,8 @@ CTEST(spin_header_split_across_reads)
     cmp_wire_rx rx;
     cmp_wire_rx_reset(&rx);
     uint32_t budget = 0;
-    CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget), CMP_EINTR);
+    int64_t start;
+    CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget, &start), CMP_EINTR);
     CHECK(cmp_wire_rx_started(&rx));
     CHECK(write(sv[0], frame + 2, 4) == 4);
     CHECK_EQ(cmp_wire_recv_header(sv[1], 1, &rx), CMP_OK);
@@ -407,8 +416,10 @@ CTEST(pipes_do_not_spin)
     cmp_wire_rx rx;
     cmp_wire_rx_reset(&rx);
     uint32_t budget = 0;
-    CHECK_EQ(cmp_wire_recv_header_spin(p[0], 0, &rx, &budget), CMP_EEMPTY);
+    int64_t start = -1;
+    CHECK_EQ(cmp_wire_recv_header_spin(p[0], 0, &rx, &budget, &start), CMP_EEMPTY);
     CHECK_EQ(budget, 0);
+    CHECK_EQ(start, 0);
     close(p[0]);
     close(p[1]);
 }
