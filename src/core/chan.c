@@ -14,9 +14,11 @@
 #define TAG_BELL 'b'
 #define TAG_FDS 'f'
 
-#define SPIN_MAX_NS 20000       /* as sync.c: about a sleep and wake-up */
-#define SPIN_MIN_NS 1000
 #define BELL_LATE_NS 50000      /* how long a consumer waits for a bell in flight */
+
+/* A receiver spins as a futex waiter does (sync.c): about a sleep and a
+ * wake-up at most, looking at the ring only (no system call). */
+static const cmp_spin_policy chan_spin = {20000, 1000, 1};
 
 struct cmp_chan_hdr {
     uint64_t magic;
@@ -233,44 +235,25 @@ cmp_chan_quiesce(cmp_chan *c, int k, int fd, int is_socket)
     (void)cmp_chan_ready(c, k, fd, is_socket);
 }
 
+static int
+ring_ready(void *r)
+{
+    return !cmp_ring_empty(r);
+}
+
 int
 cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline,
-              uint32_t *spin_ns)
+              cmp_spin_budget *spin)
 {
     cmp_ring *r = c->ring[k];
-    if (!cmp_ring_empty(r))
+    int64_t start;
+    if (cmp_spin(&chan_spin, spin, ring_ready, r, deadline, &start))
         return CMP_OK;
-    /* The spin budget follows how long waits take: a message that came
-     * within the longest spin means spinning that long would have caught it
-     * (and saved a sleep, a bell and a wake-up); one that took longer means
-     * the peer is slow, or needs our CPU, and spinning only wastes it. */
-    int64_t start = cmp_monotonic_ns();
-    uint32_t ns = *spin_ns;
-    if (ns == 0 || ns > SPIN_MAX_NS)
-        ns = SPIN_MAX_NS;
-    if (deadline > start) {
-        int64_t end = deadline - start > ns ? start + ns : deadline;
-        for (;;) {
-            for (int i = 0; i < 16; i++) {
-                cmp_cpu_relax();
-                if (!cmp_ring_empty(r))
-                    return CMP_OK;
-            }
-            if (cmp_monotonic_ns() >= end)
-                break;
-        }
-    }
     int64_t orphan_after = 0;
     for (;;) {
         int ready = cmp_chan_ready(c, k, fd, is_socket);
         if (ready == 1) {
-            if (deadline > start) {
-                int64_t waited = cmp_monotonic_ns() - start;
-                if (waited <= SPIN_MAX_NS)
-                    *spin_ns = SPIN_MAX_NS;
-                else if (ns > SPIN_MIN_NS)
-                    *spin_ns = ns / 2;
-            }
+            cmp_spin_settle(&chan_spin, spin, start);
             return CMP_OK;
         }
         if (ready == 3)
@@ -288,7 +271,7 @@ cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline,
             }
             else if (now >= orphan_after && !cmp_ring_put_busy(c->ring[k])
                      && cmp_ring_empty(c->ring[k])) {
-                int fds[CMP_CHAN_MAX_FDS], n = CMP_CHAN_MAX_FDS;
+                int fds[CMP_WIRE_MAX_FDS], n = CMP_WIRE_MAX_FDS;
                 if (cmp_chan_recv_fds(fd, fds, &n) == CMP_OK) {
                     for (int i = 0; i < n; i++)
                         close(fds[i]);
@@ -316,29 +299,18 @@ cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline,
 /* ------------------------------------------------------------------------ */
 /* Descriptor records                                                       */
 
-typedef union {
-    char buf[CMSG_SPACE(sizeof(int) * CMP_CHAN_MAX_FDS)];
-    struct cmsghdr align;
-} chan_cmsg;
-
 int
 cmp_chan_send_fds(int fd, const int *fds, int nfds)
 {
-    if (nfds < 1 || nfds > CMP_CHAN_MAX_FDS) {
+    if (nfds < 1 || nfds > CMP_WIRE_MAX_FDS) {
         errno = EINVAL;
         return CMP_ERRNO;
     }
     char tag = TAG_FDS;
     struct iovec iov = {&tag, 1};
-    chan_cmsg cm;
-    memset(&cm, 0, sizeof(cm));
-    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
-                       .msg_controllen = CMSG_SPACE(sizeof(int) * (size_t)nfds)};
-    struct cmsghdr *h = CMSG_FIRSTHDR(&m);
-    h->cmsg_level = SOL_SOCKET;
-    h->cmsg_type = SCM_RIGHTS;
-    h->cmsg_len = CMSG_LEN(sizeof(int) * (size_t)nfds);
-    memcpy(CMSG_DATA(h), fds, sizeof(int) * (size_t)nfds);
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+    cmp_cmsg_space cmsg;
+    cmp_wire_put_fds(&m, &cmsg, fds, nfds);
     ssize_t n;
     do {
         n = sendmsg(fd, &m, MSG_NOSIGNAL);
@@ -350,14 +322,14 @@ int
 cmp_chan_recv_fds(int fd, int *fds, int *nfds)
 {
     int room = *nfds;
-    *nfds = 0;
     int64_t deadline = cmp_monotonic_ns() + 5 * 1000000000LL;
     for (;;) {
         char tag;
         struct iovec iov = {&tag, 1};
-        chan_cmsg cm;
-        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cm.buf,
-                           .msg_controllen = sizeof(cm.buf)};
+        cmp_cmsg_space cmsg;
+        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cmsg.buf,
+                           .msg_controllen = sizeof(cmsg.buf)};
+        *nfds = 0;
         ssize_t n = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
         if (n < 0 && errno == EINTR)
             continue;
@@ -380,24 +352,10 @@ cmp_chan_recv_fds(int fd, int *fds, int *nfds)
             errno = EPROTO;
             return CMP_ERRNO;
         }
-        int got = 0;
-        for (struct cmsghdr *h = CMSG_FIRSTHDR(&m); h != NULL; h = CMSG_NXTHDR(&m, h)) {
-            if (h->cmsg_level != SOL_SOCKET || h->cmsg_type != SCM_RIGHTS)
-                continue;
-            int cnt = (int)((h->cmsg_len - CMSG_LEN(0)) / sizeof(int));
-            int *src = (int *)CMSG_DATA(h);
-            for (int i = 0; i < cnt; i++) {
-                if (got < room)
-                    fds[got++] = src[i];
-                else
-                    close(src[i]);
-            }
-        }
-        if (tag == TAG_FDS) {
-            *nfds = got;
+        cmp_wire_take_fds(&m, fds, nfds, room);
+        if (tag == TAG_FDS)
             return CMP_OK;
-        }
-        for (int i = 0; i < got; i++)   /* a bell never carries any */
+        for (int i = 0; i < *nfds; i++)     /* a bell never carries any */
             close(fds[i]);
     }
 }

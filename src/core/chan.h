@@ -29,13 +29,13 @@
 
 #include "cmp_core.h"
 #include "ring.h"
+#include "spin.h"
 
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #define CMP_CHAN_CAPACITY ((size_t)256 * 1024)  /* bytes per ring: what a socket buffers */
-#define CMP_CHAN_MAX_FDS 253        /* the kernel's SCM_MAX_FD */
 
 typedef struct cmp_chan_hdr cmp_chan_hdr;
 
@@ -74,10 +74,9 @@ int cmp_chan_ready(cmp_chan *c, int k, int fd, int is_socket);
 
 /* Consumer: wait until a message is in ring k (CMP_OK), the other end is
  * gone (CMP_EEOF) or the deadline passes (CMP_ETIMEDOUT); or CMP_EINTR,
- * CMP_ERRNO. Spins first, on shared memory only, for up to *spin_ns
- * (adapted as sync.c does). */
+ * CMP_ERRNO. Spins first (spin.h), on shared memory only. */
 int cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline,
-                  uint32_t *spin_ns);
+                  cmp_spin_budget *spin);
 
 /* Consumer, when the ring is empty after a receive and its descriptor may
  * be watched by someone else's select(): take back our bell, so the
@@ -85,8 +84,8 @@ int cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline,
 void cmp_chan_quiesce(cmp_chan *c, int k, int fd, int is_socket);
 
 /* The descriptor record of a marked message: send (producer, holding the
- * put lock) and receive (consumer, after taking the message; *nfds in: room,
- * out: count). CMP_OK, CMP_EINTR or CMP_ERRNO. */
+ * put lock; up to CMP_WIRE_MAX_FDS) and receive (consumer, after taking the
+ * message; *nfds in: room, out: count). CMP_OK or CMP_ERRNO. */
 int cmp_chan_send_fds(int fd, const int *fds, int nfds);
 int cmp_chan_recv_fds(int fd, int *fds, int *nfds);
 

@@ -3,80 +3,14 @@
 
 #include <limits.h>
 
-/* Before sleeping, a waiter busy-waits (bounded by its own deadline): a lock
- * held for a short critical section, or a peer process about to answer, is
- * caught without two system calls and two context switches. The budget is
- * adaptive, per object: it doubles (up to CMP_SPIN_MAX_NS, about what a
- * futex sleep and wake-up cost, so a waiter never spends much more than twice
- * the time it would have anyway) when spinning paid off; after a wait that
- * slept, it goes back to the maximum if the whole wait was no longer than
- * that (spinning would have caught it), and halves (down to CMP_SPIN_MIN_NS)
- * if it was longer -- as on a machine with more runnable processes than
- * CPUs, where spinning only delays the process that would end the wait. */
+/* Waiters spin before they sleep (spin.h). CMP_SPIN_MAX_NS is about what a
+ * futex sleep and wake-up cost; a lock waiter backs off up to 64 PAUSEs
+ * (~2 us on AMD Zen, where one costs 28 ns). */
 #ifndef CMP_SPIN_MAX_NS
 #define CMP_SPIN_MAX_NS 20000
 #endif
-#define CMP_SPIN_MIN_NS 1000
-#define CMP_SPIN_LOCK_PAUSES 64      /* ~2 us on a 28 ns PAUSE (AMD Zen) */
-
-/* Spin until ready(arg) or the budget is spent: 1 if ready. Between checks
- * the waiter pauses `max_pause` times at most, doubling from one: a lock
- * waiter that backs off leaves the holder's cache line alone, so a holder
- * that takes the lock again and again runs at its uncontended speed instead
- * of losing the line to every check. Ping-pong waits (Event, Condition) keep
- * max_pause 1, as their peer answers once and waits. */
-static int
-spin(int (*ready)(void *), void *arg, int64_t deadline, _Atomic uint32_t *budget,
-     unsigned max_pause, int64_t *startp)
-{
-    *startp = 0;
-    if (ready(arg))
-        return 1;
-    uint32_t ns = atomic_load_explicit(budget, memory_order_relaxed);
-    if (ns == 0 || ns > CMP_SPIN_MAX_NS)
-        ns = CMP_SPIN_MAX_NS;
-    int64_t start = cmp_monotonic_ns();
-    if (deadline > start)
-        *startp = start;
-    int64_t end = start + ns < deadline ? start + ns : deadline;
-    unsigned pause = 1, since_clock = 0;
-    for (;;) {
-        for (unsigned i = 0; i < pause; i++)
-            cmp_cpu_relax();
-        if (ready(arg)) {
-            if (ns < CMP_SPIN_MAX_NS)
-                atomic_store_explicit(budget, ns * 2, memory_order_relaxed);
-            return 1;
-        }
-        since_clock += pause;
-        if (pause < max_pause)
-            pause <<= 1;
-        if (since_clock >= 16) {        /* read the clock every ~0.5 us */
-            since_clock = 0;
-            if (cmp_monotonic_ns() >= end)
-                break;
-        }
-    }
-    return 0;
-}
-
-/* After a wait that spun in vain and slept, and then succeeded: a wait no
- * longer than the longest spin would have been caught by spinning that
- * long, so the budget goes back up; a longer one means the other side is
- * slow, or needs this CPU, and the budget halves. */
-static void
-settle(_Atomic uint32_t *budget, int64_t start)
-{
-    if (start == 0)
-        return;
-    uint32_t ns = atomic_load_explicit(budget, memory_order_relaxed);
-    if (ns == 0 || ns > CMP_SPIN_MAX_NS)
-        ns = CMP_SPIN_MAX_NS;
-    if (cmp_monotonic_ns() - start <= CMP_SPIN_MAX_NS)
-        atomic_store_explicit(budget, CMP_SPIN_MAX_NS, memory_order_relaxed);
-    else if (ns > CMP_SPIN_MIN_NS)
-        atomic_store_explicit(budget, ns / 2, memory_order_relaxed);
-}
+static const cmp_spin_policy lock_spin = {CMP_SPIN_MAX_NS, 1000, 64};
+static const cmp_spin_policy peer_spin = {CMP_SPIN_MAX_NS, 1000, 1};
 
 /* ------------------------------------------------------------------------ */
 /* Semaphore                                                                */
@@ -112,8 +46,8 @@ cmp_sem_wait(cmp_sem *s, int64_t deadline)
 {
     int64_t first = 0, start;
     for (;;) {
-        if (spin(sem_ready, s, deadline, &s->spin_ns, CMP_SPIN_LOCK_PAUSES, &start)) {
-            settle(&s->spin_ns, first);     /* (nothing if it never slept) */
+        if (cmp_spin(&lock_spin, &s->spin_ns, sem_ready, s, deadline, &start)) {
+            cmp_spin_settle(&lock_spin, &s->spin_ns, first);  /* no-op if it never slept */
             return CMP_OK;
         }
         if (first == 0)
@@ -125,7 +59,7 @@ cmp_sem_wait(cmp_sem *s, int64_t deadline)
         int st = taken ? CMP_OK : cmp_futex_wait(&s->value, 0, CMP_FUTEX_ANY, deadline);
         atomic_fetch_sub(&s->sleepers, 1);
         if (taken) {
-            settle(&s->spin_ns, first);
+            cmp_spin_settle(&lock_spin, &s->spin_ns, first);
             return CMP_OK;
         }
         if (st == CMP_OK)
@@ -179,7 +113,7 @@ cmp_event_wait(cmp_event *e, uint32_t seen, int64_t deadline)
 {
     struct event_spin es = {e, seen};
     int64_t start;
-    if (spin(event_changed, &es, deadline, &e->spin_ns, 1, &start))
+    if (cmp_spin(&peer_spin, &e->spin_ns, event_changed, &es, deadline, &start))
         return CMP_OK;
     atomic_fetch_add(&e->sleepers, 1);
     int st;
@@ -189,7 +123,7 @@ cmp_event_wait(cmp_event *e, uint32_t seen, int64_t deadline)
     }
     atomic_fetch_sub(&e->sleepers, 1);
     if (st == CMP_OK)
-        settle(&e->spin_ns, start);
+        cmp_spin_settle(&peer_spin, &e->spin_ns, start);
     return st;
 }
 
@@ -246,7 +180,7 @@ cmp_cond_sleep(cmp_cond *c, cmp_cond_ticket t, int64_t deadline)
 {
     struct cond_spin cs = {c, t};
     int64_t start;
-    if (spin(cond_notified, &cs, deadline, &c->spin_ns, 1, &start))
+    if (cmp_spin(&peer_spin, &c->spin_ns, cond_notified, &cs, deadline, &start))
         return CMP_OK;
     uint32_t bits = t.tracked ? 1u << (t.ticket % 32) : CMP_FUTEX_ANY;
     atomic_fetch_add(&c->sleepers, 1);
@@ -263,7 +197,7 @@ cmp_cond_sleep(cmp_cond *c, cmp_cond_ticket t, int64_t deadline)
     }
     atomic_fetch_sub(&c->sleepers, 1);
     if (st == CMP_OK)
-        settle(&c->spin_ns, start);
+        cmp_spin_settle(&peer_spin, &c->spin_ns, start);
     return st;
 }
 

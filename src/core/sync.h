@@ -17,6 +17,7 @@
 
 #include "cmp_core.h"
 #include "futex.h"
+#include "spin.h"
 
 #include <stdatomic.h>
 #include <stdint.h>
@@ -29,7 +30,7 @@
 typedef struct {
     _Atomic uint32_t value;
     _Atomic uint32_t sleepers;  /* waiters inside futex_wait (or about to be) */
-    _Atomic uint32_t spin_ns;   /* adaptive spin budget; 0: the default */
+    cmp_spin_budget spin_ns;    /* see spin.h */
 } cmp_sem;
 
 void cmp_sem_init(cmp_sem *s, uint32_t value);
@@ -84,7 +85,7 @@ cmp_sem_value(cmp_sem *s)
 typedef struct {
     _Atomic uint32_t word;
     _Atomic uint32_t sleepers;
-    _Atomic uint32_t spin_ns;
+    cmp_spin_budget spin_ns;
 } cmp_event;
 
 static inline int
@@ -122,7 +123,7 @@ int cmp_event_wait(cmp_event *e, uint32_t seen, int64_t deadline);
 typedef struct {
     _Atomic uint32_t head;      /* tickets before head have been notified */
     _Atomic uint32_t sleepers;
-    _Atomic uint32_t spin_ns;
+    cmp_spin_budget spin_ns;
     uint32_t tail;              /* next ticket; guarded by the caller's lock */
     uint32_t cancelled[CMP_COND_WINDOW / 32];   /* guarded by the lock */
 } cmp_cond;

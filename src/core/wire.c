@@ -5,19 +5,12 @@
 #include <limits.h>
 #include <string.h>
 #include <fcntl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #ifndef IOV_MAX
 #define IOV_MAX 1024
 #endif
-
-/* Room for the largest SCM_RIGHTS message, aligned for struct cmsghdr. */
-typedef union {
-    char buf[CMSG_SPACE(sizeof(int) * CMP_WIRE_MAX_FDS)];
-    struct cmsghdr align;
-} cmp_cmsg_space;
 
 /* A descriptor the caller made non-blocking answers EAGAIN: wait for it
  * instead of failing. CMP_OK to retry, CMP_EINTR, CMP_ERRNO. */
@@ -110,18 +103,8 @@ cmp_wire_send(int fd, cmp_wire_tx *tx)
         if (tx->is_socket) {
             struct msghdr m = {.msg_iov = tx->iov, .msg_iovlen = (size_t)cnt};
             cmp_cmsg_space cmsg;
-            if (tx->nfds > 0) {
-                CMP_ASSERT(tx->nfds <= CMP_WIRE_MAX_FDS);
-                size_t size = sizeof(int) * (size_t)tx->nfds;
-                memset(&cmsg, 0, sizeof(cmsg));
-                m.msg_control = cmsg.buf;
-                m.msg_controllen = CMSG_SPACE(size);
-                struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-                c->cmsg_level = SOL_SOCKET;
-                c->cmsg_type = SCM_RIGHTS;
-                c->cmsg_len = CMSG_LEN(size);
-                memcpy(CMSG_DATA(c), tx->fds, size);
-            }
+            if (tx->nfds > 0)
+                cmp_wire_put_fds(&m, &cmsg, tx->fds, tx->nfds);
             n = sendmsg(fd, &m, MSG_NOSIGNAL);
         }
         else {
@@ -168,10 +151,26 @@ cmp_wire_rx_started(const cmp_wire_rx *rx)
     return rx->hdr_have > 0;
 }
 
-/* Keep the descriptors of an SCM_RIGHTS message; close any beyond room. */
-static void
-collect_fds(cmp_wire_rx *rx, struct msghdr *m)
+void
+cmp_wire_put_fds(struct msghdr *m, cmp_cmsg_space *space, const int *fds, int nfds)
 {
+    CMP_ASSERT(nfds > 0 && nfds <= CMP_WIRE_MAX_FDS);
+    size_t size = sizeof(int) * (size_t)nfds;
+    memset(space, 0, sizeof(*space));
+    m->msg_control = space->buf;
+    m->msg_controllen = CMSG_SPACE(size);
+    struct cmsghdr *c = CMSG_FIRSTHDR(m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(size);
+    memcpy(CMSG_DATA(c), fds, size);
+}
+
+void
+cmp_wire_take_fds(struct msghdr *m, int *fds, int *nfds, int room)
+{
+    if (m->msg_controllen == 0)
+        return;
     for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c != NULL; c = CMSG_NXTHDR(m, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
             continue;
@@ -180,12 +179,31 @@ collect_fds(cmp_wire_rx *rx, struct msghdr *m)
         for (size_t i = 0; i < n; i++) {
             int received;
             memcpy(&received, data + i * sizeof(int), sizeof(int));
-            if (rx->nfds < CMP_WIRE_MAX_FDS)
-                rx->fds[rx->nfds++] = received;
+            if (*nfds < room)
+                fds[(*nfds)++] = received;
             else
                 close(received);
         }
     }
+}
+
+/* Read what comes of the header's missing bytes, keeping the descriptors
+ * that come with them: the bytes read, 0 at end of file, -1 (errno). */
+static ssize_t
+read_header_bytes(int fd, int is_socket, cmp_wire_rx *rx, int flags)
+{
+    void *dst = rx->hdr + rx->hdr_have;
+    size_t want = rx->hdr_need - rx->hdr_have;
+    if (!is_socket)
+        return read(fd, dst, want);
+    struct iovec iov = {.iov_base = dst, .iov_len = want};
+    cmp_cmsg_space cmsg;
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1,
+                       .msg_control = cmsg.buf, .msg_controllen = sizeof(cmsg.buf)};
+    ssize_t n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC | flags);
+    if (n >= 0)
+        cmp_wire_take_fds(&m, rx->fds, &rx->nfds, CMP_WIRE_MAX_FDS);
+    return n;
 }
 
 static uint64_t
@@ -202,22 +220,7 @@ cmp_wire_recv_header(int fd, int is_socket, cmp_wire_rx *rx)
 {
     while (!rx->header_done) {
         if (rx->hdr_have < rx->hdr_need) {
-            void *dst = rx->hdr + rx->hdr_have;
-            size_t want = rx->hdr_need - rx->hdr_have;
-            ssize_t n;
-            if (is_socket) {
-                struct iovec iov = {.iov_base = dst, .iov_len = want};
-                cmp_cmsg_space cmsg;
-                struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1,
-                                   .msg_control = cmsg.buf,
-                                   .msg_controllen = sizeof(cmsg.buf)};
-                n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC);
-                if (n >= 0 && m.msg_controllen > 0)
-                    collect_fds(rx, &m);
-            }
-            else {
-                n = read(fd, dst, want);
-            }
+            ssize_t n = read_header_bytes(fd, is_socket, rx, 0);
             if (n < 0) {
                 int st = io_error(fd, POLLIN);
                 if (st != CMP_OK)
@@ -248,22 +251,25 @@ cmp_wire_recv_header(int fd, int is_socket, cmp_wire_rx *rx)
     return CMP_OK;
 }
 
-int
-cmp_wire_recv_header_spin(int fd, int is_socket, cmp_wire_rx *rx, uint32_t *budget_ns,
-                          int64_t *start_ns)
+static const cmp_spin_policy wire_spin = {CMP_WIRE_SPIN_MAX_NS, CMP_WIRE_SPIN_MIN_NS, 1};
+
+static int
+readable(void *p)
 {
-    *start_ns = 0;
+    struct pollfd *pfd = p;
+    return poll(pfd, 1, 0) > 0;
+}
+
+int
+cmp_wire_recv_header_spin(int fd, int is_socket, cmp_wire_rx *rx, cmp_spin_budget *budget,
+                          int64_t *start)
+{
+    *start = 0;
     if (!is_socket || cmp_wire_rx_started(rx))
         return CMP_EEMPTY;
     /* The first bytes, if they are there: a non-blocking read of the header. */
-    struct iovec iov = {.iov_base = rx->hdr, .iov_len = rx->hdr_need};
-    cmp_cmsg_space cmsg;
-    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1,
-                       .msg_control = cmsg.buf, .msg_controllen = sizeof(cmsg.buf)};
-    ssize_t n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    ssize_t n = read_header_bytes(fd, is_socket, rx, MSG_DONTWAIT);
     if (n > 0) {
-        if (m.msg_controllen > 0)
-            collect_fds(rx, &m);
         rx->hdr_have = (uint32_t)n;
         if (rx->hdr_have < rx->hdr_need)
             return CMP_EINTR;   /* progress kept: the caller calls again */
@@ -273,35 +279,16 @@ cmp_wire_recv_header_spin(int fd, int is_socket, cmp_wire_rx *rx, uint32_t *budg
         return CMP_EEOF;
     if (errno != EAGAIN && errno != EWOULDBLOCK)
         return errno == EINTR ? CMP_EINTR : CMP_ERRNO;
-
-    uint32_t ns = *budget_ns;
-    if (ns == 0 || ns > CMP_WIRE_SPIN_MAX_NS)
-        ns = CMP_WIRE_SPIN_MAX_NS;
-    int64_t start = cmp_monotonic_ns(), end = start + ns;
     struct pollfd p = {.fd = fd, .events = POLLIN};
-    do {
-        if (poll(&p, 1, 0) > 0) {
-            if (ns < CMP_WIRE_SPIN_MAX_NS)
-                *budget_ns = ns * 2;
-            return cmp_wire_recv_header(fd, is_socket, rx);
-        }
-    } while (cmp_monotonic_ns() < end);
-    *start_ns = start;
+    if (cmp_spin(&wire_spin, budget, readable, &p, CMP_FOREVER, start))
+        return cmp_wire_recv_header(fd, is_socket, rx);
     return CMP_EEMPTY;
 }
 
 void
-cmp_wire_spin_settle(uint32_t *budget_ns, int64_t start_ns)
+cmp_wire_spin_settle(cmp_spin_budget *budget, int64_t start)
 {
-    if (start_ns == 0)
-        return;
-    uint32_t ns = *budget_ns;
-    if (ns == 0 || ns > CMP_WIRE_SPIN_MAX_NS)
-        ns = CMP_WIRE_SPIN_MAX_NS;
-    if (cmp_monotonic_ns() - start_ns <= CMP_WIRE_SPIN_MAX_NS)
-        *budget_ns = CMP_WIRE_SPIN_MAX_NS;
-    else if (ns > CMP_WIRE_SPIN_MIN_NS)
-        *budget_ns = ns / 2;
+    cmp_spin_settle(&wire_spin, budget, start);
 }
 
 int

@@ -24,10 +24,12 @@
 #define CMP_WIRE_H
 
 #include "cmp_core.h"
+#include "spin.h"
 
 #include <poll.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/uio.h>
 
 /* Frames up to this length use the short (4-byte) header. */
@@ -68,6 +70,20 @@ typedef struct {
  * passed with the first write and cleared from tx once sent. */
 int cmp_wire_send(int fd, cmp_wire_tx *tx);
 
+/* ---- descriptors (SCM_RIGHTS), also for chan.c ------------------------- */
+
+/* Room for the largest SCM_RIGHTS message, aligned for struct cmsghdr. */
+typedef union {
+    char buf[CMSG_SPACE(sizeof(int) * CMP_WIRE_MAX_FDS)];
+    struct cmsghdr align;
+} cmp_cmsg_space;
+
+/* Attach fds[0..nfds) (1..CMP_WIRE_MAX_FDS) to m, in space. */
+void cmp_wire_put_fds(struct msghdr *m, cmp_cmsg_space *space, const int *fds, int nfds);
+
+/* Append the descriptors m carries to fds[*nfds..room); close any beyond. */
+void cmp_wire_take_fds(struct msghdr *m, int *fds, int *nfds, int room);
+
 /* ---- receiving ---------------------------------------------------------- */
 
 typedef struct {
@@ -99,21 +115,16 @@ int cmp_wire_recv_header(int fd, int is_socket, cmp_wire_rx *rx);
  * about to answer (a round trip) is caught without putting this process to
  * sleep and waking it, which costs more than the system calls do. On a
  * socket, first try a non-blocking read of the header (data already there
- * costs nothing extra), then poll with a zero timeout for up to *budget_ns.
- * The budget adapts per connection, as the futex waits' do (sync.c): it
- * doubles, up to CMP_WIRE_SPIN_MAX_NS, when the spin caught the frame; when
- * it did not, the caller passes the spin's start (*start_ns, 0 if it did not
- * spin) to cmp_wire_spin_settle() once the frame's header has come.
+ * costs nothing extra), then poll with a zero timeout, within *budget
+ * (spin.h; up to CMP_WIRE_SPIN_MAX_NS). *start is for cmp_wire_spin_settle(),
+ * which the caller calls once the header has come after all.
  * Returns what cmp_wire_recv_header() would, or CMP_EEMPTY when the caller
  * should go on with a blocking cmp_wire_recv_header(). Pipes do not spin. */
 #define CMP_WIRE_SPIN_MAX_NS 50000
 #define CMP_WIRE_SPIN_MIN_NS 2000
-int cmp_wire_recv_header_spin(int fd, int is_socket, cmp_wire_rx *rx, uint32_t *budget_ns,
-                              int64_t *start_ns);
-/* After a blocking wait that followed a vain spin: back to the maximum if
- * the whole wait was no longer (spinning would have caught it), halved if
- * it was longer. */
-void cmp_wire_spin_settle(uint32_t *budget_ns, int64_t start_ns);
+int cmp_wire_recv_header_spin(int fd, int is_socket, cmp_wire_rx *rx, cmp_spin_budget *budget,
+                              int64_t *start);
+void cmp_wire_spin_settle(cmp_spin_budget *budget, int64_t start);
 
 /* Read the rest of the payload into rx->body. CMP_OK, CMP_EEOF (the peer
  * closed inside the frame), CMP_EINTR, CMP_ERRNO. */

@@ -91,7 +91,7 @@ typedef struct {
     char is_unix;           /* a Unix socket: descriptors can travel */
     conn_parked *parked;    /* an interrupted incoming frame, or NULL */
     PyObject *tx_rest;      /* the unsent rest of an interrupted frame, or NULL */
-    uint32_t spin_ns;       /* adaptive busy-wait before blocking in recv (wire.h) */
+    cmp_spin_budget spin_ns;    /* busy-wait before blocking in recv (spin.h) */
     /* A Pipe() end: messages travel through the channel, not the descriptor */
     conn_chan *chan;
     int end;                /* 0 or 1: it receives from ring `end` */
@@ -846,7 +846,7 @@ struct rx_call {
     int fd;
     int is_socket;
     cmp_wire_rx *rx;
-    uint32_t *spin_ns;      /* NULL once spun: a retry after a signal blocks */
+    cmp_spin_budget *spin_ns;   /* NULL once spun: a retry after a signal blocks */
 };
 
 static int
@@ -854,7 +854,7 @@ rx_header_fn(void *p)
 {
     struct rx_call *a = p;
     int64_t start = 0;
-    uint32_t *budget = a->spin_ns;
+    cmp_spin_budget *budget = a->spin_ns;
     if (budget != NULL) {
         a->spin_ns = NULL;
         int st = cmp_wire_recv_header_spin(a->fd, a->is_socket, a->rx, budget, &start);
@@ -944,7 +944,7 @@ struct chan_wait_call {
     conn_chan *ch;
     int k, fd, is_socket;
     int64_t deadline;
-    uint32_t *spin_ns;
+    cmp_spin_budget *spin_ns;
 };
 
 static void

@@ -79,11 +79,11 @@ CTEST(bell_follows_the_ring)
     CHECK(!readable(sv[0]));                      /* exact again */
     CHECK_EQ(put(&c, 0, sv[1], "c"), CMP_OK);
     CHECK(readable(sv[0]));
-    CHECK_EQ(cmp_chan_wait(&c, 0, sv[0], 1, cmp_monotonic_ns(), &(uint32_t){0}), CMP_OK);
+    CHECK_EQ(cmp_chan_wait(&c, 0, sv[0], 1, cmp_monotonic_ns(), &(cmp_spin_budget){0}), CMP_OK);
     close(sv[1]);
     CHECK_EQ(take(&c, 0, buf, sizeof(buf)), 1);
     CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), 3);  /* empty, and the end */
-    CHECK_EQ(cmp_chan_wait(&c, 0, sv[0], 1, CMP_FOREVER, &(uint32_t){0}), CMP_EEOF);
+    CHECK_EQ(cmp_chan_wait(&c, 0, sv[0], 1, CMP_FOREVER, &(cmp_spin_budget){0}), CMP_EEOF);
     close(sv[0]);
     munmap(mem, cmp_chan_size(2, CAP));
 }
@@ -112,7 +112,7 @@ CTEST(racing_producer_never_strands_a_message)
     }
     close(sv[1]);
     int got = 0;
-    uint32_t spin = 1000;
+    cmp_spin_budget spin = 1000;
     char buf[16];
     while (got < N) {
         if (take(&c, 0, buf, sizeof(buf)) == 1) {

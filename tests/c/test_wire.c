@@ -353,7 +353,7 @@ CTEST(spin_reads_a_waiting_frame_without_blocking)
     CHECK(write(sv[0], frame, sizeof frame) == (ssize_t)sizeof frame);
     cmp_wire_rx rx;
     cmp_wire_rx_reset(&rx);
-    uint32_t budget = 0;
+    cmp_spin_budget budget = 0;
     int64_t start = -1;
     CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget, &start), CMP_OK);
     CHECK_EQ(rx.len, 3);
@@ -369,7 +369,7 @@ CTEST(spin_gives_up_then_settles_on_the_wait)
     CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
     cmp_wire_rx rx;
     cmp_wire_rx_reset(&rx);
-    uint32_t budget = 8000;
+    cmp_spin_budget budget = 8000;
     int64_t start, t0 = cmp_monotonic_ns();
     CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget, &start), CMP_EEMPTY);
     CHECK(cmp_monotonic_ns() - t0 >= 8000);
@@ -398,7 +398,7 @@ CTEST(spin_header_split_across_reads)
     CHECK(write(sv[0], frame, 2) == 2);       /* half a header now */
     cmp_wire_rx rx;
     cmp_wire_rx_reset(&rx);
-    uint32_t budget = 0;
+    cmp_spin_budget budget = 0;
     int64_t start;
     CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget, &start), CMP_EINTR);
     CHECK(cmp_wire_rx_started(&rx));
@@ -415,7 +415,7 @@ CTEST(pipes_do_not_spin)
     CHECK(pipe2(p, O_CLOEXEC) == 0);
     cmp_wire_rx rx;
     cmp_wire_rx_reset(&rx);
-    uint32_t budget = 0;
+    cmp_spin_budget budget = 0;
     int64_t start = -1;
     CHECK_EQ(cmp_wire_recv_header_spin(p[0], 0, &rx, &budget, &start), CMP_EEMPTY);
     CHECK_EQ(budget, 0);
