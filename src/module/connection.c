@@ -157,12 +157,19 @@ close_fds(int *fds, int n)
 /* State checks (the stdlib's messages)                                     */
 
 static int
+check_open(CmpConnection *self)
+{
+    if (self->fd >= 0)
+        return 0;
+    PyErr_SetString(PyExc_OSError, "handle is closed");
+    return -1;
+}
+
+static int
 check_readable(CmpConnection *self)
 {
-    if (self->fd < 0) {
-        PyErr_SetString(PyExc_OSError, "handle is closed");
+    if (check_open(self) < 0)
         return -1;
-    }
     if (!self->readable) {
         PyErr_SetString(PyExc_OSError, "connection is write-only");
         return -1;
@@ -173,10 +180,8 @@ check_readable(CmpConnection *self)
 static int
 check_writable(CmpConnection *self)
 {
-    if (self->fd < 0) {
-        PyErr_SetString(PyExc_OSError, "handle is closed");
+    if (check_open(self) < 0)
         return -1;
-    }
     if (!self->writable) {
         PyErr_SetString(PyExc_OSError, "connection is read-only");
         return -1;
@@ -214,16 +219,25 @@ drop_chan(CmpConnection *self)
     chan_release(ch);
 }
 
+/* Let go of the descriptor (returned, -1 if closed already) and of all that
+ * goes with it: the channel, and partly received or sent frames. */
 static int
-conn_close_fd(CmpConnection *self)
+release_fd(CmpConnection *self)
 {
     int fd = self->fd;
-    if (fd < 0)
-        return 0;
     drop_chan(self);
     self->fd = -1;
     drop_parked(self);
     Py_CLEAR(self->tx_rest);
+    return fd;
+}
+
+static int
+conn_close_fd(CmpConnection *self)
+{
+    int fd = release_fd(self);
+    if (fd < 0)
+        return 0;
     if (cmp_wire_close(fd) != CMP_OK) {
         cmp_set_error(CMP_ERRNO);
         return -1;
@@ -296,12 +310,9 @@ conn_dealloc(PyObject *op)
 {
     CmpConnection *self = (CmpConnection *)op;
     PyTypeObject *tp = Py_TYPE(op);
-    drop_chan(self);
-    if (self->fd >= 0)
-        cmp_wire_close(self->fd);
-    self->fd = -1;
-    drop_parked(self);
-    Py_CLEAR(self->tx_rest);
+    int fd = release_fd(self);
+    if (fd >= 0)
+        cmp_wire_close(fd);
     tp->tp_free(op);
     Py_DECREF(tp);
 }
@@ -337,10 +348,8 @@ static PyObject *
 conn_fileno(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     CmpConnection *self = (CmpConnection *)op;
-    if (self->fd < 0) {
-        PyErr_SetString(PyExc_OSError, "handle is closed");
+    if (check_open(self) < 0)
         return NULL;
-    }
     if (self->chan != NULL && !self->exact) {
         /* Someone may select() on it from now on: make its readiness exact. */
         self->exact = 1;
@@ -362,16 +371,9 @@ static PyObject *
 conn_detach(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     CmpConnection *self = (CmpConnection *)op;
-    if (self->fd < 0) {
-        PyErr_SetString(PyExc_OSError, "handle is closed");
+    if (check_open(self) < 0)
         return NULL;
-    }
-    int fd = self->fd;
-    drop_chan(self);
-    self->fd = -1;
-    drop_parked(self);
-    Py_CLEAR(self->tx_rest);
-    return PyLong_FromLong(fd);
+    return PyLong_FromLong(release_fd(self));
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1477,13 +1479,11 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
         chans[i] = NULL;
         if (PyObject_TypeCheck(obj, (PyTypeObject *)state->conn_type)) {
             CmpConnection *c = (CmpConnection *)obj;
+            if (check_open(c) < 0)
+                goto done;
             fd = c->fd;
             if (c->chan != NULL && c->readable)
                 chans[i] = c;
-            if (fd < 0) {
-                PyErr_SetString(PyExc_OSError, "handle is closed");
-                goto done;
-            }
         }
         else if ((fd = PyObject_AsFileDescriptor(obj)) < 0) {
             goto done;
