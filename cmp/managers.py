@@ -497,19 +497,19 @@ class BaseManager:
             if not self._process.is_alive():
                 self._process = None
 
-    def _debug_info(self):
+    def _ask(self, methodname):
+        """Call one of the server's own methods on a fresh connection."""
         conn = self._Client(self._address, authkey=self._authkey)
         try:
-            return dispatch(conn, None, 'debug_info')
+            return dispatch(conn, None, methodname)
         finally:
             conn.close()
 
+    def _debug_info(self):
+        return self._ask('debug_info')
+
     def _number_of_objects(self):
-        conn = self._Client(self._address, authkey=self._authkey)
-        try:
-            return dispatch(conn, None, 'number_of_objects')
-        finally:
-            conn.close()
+        return self._ask('number_of_objects')
 
     def __enter__(self):
         if self._state.value == State.INITIAL:

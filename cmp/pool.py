@@ -223,6 +223,10 @@ class ApplyResult:
 
     def _set(self, i, obj):
         self._success, self._value = obj
+        self._finish()
+
+    def _finish(self):
+        """Run the callback, mark the result ready and wake its waiters."""
         cb = self._callback if self._success else self._error_callback
         if cb is not None:
             try:
@@ -263,16 +267,7 @@ class MapResult(ApplyResult):
             self._success = False      # only the first exception is kept
             self._value = result
         if self._number_left == 0:
-            cb = self._callback if self._success else self._error_callback
-            if cb is not None:
-                try:
-                    cb(self._value)
-                except BaseException:
-                    _report_callback_error(cb)
-            self._ready = True
-            self._cache.pop(self._job, None)
-            self._pool = None
-            self._waiters.notify()
+            self._finish()
 
 
 class IMapIterator:

@@ -124,6 +124,18 @@ done:
 /* ------------------------------------------------------------------------ */
 /* Functions                                                                */
 
+/* A block's name as the C string the core takes (str only, as the stdlib's
+ * _posixshmem says). */
+static const char *
+shm_name(PyObject *name)
+{
+    if (!PyUnicode_Check(name)) {
+        PyErr_SetString(PyExc_TypeError, "name must be str");
+        return NULL;
+    }
+    return PyUnicode_AsUTF8(name);
+}
+
 PyDoc_STRVAR(shm_create_doc,
 "shm_create(name, size, track) -> (name, mapping, slot)\n\n"
 "Create a block of size bytes named name (str with its leading '/'), or\n"
@@ -161,11 +173,7 @@ cmp_py_shm_create(PyObject *module, PyObject *args)
         }
     }
     else {
-        if (!PyUnicode_Check(name)) {
-            PyErr_SetString(PyExc_TypeError, "name must be str");
-            return NULL;
-        }
-        if ((cname = PyUnicode_AsUTF8(name)) == NULL)
+        if ((cname = shm_name(name)) == NULL)
             return NULL;
         size_t sz = (size_t)size;
         Py_BEGIN_ALLOW_THREADS
@@ -215,11 +223,7 @@ PyDoc_STRVAR(shm_attach_doc,
 static PyObject *
 cmp_py_shm_attach(PyObject *module, PyObject *name)
 {
-    if (!PyUnicode_Check(name)) {
-        PyErr_SetString(PyExc_TypeError, "name must be str");
-        return NULL;
-    }
-    const char *cname = PyUnicode_AsUTF8(name);
+    const char *cname = shm_name(name);
     if (cname == NULL)
         return NULL;
     size_t size = 0;
@@ -239,11 +243,7 @@ cmp_py_shm_attach(PyObject *module, PyObject *name)
 static PyObject *
 cmp_py_shm_unlink(PyObject *Py_UNUSED(module), PyObject *name)
 {
-    if (!PyUnicode_Check(name)) {
-        PyErr_SetString(PyExc_TypeError, "name must be str");
-        return NULL;
-    }
-    const char *cname = PyUnicode_AsUTF8(name);
+    const char *cname = shm_name(name);
     if (cname == NULL)
         return NULL;
     int st;
