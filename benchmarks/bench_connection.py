@@ -1,9 +1,7 @@
 """Connection benchmarks: the same workloads on multiprocessing and on cmp.
 
 Each workload starts one child, lets it get ready, then times only the
-message traffic. Run directly for a quick side-by-side:
-
-    python benchmarks/bench_connection.py [scale]
+message traffic (python -m cmp bench connection).
 """
 import time
 
@@ -108,22 +106,3 @@ WORKLOADS = {
     'connection.stream_small': (stream_small, 'messages'),
     'connection.stream_1mib': (stream_1mib, 'MiB messages'),
 }
-
-
-if __name__ == '__main__':
-    import importlib
-    import statistics
-    import sys
-    scale = float(sys.argv[1]) if len(sys.argv) > 1 else 0.2
-    for name, (fn, unit) in WORKLOADS.items():
-        rates = {}
-        for impl in ('multiprocessing', 'cmp'):
-            mp = importlib.import_module(impl)
-            runs = []
-            for _ in range(3):
-                count, seconds = fn(mp, scale)
-                runs.append(count / seconds)
-            rates[impl] = statistics.median(runs)
-        print('%-26s stdlib %10.0f  cmp %10.0f  %s/s   ratio %.2fx'
-              % (name, rates['multiprocessing'], rates['cmp'], unit,
-                 rates['cmp'] / rates['multiprocessing']))

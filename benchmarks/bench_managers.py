@@ -1,10 +1,7 @@
 """Manager benchmarks: the same workloads on multiprocessing and on cmp.
 
 Each workload starts a SyncManager, then times only calls through proxies
-(every call is a round trip to the manager's server process). Run directly
-for a quick side-by-side:
-
-    python benchmarks/bench_managers.py [scale]
+(every call is a round trip to the manager's server process).
 """
 import time
 
@@ -46,22 +43,3 @@ WORKLOADS = {
     'managers.dict_setget': (dict_setget, 'set+get pairs'),
     'managers.create_proxy': (create_proxy, 'proxies'),
 }
-
-
-if __name__ == '__main__':
-    import importlib
-    import statistics
-    import sys
-    scale = float(sys.argv[1]) if len(sys.argv) > 1 else 0.2
-    for name, (fn, unit) in WORKLOADS.items():
-        rates = {}
-        for impl in ('multiprocessing', 'cmp'):
-            mp = importlib.import_module(impl)
-            runs = []
-            for _ in range(3):
-                count, seconds = fn(mp, scale)
-                runs.append(count / seconds)
-            rates[impl] = statistics.median(runs)
-        print('%-28s %10.0f %10.0f %s/s  x%.2f' % (
-            name, rates['multiprocessing'], rates['cmp'], unit,
-            rates['cmp'] / rates['multiprocessing']))

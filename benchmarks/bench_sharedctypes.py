@@ -4,6 +4,8 @@ Each fn(mp, scale) -> (operations, seconds) times only its measured loop.
 """
 import time
 
+from racing import race
+
 
 def value_locked_increment(mp, scale=1.0):
     """`with v.get_lock(): v.value += 1` in one process."""
@@ -18,7 +20,7 @@ def value_locked_increment(mp, scale=1.0):
     return n, elapsed
 
 
-def _increment(v, go, done, n):
+def _increment(v, n, go, done):
     go.wait()
     for _ in range(n):
         with v.get_lock():
@@ -29,18 +31,8 @@ def _increment(v, go, done, n):
 def value_locked_increment_contended(mp, scale=1.0):
     """The same in two processes sharing one Value."""
     n = max(1, int(200_000 * scale))
-    v, go, done = mp.Value('i', 0), mp.Event(), mp.Semaphore(0)
-    procs = [mp.Process(target=_increment, args=(v, go, done, n)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    time.sleep(0.05)
-    t0 = time.perf_counter()
-    go.set()
-    done.acquire()
-    done.acquire()
-    elapsed = time.perf_counter() - t0
-    for p in procs:
-        p.join()
+    v = mp.Value('i', 0)
+    elapsed = race(mp, _increment, (v, n))
     assert v.value == 2 * n
     return 2 * n, elapsed
 

@@ -4,6 +4,8 @@ Each fn(mp, scale) -> (operations, seconds) times only its measured loop.
 """
 import time
 
+from racing import race
+
 
 def lock_uncontended(mp, scale=1.0):
     """acquire(); release() on a Lock nobody else uses."""
@@ -17,7 +19,7 @@ def lock_uncontended(mp, scale=1.0):
     return n, time.perf_counter() - t0
 
 
-def _contend(lock, go, done, n):
+def _contend(lock, n, go, done):
     go.wait()
     acquire, release = lock.acquire, lock.release
     for _ in range(n):
@@ -29,19 +31,7 @@ def _contend(lock, go, done, n):
 def lock_contended(mp, scale=1.0):
     """Two processes taking one Lock around an empty critical section."""
     n = max(1, int(1_000_000 * scale))       # long enough to hide start skew
-    lock, go, done = mp.Lock(), mp.Event(), mp.Semaphore(0)
-    procs = [mp.Process(target=_contend, args=(lock, go, done, n)) for _ in range(2)]
-    for p in procs:
-        p.start()
-    time.sleep(0.05)
-    t0 = time.perf_counter()
-    go.set()
-    done.acquire()
-    done.acquire()
-    elapsed = time.perf_counter() - t0
-    for p in procs:
-        p.join()
-    return 2 * n, elapsed
+    return 2 * n, race(mp, _contend, (mp.Lock(), n))
 
 
 def _pong(ping, pong, n):
