@@ -27,7 +27,6 @@ Differences from the stdlib, all where it loses data or fails late:
 - recv_bytes_into() checks that the buffer is writable before it takes a
   message (the stdlib consumes the message, then fails).
 """
-import errno
 import itertools
 import os
 import shutil
@@ -106,14 +105,12 @@ def Pipe(duplex=True):
 
     Messages travel through rings in shared memory; the descriptors (a Unix
     SOCK_SEQPACKET socketpair if duplex, else an os.pipe()) carry only
-    wake-ups, end of file and passed descriptors (see src/core/chan.h). If
-    the shared memory cannot be had (out of descriptors or memory), the pair
-    is a plain socketpair or pipe carrying the stdlib's frames."""
-    try:
-        return _core._pipe(Connection, duplex)
-    except OSError as e:
-        if e.errno not in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
-            raise
+    wake-ups, end of file and passed descriptors (see src/core/chan.h). When
+    no channel is to be had (descriptors scarce, or no shared memory), the
+    pair is a plain socketpair or pipe carrying the stdlib's frames."""
+    pair = _core._pipe(Connection, duplex)
+    if pair is not None:
+        return pair
     if duplex:
         s1, s2 = socket.socketpair()
         s1.setblocking(True)

@@ -1584,6 +1584,34 @@ chan_map(int memfd, size_t size)
     return ch;
 }
 
+/* A new channel of nrings rings in a memfd of its own, or NULL when none
+ * is to be had -- or should be: a channel costs a third descriptor, so one is
+ * made only while descriptors are plentiful (the lowest free one is in the
+ * first quarter of the limit), and cmp's Pipes never use more than a
+ * twelfth of the limit beyond what the stdlib's would. */
+static conn_chan *
+chan_create(int nrings, size_t size)
+{
+    int memfd = memfd_create("cmp-pipe", MFD_CLOEXEC);
+    if (memfd < 0)
+        return NULL;
+    struct rlimit rl;
+    conn_chan *ch = NULL;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+            && (rlim_t)memfd >= rl.rlim_cur / 4)
+        goto fail;
+    if (ftruncate(memfd, (off_t)size) < 0 || (ch = chan_map(memfd, size)) == NULL)
+        goto fail;
+    if (cmp_chan_init(ch->base, nrings, CMP_CHAN_CAPACITY, &ch->c) != CMP_OK) {
+        chan_release(ch);       /* closes memfd */
+        return NULL;
+    }
+    return ch;
+fail:
+    close(memfd);
+    return NULL;
+}
+
 static void
 chan_attach(CmpConnection *self, conn_chan *ch, int end)
 {
@@ -1596,9 +1624,10 @@ chan_attach(CmpConnection *self, conn_chan *ch, int end)
 }
 
 PyDoc_STRVAR(pipe_doc,
-"_pipe(cls, duplex) -> (conn1, conn2)\n\n"
+"_pipe(cls, duplex) -> (conn1, conn2) or None\n\n"
 "Pipe() on a channel: two cls(handle, readable, writable) whose messages go\n"
-"through rings in shared memory (see src/core/chan.h).");
+"through rings in shared memory (see src/core/chan.h); None when no channel\n"
+"is to be had (then Pipe() makes a plain pipe).");
 
 static PyObject *
 cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -1611,37 +1640,19 @@ cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int duplex = PyObject_IsTrue(args[1]);
     if (duplex < 0)
         return NULL;
-    int fds[2] = {-1, -1}, memfd = -1, nrings = duplex ? 2 : 1;
+    int fds[2] = {-1, -1}, nrings = duplex ? 2 : 1;
     size_t size = cmp_chan_size(nrings, CMP_CHAN_CAPACITY);
-    conn_chan *ch = NULL;
     PyObject *c1 = NULL, *c2 = NULL, *ret = NULL;
+    conn_chan *ch = chan_create(nrings, size);
+    if (ch == NULL)
+        Py_RETURN_NONE;     /* no shared memory to be had: a plain pipe */
     int ok = duplex ? socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) == 0
                     : pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0;
     if (!ok) {
         fds[0] = fds[1] = -1;
-        goto error;
+        cmp_set_error(CMP_ERRNO);
+        goto done;
     }
-    memfd = memfd_create("cmp-pipe", MFD_CLOEXEC);
-    if (memfd < 0)
-        goto error;
-    /* A channel costs a third descriptor: only while descriptors are
-     * plentiful (the lowest free one is in the first quarter of the limit),
-     * so cmp's Pipes never use more than a twelfth of the limit beyond what
-     * the stdlib's would. Past that, the caller makes a plain pipe. */
-    struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
-            && (rlim_t)memfd >= rl.rlim_cur / 4) {
-        errno = EMFILE;
-        goto error;
-    }
-    if (ftruncate(memfd, (off_t)size) < 0)
-        goto error;
-    ch = chan_map(memfd, size);
-    if (ch == NULL)
-        goto error;
-    memfd = -1;
-    if (cmp_chan_init(ch->base, nrings, CMP_CHAN_CAPACITY, &ch->c) != CMP_OK)
-        goto error;
     c1 = PyObject_CallFunction(args[0], "iii", fds[0], 1, duplex);
     if (c1 == NULL)
         goto done;
@@ -1659,14 +1670,8 @@ cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     chan_attach((CmpConnection *)c1, ch, 0);
     chan_attach((CmpConnection *)c2, ch, 1);
     ret = PyTuple_Pack(2, c1, c2);
-    goto done;
-error:
-    cmp_set_error(CMP_ERRNO);
 done:
-    if (ch != NULL)
-        chan_release(ch);
-    if (memfd >= 0)
-        close(memfd);
+    chan_release(ch);
     for (int i = 0; i < 2; i++) {
         if (fds[i] >= 0)
             close(fds[i]);
