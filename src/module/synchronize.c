@@ -32,10 +32,23 @@ parse_timeout(PyObject *timeout, int64_t *deadline, int *nonblocking)
     return 0;
 }
 
-/* (fd, offset) of an object's block, marking it shared with a child. */
+/* Every type here is a block of the shared-memory arena: the block comes
+ * first, and the core object is at blk.addr (see SEM, COND, EVENT). */
+typedef struct {
+    PyObject_HEAD
+    cmp_shm_block blk;
+} CmpShmObject;
+
+#define SEM(o) ((cmp_sem *)(o)->blk.addr)
+#define COND(o) ((cmp_cond *)(o)->blk.addr)
+#define EVENT(o) ((cmp_event *)(o)->blk.addr)
+
+/* _shm_handle() -> (fd, offset): the object's block, marked as shared with
+ * a child. */
 static PyObject *
-share_handle(cmp_shm_block *blk)
+shm_handle(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
+    cmp_shm_block *blk = &((CmpShmObject *)self)->blk;
     int fd = cmp_shm_share(blk);
     return Py_BuildValue("(in)", fd, (Py_ssize_t)blk->off);
 }
@@ -65,11 +78,11 @@ attach_args(PyObject *fd_obj, PyObject *off_obj, size_t size, cmp_shm_block *blk
     return 0;
 }
 
-/* A new `type` object (tp_alloc) whose cmp_shm_block at `blk_offset` maps
- * the `size` bytes at the (fd, offset) given in args: the _rebuild of an
- * object that has nothing else to restore. */
+/* A new `type` object (tp_alloc) whose block maps the `size` bytes at the
+ * (fd, offset) given in args: the _rebuild of an object that has nothing
+ * else to restore. */
 static PyObject *
-rebuild_attached(PyTypeObject *type, PyObject *args, size_t size, size_t blk_offset)
+rebuild_attached(PyTypeObject *type, PyObject *args, size_t size)
 {
     PyObject *fd, *off;
     if (!PyArg_ParseTuple(args, "OO:_rebuild", &fd, &off))
@@ -77,7 +90,7 @@ rebuild_attached(PyTypeObject *type, PyObject *args, size_t size, size_t blk_off
     PyObject *self = type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    if (attach_args(fd, off, size, (cmp_shm_block *)((char *)self + blk_offset)) < 0) {
+    if (attach_args(fd, off, size, &((CmpShmObject *)self)->blk) < 0) {
         Py_DECREF(self);
         return NULL;
     }
@@ -91,8 +104,7 @@ enum { CMP_KIND_RLOCK = 0, CMP_KIND_SEMAPHORE = 1 };   /* the stdlib's values */
 
 typedef struct {
     PyObject_HEAD
-    cmp_sem *sem;
-    cmp_shm_block blk;
+    cmp_shm_block blk;      /* first, as in CmpShmObject */
     int kind;
     uint32_t maxvalue;
     /* This process's view, as the stdlib's SemLock keeps it: acquisitions by
@@ -101,6 +113,8 @@ typedef struct {
     unsigned long last_tid;
     pid_t pid;
 } CmpSemLock;
+
+_Static_assert(offsetof(CmpSemLock, blk) == offsetof(CmpShmObject, blk), "blk first");
 
 static inline long
 semlock_count(CmpSemLock *self)
@@ -169,8 +183,7 @@ semlock_new(PyTypeObject *type, PyObject *args, PyObject *Py_UNUSED(kwds))
         Py_DECREF(self);
         return cmp_set_error(st);
     }
-    self->sem = self->blk.addr;
-    cmp_sem_init(self->sem, (uint32_t)value);
+    cmp_sem_init(SEM(self), (uint32_t)value);
     return (PyObject *)self;
 }
 
@@ -207,10 +220,10 @@ semlock_do_acquire(CmpSemLock *self, int blocking, PyObject *timeout)
     int nonblocking = 0;
     if (timeout != Py_None && parse_timeout(timeout, &deadline, &nonblocking) < 0)
         return -1;
-    if (cmp_sem_trywait(self->sem) != CMP_OK) {
+    if (cmp_sem_trywait(SEM(self)) != CMP_OK) {
         if (!blocking || nonblocking)
             return 0;
-        struct sem_wait_args a = {self->sem, deadline};
+        struct sem_wait_args a = {SEM(self), deadline};
         int st = cmp_run_blocking(sem_wait_fn, &a);
         if (st == CMP_ETIMEDOUT)
             return 0;
@@ -255,7 +268,7 @@ semlock_acquire(CmpSemLock *self, PyObject *const *args, Py_ssize_t nargs,
 static int
 semlock_post(CmpSemLock *self)
 {
-    int st = cmp_sem_post(self->sem, self->maxvalue);
+    int st = cmp_sem_post(SEM(self), self->maxvalue);
     if (st == CMP_OK)
         return 0;
     if (st == CMP_EOVERFLOW)    /* the stdlib's message, not an overflow */
@@ -322,13 +335,13 @@ semlock_get_count(CmpSemLock *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 semlock_get_value(CmpSemLock *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyLong_FromUnsignedLong(cmp_sem_value(self->sem));
+    return PyLong_FromUnsignedLong(cmp_sem_value(SEM(self)));
 }
 
 static PyObject *
 semlock_is_zero(CmpSemLock *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyBool_FromLong(cmp_sem_value(self->sem) == 0);
+    return PyBool_FromLong(cmp_sem_value(SEM(self)) == 0);
 }
 
 static PyObject *
@@ -336,12 +349,6 @@ semlock_after_fork(CmpSemLock *self, PyObject *Py_UNUSED(ignored))
 {
     self->count = 0;
     Py_RETURN_NONE;
-}
-
-static PyObject *
-semlock_shm_handle(CmpSemLock *self, PyObject *Py_UNUSED(ignored))
-{
-    return share_handle(&self->blk);
 }
 
 PyDoc_STRVAR(semlock_rebuild_doc,
@@ -363,7 +370,6 @@ semlock_rebuild(PyTypeObject *type, PyObject *args)
         Py_DECREF(self);
         return NULL;
     }
-    self->sem = self->blk.addr;
     return (PyObject *)self;
 }
 
@@ -399,7 +405,7 @@ static PyMethodDef semlock_methods[] = {
     {"_get_value", (PyCFunction)semlock_get_value, METH_NOARGS, "The semaphore's value."},
     {"_is_zero", (PyCFunction)semlock_is_zero, METH_NOARGS, "Whether the value is zero."},
     {"_after_fork", (PyCFunction)semlock_after_fork, METH_NOARGS, "Rezero the count."},
-    {"_shm_handle", (PyCFunction)semlock_shm_handle, METH_NOARGS,
+    {"_shm_handle", shm_handle, METH_NOARGS,
      "(fd, offset) of the shared word, to pass to a child."},
     {"_rebuild", (PyCFunction)semlock_rebuild, METH_VARARGS | METH_CLASS, semlock_rebuild_doc},
     {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS, NULL},
@@ -479,12 +485,12 @@ static void
 semlock_reacquire(CmpSemLock *lk, long times)
 {
     for (long i = 0; i < times; i++) {
-        if (cmp_sem_trywait(lk->sem) == CMP_OK)
+        if (cmp_sem_trywait(SEM(lk)) == CMP_OK)
             continue;
         int st;
         Py_BEGIN_ALLOW_THREADS
         do {
-            st = cmp_sem_wait(lk->sem, CMP_FOREVER);
+            st = cmp_sem_wait(SEM(lk), CMP_FOREVER);
         } while (st == CMP_EINTR);
         Py_END_ALLOW_THREADS
         (void)st;       /* CMP_OK; CMP_ERRNO would be EFAULT: a bug */
@@ -494,11 +500,7 @@ semlock_reacquire(CmpSemLock *lk, long times)
 /* ======================================================================== */
 /* CondVar                                                                  */
 
-typedef struct {
-    PyObject_HEAD
-    cmp_cond *cv;
-    cmp_shm_block blk;
-} CmpCondVar;
+typedef CmpShmObject CmpCondVar;
 
 static PyObject *
 condvar_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
@@ -513,8 +515,7 @@ condvar_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(self);
         return cmp_set_error(st);
     }
-    self->cv = self->blk.addr;      /* zeroed: a valid empty condition */
-    return (PyObject *)self;
+    return (PyObject *)self;        /* zeroed: a valid empty condition */
 }
 
 static void
@@ -575,14 +576,14 @@ condvar_wait(CmpCondVar *self, PyObject *const *args, Py_ssize_t nargs)
     if (cmp_deadline_from_timeout(nargs > 1 ? args[1] : Py_None, &deadline) < 0)
         return NULL;
 
-    struct cond_sleep_args a = {self->cv, cmp_cond_enter(self->cv), deadline};
+    struct cond_sleep_args a = {COND(self), cmp_cond_enter(COND(self)), deadline};
     /* Release the lock completely; a non-recursive one may be held more than
      * once by this thread (a Semaphore), as the stdlib allows. */
     long saved = lk->count;
     long times = lk->kind == CMP_KIND_RLOCK ? 1 : saved;
     lk->count = 0;
     for (long i = 0; i < times; i++)
-        (void)cmp_sem_post(lk->sem, lk->maxvalue);  /* held: cannot overflow */
+        (void)cmp_sem_post(SEM(lk), lk->maxvalue);  /* held: cannot overflow */
 
     int st = cmp_run_blocking(cond_sleep_fn, &a);
 
@@ -591,7 +592,7 @@ condvar_wait(CmpCondVar *self, PyObject *const *args, Py_ssize_t nargs)
     lk->last_tid = PyThread_get_thread_ident();
     if (st == CMP_OK)
         Py_RETURN_TRUE;
-    int was_notified = cmp_cond_leave(self->cv, a.ticket);
+    int was_notified = cmp_cond_leave(COND(self), a.ticket);
     if (st == CMP_ETIMEDOUT)
         return PyBool_FromLong(was_notified);
     return cmp_set_error(st);
@@ -618,7 +619,7 @@ condvar_notify(CmpCondVar *self, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     if (n > 0) {
-        int st = cmp_cond_notify(self->cv, n > (Py_ssize_t)UINT32_MAX ? UINT32_MAX : (uint32_t)n);
+        int st = cmp_cond_notify(COND(self), n > (Py_ssize_t)UINT32_MAX ? UINT32_MAX : (uint32_t)n);
         if (st < 0)
             return cmp_set_error(st);
     }
@@ -628,30 +629,20 @@ condvar_notify(CmpCondVar *self, PyObject *const *args, Py_ssize_t nargs)
 static PyObject *
 condvar_waiting(CmpCondVar *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyLong_FromUnsignedLong(cmp_cond_waiting(self->cv));
-}
-
-static PyObject *
-condvar_shm_handle(CmpCondVar *self, PyObject *Py_UNUSED(ignored))
-{
-    return share_handle(&self->blk);
+    return PyLong_FromUnsignedLong(cmp_cond_waiting(COND(self)));
 }
 
 static PyObject *
 condvar_rebuild(PyTypeObject *type, PyObject *args)
 {
-    CmpCondVar *self = (CmpCondVar *)rebuild_attached(type, args, sizeof(cmp_cond),
-                                                      offsetof(CmpCondVar, blk));
-    if (self != NULL)
-        self->cv = self->blk.addr;
-    return (PyObject *)self;
+    return rebuild_attached(type, args, sizeof(cmp_cond));
 }
 
 static PyMethodDef condvar_methods[] = {
     {"wait", (PyCFunction)(void (*)(void))condvar_wait, METH_FASTCALL, condvar_wait_doc},
     {"notify", (PyCFunction)(void (*)(void))condvar_notify, METH_FASTCALL, condvar_notify_doc},
     {"_waiting", (PyCFunction)condvar_waiting, METH_NOARGS, "Waiters (approximate)."},
-    {"_shm_handle", (PyCFunction)condvar_shm_handle, METH_NOARGS, "(fd, offset)"},
+    {"_shm_handle", shm_handle, METH_NOARGS, "(fd, offset)"},
     {"_rebuild", (PyCFunction)condvar_rebuild, METH_VARARGS | METH_CLASS,
      "_rebuild(fd, offset): the condition passed to a spawned child."},
     {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS, NULL},
@@ -676,11 +667,7 @@ static PyType_Spec condvar_spec = {
 /* ======================================================================== */
 /* Event                                                                    */
 
-typedef struct {
-    PyObject_HEAD
-    cmp_event *ev;
-    cmp_shm_block blk;
-} CmpEvent;
+typedef CmpShmObject CmpEvent;
 
 static PyObject *
 event_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
@@ -693,8 +680,7 @@ event_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwd
         Py_DECREF(self);
         return cmp_set_error(st);
     }
-    self->ev = self->blk.addr;      /* zeroed: unset */
-    return (PyObject *)self;
+    return (PyObject *)self;        /* zeroed: unset */
 }
 
 static void
@@ -709,13 +695,13 @@ event_dealloc(CmpEvent *self)
 static PyObject *
 event_is_set(CmpEvent *self, PyObject *Py_UNUSED(ignored))
 {
-    return PyBool_FromLong(cmp_event_is_set(self->ev));
+    return PyBool_FromLong(cmp_event_is_set(EVENT(self)));
 }
 
 static PyObject *
 event_set(CmpEvent *self, PyObject *Py_UNUSED(ignored))
 {
-    int st = cmp_event_set(self->ev);
+    int st = cmp_event_set(EVENT(self));
     if (st != CMP_OK)
         return cmp_set_error(st);
     Py_RETURN_NONE;
@@ -724,7 +710,7 @@ event_set(CmpEvent *self, PyObject *Py_UNUSED(ignored))
 static PyObject *
 event_clear(CmpEvent *self, PyObject *Py_UNUSED(ignored))
 {
-    cmp_event_clear(self->ev);
+    cmp_event_clear(EVENT(self));
     Py_RETURN_NONE;
 }
 
@@ -750,11 +736,11 @@ event_wait(CmpEvent *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
             && cmp_parse_args("wait", args, nargs, kwnames,
                               names, 1, 0, CMP_ARGS_CLINIC, &timeout) < 0)
         return NULL;
-    uint32_t seen = cmp_event_snapshot(self->ev);
+    uint32_t seen = cmp_event_snapshot(EVENT(self));
     if (seen & 1)
         Py_RETURN_TRUE;
     int nonblocking;
-    struct event_wait_args a = {self->ev, seen, CMP_FOREVER};
+    struct event_wait_args a = {EVENT(self), seen, CMP_FOREVER};
     if (parse_timeout(timeout, &a.deadline, &nonblocking) < 0)
         return NULL;
     if (nonblocking)
@@ -762,23 +748,13 @@ event_wait(CmpEvent *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
     int st = cmp_run_blocking(event_wait_fn, &a);
     if (st != CMP_OK && st != CMP_ETIMEDOUT)
         return cmp_set_error(st);
-    return PyBool_FromLong(cmp_event_is_set(self->ev));
-}
-
-static PyObject *
-event_shm_handle(CmpEvent *self, PyObject *Py_UNUSED(ignored))
-{
-    return share_handle(&self->blk);
+    return PyBool_FromLong(cmp_event_is_set(EVENT(self)));
 }
 
 static PyObject *
 event_rebuild(PyTypeObject *type, PyObject *args)
 {
-    CmpEvent *self = (CmpEvent *)rebuild_attached(type, args, sizeof(cmp_event),
-                                                  offsetof(CmpEvent, blk));
-    if (self != NULL)
-        self->ev = self->blk.addr;
-    return (PyObject *)self;
+    return rebuild_attached(type, args, sizeof(cmp_event));
 }
 
 static PyMethodDef event_methods[] = {
@@ -788,7 +764,7 @@ static PyMethodDef event_methods[] = {
     {"wait", (PyCFunction)(void (*)(void))event_wait, METH_FASTCALL | METH_KEYWORDS,
      "wait(timeout=None) -> bool\n\nBlock until the flag is set or the timeout passes;\n"
      "returns the flag."},
-    {"_shm_handle", (PyCFunction)event_shm_handle, METH_NOARGS, "(fd, offset)"},
+    {"_shm_handle", shm_handle, METH_NOARGS, "(fd, offset)"},
     {"_rebuild", (PyCFunction)event_rebuild, METH_VARARGS | METH_CLASS,
      "_rebuild(fd, offset): the event passed to a spawned child."},
     {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS, NULL},
@@ -815,9 +791,11 @@ static PyType_Spec event_spec = {
 
 typedef struct {
     PyObject_HEAD
-    cmp_shm_block blk;
+    cmp_shm_block blk;      /* first, as in CmpShmObject */
     Py_ssize_t size;
 } CmpSharedBlock;
+
+_Static_assert(offsetof(CmpSharedBlock, blk) == offsetof(CmpShmObject, blk), "blk first");
 
 static PyObject *
 block_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
