@@ -36,6 +36,34 @@ def _cleanup():
             _children.discard(p)
 
 
+def _check_not_importing_main(proc):
+    """A child started by spawn or forkserver (or the fork server itself)
+    that starts a process while it is still importing the main module: a
+    main module without the __main__ guard. The stdlib raises this for every
+    start method but fork."""
+    from . import context
+    method = proc._start_method or context._default_context.get_start_method()
+    if method != 'fork':
+        raise RuntimeError('''
+        An attempt has been made to start a new process before the
+        current process has finished its bootstrapping phase.
+
+        This probably means that you are not using fork to start your
+        child processes and you have forgotten to use the proper idiom
+        in the main module:
+
+            if __name__ == '__main__':
+                freeze_support()
+                ...
+
+        The "freeze_support()" line can be omitted if the program
+        is not going to be frozen to produce an executable.
+
+        To fix this issue, refer to the "Safe importing of main module"
+        section in https://docs.python.org/3/library/multiprocessing.html
+        ''')
+
+
 def _thread_count():
     """The threads of this process: the kernel's count (what os.fork() looks
     at from 3.13), or those the threading module knows of."""
@@ -115,6 +143,8 @@ class BaseProcess:
             'can only start a process object created by current process'
         assert not _current_process._config.get('daemon'), \
             'daemonic processes are not allowed to have children'
+        if getattr(_current_process, '_inheriting', False):
+            _check_not_importing_main(self)
         _cleanup()
         self._popen = self._Popen(self)
         if _versions.FORK_WARNS_IF_THREADED and self._popen.method == 'fork':
