@@ -47,6 +47,10 @@ UTIL_WARNING = _V >= (3, 13)
 UTIL_WARN_NAME = 'warn' if _V >= (3, 14) else '_warn'
 LOG_STACKLEVEL = 2 if _V >= (3, 13) else 1
 
+# Starting a child with spawn or forkserver leaves the default start method
+# unset if it was (before, it fixed it, as get_start_method() does).
+START_LEAVES_DEFAULT_UNSET = _V >= (3, 13)
+
 # A Unix Listener's arbitrary address is pymp-XXXX/sock-<hex> (tempfile.mktemp
 # names listener-XXXX before).
 SOCK_ADDRESS_PREFIX = 'sock-' if _V >= (3, 13) else None

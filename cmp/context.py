@@ -281,7 +281,8 @@ _default_context = DefaultContext(_concrete_contexts[_versions.DEFAULT_START_MET
 
 
 def _force_start_method(method):
-    _default_context._actual_context = _concrete_contexts[method]
+    """In a child: the parent's start method (None: not chosen yet)."""
+    _default_context._actual_context = None if method is None else _concrete_contexts[method]
 
 
 # ---------------------------------------------------------------------------
