@@ -3,7 +3,7 @@
 The framing, pickling, polling and waiting are C (cmp._core.Connection and
 cmp._core.wait); this module adds the Python-level parts: pickling of
 Connection objects, Pipe(), the socket Listener/Client and the stdlib's
-authentication handshake (HMAC-MD5 challenge, as in 3.11), so either end of
+authentication handshake (that of the running version's stdlib), so either end of
 a socket may be cmp and the other the stdlib.
 
 Passing a Connection to another process:
@@ -33,12 +33,12 @@ import shutil
 import socket
 import tempfile
 
-from . import _core, process, reduction, util
+from . import _core, _versions, process, reduction, util
 from .context import AuthenticationError, BufferTooShort
 
 __all__ = ['Client', 'Listener', 'Pipe', 'wait']
 
-BUFSIZE = 8192
+BUFSIZE = _versions.CONNECTION_BUFSIZE
 CONNECTION_TIMEOUT = 20.
 
 default_family = 'AF_UNIX'
@@ -155,6 +155,9 @@ def arbitrary_address(family):
     if family == 'AF_INET':
         return ('localhost', 0)
     if family == 'AF_UNIX':
+        if _versions.SOCK_ADDRESS_PREFIX:
+            return os.path.join(_get_temp_dir(),
+                                _versions.SOCK_ADDRESS_PREFIX + os.urandom(6).hex())
         return tempfile.mktemp(prefix='listener-', dir=_get_temp_dir())
     if family == 'AF_PIPE':
         return tempfile.mktemp(prefix=r'\\.\pipe\pyc-%d-%d-'
@@ -191,11 +194,11 @@ class Listener:
 
     def __init__(self, address=None, family=None, backlog=1, authkey=None):
         family = family or (address and address_type(address)) or default_family
-        address = address or arbitrary_address(family)
         _validate_family(family)
-        self._listener = SocketListener(address, family, backlog)
         if authkey is not None and not isinstance(authkey, bytes):
             raise TypeError('authkey should be a byte string')
+        address = address or arbitrary_address(family)
+        self._listener = SocketListener(address, family, backlog)
         self._authkey = authkey
 
     def accept(self):
@@ -203,7 +206,7 @@ class Listener:
         if self._listener is None:
             raise OSError('listener is closed')
         c = self._listener.accept()
-        if self._authkey:
+        if _authenticates(self._authkey):
             deliver_challenge(c, self._authkey)
             answer_challenge(c, self._authkey)
         return c
@@ -228,6 +231,12 @@ class Listener:
 
     def __exit__(self, exc_type, exc_value, exc_tb):
         self.close()
+
+
+def _authenticates(authkey):
+    """Whether Listener.accept() runs the handshake: for any key from 3.12
+    (b'' too), for a non-empty one before."""
+    return authkey is not None if _versions.HMAC_NAMES_DIGEST else bool(authkey)
 
 
 def Client(address, family=None, authkey=None):
@@ -290,42 +299,119 @@ def SocketClient(address):
 
 
 # ---------------------------------------------------------------------------
-# Authentication: the stdlib's (3.11) handshake, byte for byte
+# Authentication: the running version's stdlib handshake, byte for byte.
+# From 3.12 a challenge names its digest ({sha256}), and an answer may too; a
+# 20-byte challenge or a 16-byte answer is the legacy HMAC-MD5 of 3.11, which
+# both sides still accept.
 
-MESSAGE_LENGTH = 20
+MESSAGE_LENGTH = 40 if _versions.HMAC_NAMES_DIGEST else 20
 
-CHALLENGE = b'#CHALLENGE#'
-WELCOME = b'#WELCOME#'
-FAILURE = b'#FAILURE#'
+_CHALLENGE = b'#CHALLENGE#'
+_WELCOME = b'#WELCOME#'
+_FAILURE = b'#FAILURE#'
+if not _versions.HMAC_NAMES_DIGEST:        # their public names until 3.12
+    CHALLENGE, WELCOME, FAILURE = _CHALLENGE, _WELCOME, _FAILURE
+
+_ALLOWED_DIGESTS = frozenset({b'md5', b'sha256', b'sha384', b'sha3_256', b'sha3_384'})
+_MAX_DIGEST_LEN = max(map(len, _ALLOWED_DIGESTS))
+_MD5ONLY_MESSAGE_LENGTH = 20      # a 3.11 challenge
+_MD5_DIGEST_LEN = 16              # a 3.11 answer
 
 
-def deliver_challenge(connection, authkey):
+def _get_digest_name_and_payload(message):
+    """('sha256', payload) for b'{sha256}payload'; ('', message) for a legacy
+    MD5 message (16 or 20 bytes); AuthenticationError for anything else."""
+    if len(message) in (_MD5ONLY_MESSAGE_LENGTH, _MD5_DIGEST_LEN):
+        return '', message
+    if message.startswith(b'{'):
+        end = message.find(b'}', 1, _MAX_DIGEST_LEN + 2)
+        if end > 0 and message[1:end] in _ALLOWED_DIGESTS:
+            return message[1:end].decode('ascii'), message[end + 1:]
+    raise AuthenticationError('unsupported message length, missing digest prefix, '
+                              f'or unsupported digest: {message=}')
+
+
+def _create_response(authkey, message):
+    """The answer to a challenge: raw HMAC-MD5 for a legacy one, else
+    b'{name}' + HMAC of the whole message with the digest it names."""
     import hmac
-    if not isinstance(authkey, bytes):
-        raise ValueError("Authkey must be bytes, not {0!s}".format(type(authkey)))
-    message = os.urandom(MESSAGE_LENGTH)
-    connection.send_bytes(CHALLENGE + message)
-    digest = hmac.new(authkey, message, 'md5').digest()
-    response = connection.recv_bytes(256)        # reject large message
-    if hmac.compare_digest(response, digest):
-        connection.send_bytes(WELCOME)
-    else:
-        connection.send_bytes(FAILURE)
+    name = _get_digest_name_and_payload(message)[0]
+    if not name:
+        try:
+            return hmac.new(authkey, message, 'md5').digest()
+        except ValueError:      # no MD5 here (FIPS): answer the modern way
+            name = 'sha256'
+    return b'{%s}%s' % (name.encode('ascii'), hmac.new(authkey, message, name).digest())
+
+
+def _verify_challenge(authkey, message, response):
+    """Check an answer to our challenge, with the digest the answer names."""
+    import hmac
+    name, mac = _get_digest_name_and_payload(response)
+    name = name or 'md5'
+    try:
+        expected = hmac.new(authkey, message, name).digest()
+    except ValueError:
+        raise AuthenticationError(f'{name=} unsupported') from None
+    if len(expected) != len(mac):
+        raise AuthenticationError(f'expected {name!r} of length {len(expected)} '
+                                  f'got {len(mac)}')
+    if not hmac.compare_digest(expected, mac):
         raise AuthenticationError('digest received was wrong')
 
 
-def answer_challenge(connection, authkey):
-    import hmac
+def _check_authkey(authkey):
     if not isinstance(authkey, bytes):
         raise ValueError("Authkey must be bytes, not {0!s}".format(type(authkey)))
-    message = connection.recv_bytes(256)         # reject large message
-    assert message[:len(CHALLENGE)] == CHALLENGE, 'message = %r' % message
-    message = message[len(CHALLENGE):]
-    digest = hmac.new(authkey, message, 'md5').digest()
-    connection.send_bytes(digest)
-    response = connection.recv_bytes(256)        # reject large message
-    if response != WELCOME:
-        raise AuthenticationError('digest sent was rejected')
+
+
+if _versions.HMAC_NAMES_DIGEST:
+    def deliver_challenge(connection, authkey: bytes, digest_name='sha256'):
+        _check_authkey(authkey)
+        message = b'{%s}%s' % (digest_name.encode('ascii'), os.urandom(MESSAGE_LENGTH))
+        connection.send_bytes(_CHALLENGE + message)
+        response = connection.recv_bytes(256)        # reject large message
+        try:
+            _verify_challenge(authkey, message, response)
+        except AuthenticationError:
+            connection.send_bytes(_FAILURE)
+            raise
+        connection.send_bytes(_WELCOME)
+
+    def answer_challenge(connection, authkey: bytes):
+        _check_authkey(authkey)
+        message = connection.recv_bytes(256)         # reject large message
+        if not message.startswith(_CHALLENGE):
+            raise AuthenticationError(f'Protocol error, expected challenge: {message=}')
+        message = message[len(_CHALLENGE):]
+        if len(message) < _MD5ONLY_MESSAGE_LENGTH:
+            raise AuthenticationError(f'challenge too short: {len(message)} bytes')
+        connection.send_bytes(_create_response(authkey, message))
+        if connection.recv_bytes(256) != _WELCOME:
+            raise AuthenticationError('digest sent was rejected')
+else:
+    def deliver_challenge(connection, authkey):
+        import hmac
+        _check_authkey(authkey)
+        message = os.urandom(MESSAGE_LENGTH)
+        connection.send_bytes(_CHALLENGE + message)
+        digest = hmac.new(authkey, message, 'md5').digest()
+        response = connection.recv_bytes(256)        # reject large message
+        if hmac.compare_digest(response, digest):
+            connection.send_bytes(_WELCOME)
+        else:
+            connection.send_bytes(_FAILURE)
+            raise AuthenticationError('digest received was wrong')
+
+    def answer_challenge(connection, authkey):
+        import hmac
+        _check_authkey(authkey)
+        message = connection.recv_bytes(256)         # reject large message
+        assert message[:len(_CHALLENGE)] == _CHALLENGE, 'message = %r' % message
+        message = message[len(_CHALLENGE):]
+        connection.send_bytes(hmac.new(authkey, message, 'md5').digest())
+        if connection.recv_bytes(256) != _WELCOME:
+            raise AuthenticationError('digest sent was rejected')
 
 
 # ---------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import importlib
 import os
 import threading
 
-from . import process
+from . import _versions, process
 
 __all__ = ()
 
@@ -137,10 +137,20 @@ class BaseContext:
         from .spawn import set_executable
         set_executable(executable)
 
-    def set_forkserver_preload(self, module_list):
-        """Modules the fork server imports once, before forking children."""
-        from .forkserver import set_forkserver_preload
-        set_forkserver_preload(module_list)
+    if _versions.FORKSERVER_PRELOAD_ON_ERROR:
+        def set_forkserver_preload(self, module_names, *, on_error='ignore'):
+            """Modules the fork server imports once, before forking children;
+            on_error says what a failed import does: 'ignore', 'warn' or 'fail'."""
+            from .forkserver import set_forkserver_preload
+            if on_error == 'ignore':    # what a fork server without on_error does
+                set_forkserver_preload(module_names)
+            else:
+                set_forkserver_preload(module_names, on_error=on_error)
+    else:
+        def set_forkserver_preload(self, module_list):
+            """Modules the fork server imports once, before forking children."""
+            from .forkserver import set_forkserver_preload
+            set_forkserver_preload(module_list)
 
     def get_context(self, method=None):
         if method is None:
@@ -243,7 +253,8 @@ class DefaultContext(BaseContext):
         return self._actual_context._name
 
     def get_all_start_methods(self):
-        return ['fork', 'spawn', 'forkserver']
+        """The start methods, the default first."""
+        return list(_versions.ALL_START_METHODS)
 
 
 class ForkContext(BaseContext):
@@ -266,11 +277,12 @@ _concrete_contexts = {
     'spawn': SpawnContext(),
     'forkserver': ForkServerContext(),
 }
-_default_context = DefaultContext(_concrete_contexts['fork'])
+_default_context = DefaultContext(_concrete_contexts[_versions.DEFAULT_START_METHOD])
 
 
 def _force_start_method(method):
-    _default_context._actual_context = _concrete_contexts[method]
+    """In a child: the parent's start method (None: not chosen yet)."""
+    _default_context._actual_context = None if method is None else _concrete_contexts[method]
 
 
 # ---------------------------------------------------------------------------

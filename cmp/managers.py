@@ -15,6 +15,7 @@ as RemoteError with the server's traceback text), and '#PROXY' (a method
 whose result the server keeps, returned to the caller as a new proxy).
 """
 import array
+import collections.abc
 import os
 import queue
 import signal
@@ -24,7 +25,7 @@ import time
 import traceback
 import types
 
-from . import connection, process, reduction, util
+from . import _versions, connection, process, reduction, util
 from .context import ProcessError, get_spawning_popen
 from .process import AuthenticationString
 
@@ -859,7 +860,7 @@ class IteratorProxy(BaseProxy):
 
 
 class AcquirerProxy(BaseProxy):
-    _exposed_ = ('acquire', 'release')
+    _exposed_ = ('acquire', 'release', 'locked') if _versions.LOCK_LOCKED else ('acquire', 'release')
 
     def acquire(self, blocking=True, timeout=None):
         args = (blocking,) if timeout is None else (blocking, timeout)
@@ -867,6 +868,10 @@ class AcquirerProxy(BaseProxy):
 
     def release(self):
         return self._callmethod('release')
+
+    if _versions.LOCK_LOCKED:
+        def locked(self):
+            return self._callmethod('locked')
 
     def __enter__(self):
         return self._callmethod('acquire')
@@ -876,7 +881,7 @@ class AcquirerProxy(BaseProxy):
 
 
 class ConditionProxy(AcquirerProxy):
-    _exposed_ = ('acquire', 'release', 'wait', 'notify', 'notify_all')
+    _exposed_ = AcquirerProxy._exposed_ + ('wait', 'notify', 'notify_all')
 
     def wait(self, timeout=None):
         return self._callmethod('wait', (timeout,))
@@ -981,10 +986,10 @@ class ValueProxy(BaseProxy):
 
 
 BaseListProxy = MakeProxyType('BaseListProxy', (
-    '__add__', '__contains__', '__delitem__', '__getitem__', '__len__',
-    '__mul__', '__reversed__', '__rmul__', '__setitem__',
-    'append', 'count', 'extend', 'index', 'insert', 'pop', 'remove',
-    'reverse', 'sort', '__imul__',
+    '__add__', '__contains__', '__delitem__', '__getitem__', '__imul__',
+    '__len__', '__mul__', '__reversed__', '__rmul__', '__setitem__',
+    'append', *(('clear', 'copy') if _versions.MANAGER_SETS else ()), 'count', 'extend',
+    'index', 'insert', 'pop', 'remove', 'reverse', 'sort',
 ))
 
 
@@ -997,13 +1002,63 @@ class ListProxy(BaseListProxy):
         self._callmethod('__imul__', (value,))
         return self
 
+    if _versions.PROXY_GENERIC:
+        __class_getitem__ = classmethod(types.GenericAlias)
 
-DictProxy = MakeProxyType('DictProxy', (
-    '__contains__', '__delitem__', '__getitem__', '__iter__', '__len__',
-    '__setitem__', 'clear', 'copy', 'get', 'items',
-    'keys', 'pop', 'popitem', 'setdefault', 'update', 'values',
+
+_BaseDictProxy = MakeProxyType('_BaseDictProxy' if _versions.MANAGER_SETS else 'DictProxy', (
+    '__contains__', '__delitem__', '__getitem__',
+    *(('__ior__', '__iter__', '__len__', '__or__', '__reversed__', '__ror__')
+      if _versions.MANAGER_SETS else ('__iter__', '__len__')),
+    '__setitem__', 'clear', 'copy', *(('fromkeys',) if _versions.MANAGER_SETS else ()),
+    'get', 'items', 'keys', 'pop', 'popitem', 'setdefault', 'update', 'values',
 ))
-DictProxy._method_to_typeid_ = {'__iter__': 'Iterator'}
+_BaseDictProxy._method_to_typeid_ = {'__iter__': 'Iterator'}
+
+if _versions.PROXY_GENERIC:
+    class DictProxy(_BaseDictProxy):
+        if _versions.MANAGER_SETS:
+            def __ior__(self, value):
+                self._callmethod('__ior__', (value,))
+                return self
+
+        __class_getitem__ = classmethod(types.GenericAlias)
+else:
+    DictProxy = _BaseDictProxy
+
+if _versions.MANAGER_SETS:
+    collections.abc.MutableSequence.register(BaseListProxy)
+    collections.abc.MutableMapping.register(_BaseDictProxy)
+
+    _BaseSetProxy = MakeProxyType('_BaseSetProxy', (
+        '__and__', '__class_getitem__', '__contains__', '__iand__', '__ior__',
+        '__isub__', '__iter__', '__ixor__', '__len__', '__or__', '__rand__',
+        '__ror__', '__rsub__', '__rxor__', '__sub__', '__xor__',
+        '__ge__', '__gt__', '__le__', '__lt__',
+        'add', 'clear', 'copy', 'difference', 'difference_update', 'discard',
+        'intersection', 'intersection_update', 'isdisjoint', 'issubset',
+        'issuperset', 'pop', 'remove', 'symmetric_difference',
+        'symmetric_difference_update', 'union', 'update',
+    ))
+
+    def _in_place(name):
+        """x op= y on the server, and x stays this proxy."""
+        def method(self, value):
+            self._callmethod(name, (value,))
+            return self
+        method.__name__ = name
+        return method
+
+    class SetProxy(_BaseSetProxy):
+        __ior__ = _in_place('__ior__')
+        __iand__ = _in_place('__iand__')
+        __ixor__ = _in_place('__ixor__')
+        __isub__ = _in_place('__isub__')
+
+        __class_getitem__ = classmethod(types.GenericAlias)
+
+    # (the stdlib registers it as a MutableMapping, by a slip; a set is a MutableSet)
+    collections.abc.MutableSet.register(_BaseSetProxy)
 
 
 ArrayProxy = MakeProxyType('ArrayProxy', ('__len__', '__getitem__', '__setitem__'))
@@ -1058,6 +1113,8 @@ SyncManager.register('dict', dict, DictProxy)
 SyncManager.register('Value', Value, ValueProxy)
 SyncManager.register('Array', Array, ArrayProxy)
 SyncManager.register('Namespace', Namespace, NamespaceProxy)
+if _versions.MANAGER_SETS:
+    SyncManager.register('set', set, SetProxy)
 
 # types returned by methods, with no create method of their own
 SyncManager.register('Iterator', proxytype=IteratorProxy, create_method=False)

@@ -29,7 +29,7 @@ import traceback
 import types
 import warnings
 
-from . import _core, util
+from . import _core, _versions, util
 from . import context as _context
 from .context import ProcessError, TimeoutError
 
@@ -635,7 +635,7 @@ class Pool:
         self._state = INIT
         self._ctx = context or _context._default_context.get_context()
         if processes is None:
-            processes = os.cpu_count() or 1
+            processes = _versions.DEFAULT_WORKERS() or 1
         if processes < 1:
             raise ValueError("Number of processes must be at least 1")
         if maxtasksperchild is not None:

@@ -84,6 +84,9 @@ class Popen:
         # Through the pidfd: a recycled pid can never be hit.
         _core.pidfd_kill(self.sentinel, sig)
 
+    def interrupt(self):
+        self._send_signal(signal.SIGINT)
+
     def terminate(self):
         self._send_signal(signal.SIGTERM)
 

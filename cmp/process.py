@@ -5,6 +5,8 @@ import signal
 import sys
 import threading
 
+from . import _versions
+
 __all__ = ['BaseProcess', 'current_process', 'active_children', 'parent_process']
 
 # Names for negative exit codes in reprs: -SIGTERM rather than -15.
@@ -32,6 +34,61 @@ def _cleanup():
         popen = p._popen
         if popen is not None and popen.poll() is not None:
             _children.discard(p)
+
+
+def _check_not_importing_main(proc):
+    """A child started by spawn or forkserver (or the fork server itself)
+    that starts a process while it is still importing the main module: a
+    main module without the __main__ guard. The stdlib raises this for every
+    start method but fork."""
+    from . import context
+    method = proc._start_method or context._default_context.get_start_method()
+    if method != 'fork':
+        raise RuntimeError('''
+        An attempt has been made to start a new process before the
+        current process has finished its bootstrapping phase.
+
+        This probably means that you are not using fork to start your
+        child processes and you have forgotten to use the proper idiom
+        in the main module:
+
+            if __name__ == '__main__':
+                freeze_support()
+                ...
+
+        The "freeze_support()" line can be omitted if the program
+        is not going to be frozen to produce an executable.
+
+        To fix this issue, refer to the "Safe importing of main module"
+        section in https://docs.python.org/3/library/multiprocessing.html
+        ''')
+
+
+def _thread_count():
+    """The threads of this process: the kernel's count (what os.fork() looks
+    at from 3.13), or those the threading module knows of."""
+    try:
+        with open('/proc/self/stat', 'rb') as f:
+            stat = f.read()
+        # pid (comm) state ppid ... : num_threads is the 20th field; comm may
+        # hold spaces and parentheses.
+        return int(stat[stat.rindex(b')') + 2:].split()[17])
+    except (OSError, ValueError, IndexError):
+        return threading.active_count()
+
+
+def _warn_if_threaded():
+    """What os.fork() says from 3.12 when the parent runs other threads. It
+    is issued and then cleared, as CPython's is: it never raises, even when
+    warnings are errors."""
+    if _thread_count() > 1:
+        import warnings
+        try:
+            warnings.warn('This process (pid=%d) is multi-threaded, use of fork() may '
+                          'lead to deadlocks in the child.' % os.getpid(),
+                          DeprecationWarning, stacklevel=2)
+        except Exception:
+            pass
 
 
 class AuthenticationString(bytes):
@@ -86,13 +143,23 @@ class BaseProcess:
             'can only start a process object created by current process'
         assert not _current_process._config.get('daemon'), \
             'daemonic processes are not allowed to have children'
+        if getattr(_current_process, '_inheriting', False):
+            _check_not_importing_main(self)
         _cleanup()
         self._popen = self._Popen(self)
+        if _versions.FORK_WARNS_IF_THREADED and self._popen.method == 'fork':
+            _warn_if_threaded()
         self._sentinel = self._popen.sentinel
         # The parent no longer needs them; dropping them avoids a reference
         # cycle when the target refers back to the process object.
         del self._target, self._args, self._kwargs
         _children.add(self)
+
+    if _versions.PROCESS_INTERRUPT:
+        def interrupt(self):
+            """Send SIGINT."""
+            self._check_closed()
+            self._popen.interrupt()
 
     def terminate(self):
         """Send SIGTERM."""

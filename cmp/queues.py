@@ -18,7 +18,7 @@ import threading
 import weakref
 from queue import Empty, Full
 
-from . import _core, context, reduction, util
+from . import _core, _versions, context, reduction, util
 
 __all__ = ['Queue', 'SimpleQueue', 'JoinableQueue']
 
@@ -220,6 +220,18 @@ class Queue(_core.Ring):
         util.debug('Queue.cancel_join_thread()')
         self._check_pid()
         self._joincancelled = True
+
+    if _versions.QUEUE_TERMINATE_BROKEN:
+        def _terminate_broken(self):
+            """Close a queue whose readers are gone (concurrent.futures calls it
+            on a broken pool): nothing waits for items no one will read."""
+            self._reader.close()
+            self.close()
+            self.cancel_join_thread()
+            self._finalize_join(weakref.ref(self))
+
+    if _versions.QUEUE_GENERIC:
+        __class_getitem__ = classmethod(type(list[int]))
 
 
 class _QueueEnd:

@@ -11,7 +11,7 @@ import struct
 import types
 from functools import partial
 
-from . import _core
+from . import _core, _versions
 
 __all__ = ['SharedMemory', 'ShareableList']
 
@@ -253,6 +253,8 @@ class ShareableList:
         for position, entry in enumerate(self):
             if value == entry:
                 return position
+        if _versions.SHAREABLE_LIST_INDEX_SAYS_LIST:
+            raise ValueError('ShareableList.index(x): x not in list')
         raise ValueError(f'{value!r} not in this container')
 
     __class_getitem__ = classmethod(types.GenericAlias)

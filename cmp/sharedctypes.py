@@ -18,7 +18,7 @@ process that created it (children keep their mapping until they exit).
 """
 import ctypes
 
-from . import _core, context, reduction
+from . import _core, _versions, context, reduction
 
 __all__ = ['RawValue', 'RawArray', 'Value', 'Array', 'copy', 'synchronized']
 
@@ -113,7 +113,13 @@ def _rebuild_ctype(type_, wrapper, length):
 
 def _new_ctype(type_):
     """A zeroed ctypes object of type_ in shared memory."""
-    size = ctypes.sizeof(type_)
+    try:
+        size = ctypes.sizeof(type_)
+    except TypeError as e:
+        if not _versions.SHAREDCTYPES_TYPECODE_MESSAGE:
+            raise
+        raise TypeError('bad typecode (must be a ctypes type or one of c, b, B, u, h, H, '
+                        'i, I, l, L, q, Q, f or d)') from e
     wrapper = SharedArray(ctypes.c_ubyte, 'B', size)
     return _rebuild_ctype(type_, wrapper, None)
 

@@ -12,7 +12,7 @@ import runpy
 import sys
 import types
 
-from . import _alias, _core, context, process, util
+from . import _alias, _core, _versions, context, process, util
 
 __all__ = ['spawn_main', 'freeze_support', 'set_executable', 'get_executable',
            'get_preparation_data', 'get_command_line', 'import_main_path']
@@ -57,7 +57,8 @@ def get_preparation_data(name):
         sys_argv=sys.argv,
         dir=os.getcwd(),
         orig_dir=process.ORIGINAL_DIR,
-        start_method=context._default_context.get_start_method(),
+        start_method=context._default_context.get_start_method(
+            allow_none=_versions.START_LEAVES_DEFAULT_UNSET),
         alias=_alias.installed(),
         log_to_stderr=util._log_to_stderr,
     )

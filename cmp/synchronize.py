@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from . import _core, context, process, reduction
+from . import _core, _versions, context, process, reduction
 
 __all__ = ['Lock', 'RLock', 'Semaphore', 'BoundedSemaphore', 'Condition', 'Event']
 
@@ -61,6 +61,11 @@ class SemLock(_core.SemLock):
         _assert_spawning(self)
         fd, offset = self._shm_handle()
         return _rebuild, (type(self), reduction.DupFd(fd), offset, self.kind, self.maxvalue)
+
+    if _versions.LOCK_LOCKED:
+        def locked(self):
+            """Whether it is held: no acquire() would succeed without waiting."""
+            return self._is_zero()
 
 
 class Semaphore(SemLock):

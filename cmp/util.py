@@ -6,11 +6,15 @@ import sys
 import threading
 import weakref
 
+from . import _versions
+
 __all__ = [
     'sub_debug', 'debug', 'info', 'sub_warning', 'get_logger', 'log_to_stderr',
     'register_after_fork', 'is_exiting', 'Finalize', 'ForkAwareThreadLock',
     'ForkAwareLocal', 'close_all_fds_except', 'SUBDEBUG', 'SUBWARNING',
 ]
+if _versions.UTIL_WARN_NAME == 'warn':
+    __all__.insert(__all__.index('get_logger'), 'warn')
 
 # ---------------------------------------------------------------------------
 # Logging
@@ -20,6 +24,8 @@ SUBDEBUG = 5
 DEBUG = 10
 INFO = 20
 SUBWARNING = 25
+if _versions.UTIL_WARNING:
+    WARNING = 30
 
 LOGGER_NAME = 'multiprocessing'     # the stdlib's name, so existing logging config applies
 DEFAULT_LOGGING_FORMAT = '[%(levelname)s/%(processName)s] %(message)s'
@@ -29,24 +35,39 @@ _logger_lock = threading.Lock()
 _log_to_stderr = False
 
 
+# From 3.13 a record names the caller of these helpers (stacklevel=2).
+_STACKLEVEL = _versions.LOG_STACKLEVEL
+
+
 def sub_debug(msg, *args):
     if _logger:
-        _logger.log(SUBDEBUG, msg, *args)
+        _logger.log(SUBDEBUG, msg, *args, stacklevel=_STACKLEVEL)
 
 
 def debug(msg, *args):
     if _logger:
-        _logger.log(DEBUG, msg, *args)
+        _logger.log(DEBUG, msg, *args, stacklevel=_STACKLEVEL)
 
 
 def info(msg, *args):
     if _logger:
-        _logger.log(INFO, msg, *args)
+        _logger.log(INFO, msg, *args, stacklevel=_STACKLEVEL)
 
 
 def sub_warning(msg, *args):
     if _logger:
-        _logger.log(SUBWARNING, msg, *args)
+        _logger.log(SUBWARNING, msg, *args, stacklevel=_STACKLEVEL)
+
+
+if _versions.UTIL_WARNING:
+    def _warn(msg, *args):
+        if _logger:
+            _logger.log(WARNING, msg, *args, stacklevel=_STACKLEVEL)
+
+    if _versions.UTIL_WARN_NAME == 'warn':      # public from 3.14
+        warn = _warn
+        warn.__name__ = warn.__qualname__ = 'warn'
+        del _warn
 
 
 def _set_process_name(record):

@@ -646,7 +646,8 @@ def test_fork_after_interrupted_state_is_independent():
         a, b = cmp.Pipe()
         def child(c):
             c.send(os.getpid())
-        p = cmp.Process(target=child, args=(b,)); p.start(); p.join()
+        p = cmp.get_context('fork').Process(target=child, args=(b,))
+        p.start(); p.join()
         print(a.recv() == p.pid)
     ''', 'cmp', timeout=30)
     assert r.stdout.strip() == 'True', r.stderr

@@ -86,7 +86,8 @@ cmp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
                 break;
         }
         if (i == n) {
-            if (py)
+            /* CPython's own argument parser words it like Python from 3.13 on. */
+            if (py || PY_VERSION_HEX >= 0x030D0000)
                 PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
                              fname, key);
             else

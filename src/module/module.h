@@ -8,23 +8,6 @@
 
 #include "cmp_core.h"
 
-/* CPython 3.9 compatibility for what the binding uses from 3.10. */
-#if PY_VERSION_HEX < 0x030A0000
-static inline PyObject *
-Py_NewRef(PyObject *o)
-{
-    Py_INCREF(o);
-    return o;
-}
-#define Py_XNewRef(o) (Py_XINCREF(o), (PyObject *)(o))
-#endif
-#ifndef Py_TPFLAGS_IMMUTABLETYPE
-#define Py_TPFLAGS_IMMUTABLETYPE 0
-#endif
-#ifndef Py_TPFLAGS_DISALLOW_INSTANTIATION
-#define Py_TPFLAGS_DISALLOW_INSTANTIATION 0
-#endif
-
 /* Binding-level status: a Python exception is already set. */
 #define CMP_PYERR (-1000)
 
