@@ -89,7 +89,7 @@ class SharedMemory:
 
     def _forget(self):
         if self._track_slot is not None:
-            _core.tracker_remove(self._track_slot)
+            _core.tracker_forget(self._name, 0)    # by name, as resource_tracker.unregister
             self._track_slot = None
 
 

@@ -88,7 +88,7 @@ cmp_pshm_unlink(const char *name)
 
 typedef struct {
     _Atomic uint32_t state;
-    uint32_t reserved;
+    uint32_t kind;              /* CMP_TRACK_SHM or CMP_TRACK_SEM */
     uint64_t dev;
     uint64_t ino;
     char name[SLOT_NAME_MAX];
@@ -114,6 +114,7 @@ typedef struct {
  * children it forks afterwards, which inherit the mapping and the pipe). */
 static track_table *tracker_table;
 static int tracker_pipe_w = -1;
+static pid_t tracker_pid = -1;
 
 /* ------------------------------------------------------------------------ */
 /* The tracker process: async-signal-safe calls only (it is forked from a
@@ -192,22 +193,29 @@ tracker_main(int rfd, track_table *t)
             break;
     }
 
-    unsigned long leaked = 0;
+    unsigned long leaked[CMP_TRACK_KINDS] = {0};
     uint32_t high = atomic_load(&t->head.high);
     for (uint32_t i = 0; i < high && i < TRACKER_SLOTS; i++) {
         track_slot *s = &t->slots[i];
-        if (atomic_load(&s->state) == SLOT_USED)
-            leaked += (unsigned long)cleanup_slot(s);
+        if (atomic_load(&s->state) == SLOT_USED && s->kind < CMP_TRACK_KINDS)
+            leaked[s->kind] += (unsigned long)cleanup_slot(s);
     }
-    if (leaked) {
+    static const char *const kinds[CMP_TRACK_KINDS] = {"shared_memory", "semaphore"};
+    for (int k = 0; k < CMP_TRACK_KINDS; k++) {
+        if (!leaked[k])
+            continue;
         static const char a[] = "cmp/resource_tracker: UserWarning: resource_tracker: "
                                 "There appear to be ";
-        static const char b[] = " leaked shared_memory objects to clean up at shutdown\n";
-        char line[sizeof a + sizeof b + 24];
-        size_t n = 0;
+        static const char b[] = " objects to clean up at shutdown\n";
+        char line[sizeof a + sizeof b + 64];
+        size_t n = 0, kn = strlen(kinds[k]);
         memcpy(line, a, sizeof a - 1);
         n += sizeof a - 1;
-        n += fmt_uint(line + n, leaked);
+        n += fmt_uint(line + n, leaked[k]);
+        memcpy(line + n, " leaked ", 8);
+        n += 8;
+        memcpy(line + n, kinds[k], kn);
+        n += kn;
         memcpy(line + n, b, sizeof b - 1);
         n += sizeof b - 1;
         write_all(2, line, n);
@@ -242,6 +250,7 @@ cmp_tracker_ensure(void)
         tracker_main(p[0], mem);
     }
     close(p[0]);
+    tracker_pid = pid;
     tracker_pipe_w = p[1];
     tracker_table = mem;
     return CMP_OK;
@@ -261,6 +270,12 @@ fail:
 
 int
 cmp_tracker_add(const char *name, int fd)
+{
+    return cmp_tracker_add_kind(name, fd, CMP_TRACK_SHM);
+}
+
+int
+cmp_tracker_add_kind(const char *name, int fd, int kind)
 {
     size_t n = strlen(name);
     struct stat st;
@@ -282,6 +297,7 @@ cmp_tracker_add(const char *name, int fd)
         if (atomic_load_explicit(&s->state, memory_order_relaxed) != SLOT_FREE ||
             !atomic_compare_exchange_strong(&s->state, &expected, SLOT_WRITING))
             continue;
+        s->kind = (uint32_t)kind;
         s->dev = (uint64_t)st.st_dev;
         s->ino = (uint64_t)st.st_ino;
         memcpy(s->name, name, n + 1);
@@ -305,4 +321,29 @@ cmp_tracker_remove(int slot)
     uint32_t hint = atomic_load_explicit(&tracker_table->head.hint, memory_order_relaxed);
     if ((uint32_t)slot < hint)
         atomic_store_explicit(&tracker_table->head.hint, (uint32_t)slot, memory_order_relaxed);
+}
+
+int
+cmp_tracker_forget(const char *name, int kind)
+{
+    if (tracker_table == NULL)
+        return 0;
+    int n = 0;
+    uint32_t high = atomic_load(&tracker_table->head.high);
+    for (uint32_t i = 0; i < high && i < TRACKER_SLOTS; i++) {
+        track_slot *s = &tracker_table->slots[i];
+        if (atomic_load_explicit(&s->state, memory_order_acquire) == SLOT_USED &&
+            s->kind == (uint32_t)kind && strcmp(s->name, name) == 0) {
+            cmp_tracker_remove((int)i);
+            n++;
+        }
+    }
+    return n;
+}
+
+int
+cmp_tracker_fd(int *pid)
+{
+    *pid = tracker_pid;
+    return tracker_pipe_w;
 }

@@ -42,4 +42,18 @@ int cmp_tracker_add(const char *name, int fd);
 /* Forget a registration (the block was unlinked by its owner). */
 void cmp_tracker_remove(int slot);
 
+/* What a registration unlinks: a block (/dev/shm/NAME) or a named semaphore
+ * (registered under its file's name, "/sem.NAME"). The warning names it. */
+enum { CMP_TRACK_SHM = 0, CMP_TRACK_SEM = 1, CMP_TRACK_KINDS = 2 };
+
+/* cmp_tracker_add for a resource of that kind. */
+int cmp_tracker_add_kind(const char *name, int fd, int kind);
+
+/* Forget every registration of `name` of that kind (resource_tracker's
+ * unregister); how many there were. */
+int cmp_tracker_forget(const char *name, int kind);
+
+/* The write end of the tracker's pipe and its pid (-1, -1 if none runs). */
+int cmp_tracker_fd(int *pid);
+
 #endif /* CMP_PSHM_H */
