@@ -12,10 +12,9 @@ Passing a Connection to another process:
 - to a process already running: send it through another Connection on a
   Unix socket (a duplex Pipe(), or Listener/Client with AF_UNIX): the
   descriptor travels with that message as SCM_RIGHTS. The stdlib instead
-  runs a "resource sharer" thread with its own listening socket; cmp needs
-  no thread and no socket. A simplex Pipe(duplex=False) or an AF_INET
-  connection cannot carry descriptors: sending a Connection through one
-  raises RuntimeError.
+  always goes through its "resource sharer" thread and listening socket;
+  cmp does only where no message can carry the descriptor (a simplex
+  Pipe(duplex=False), an AF_INET connection, a Queue): see resource_sharer.
 
 Differences from the stdlib, all where it loses data or fails late:
 - a receive interrupted by a signal handler that raises (Ctrl-C) keeps the
