@@ -17,6 +17,7 @@ import threading
 from collections import defaultdict
 
 from . import reduction, util
+from .context import assert_spawning  # noqa: F401  (a name of the stdlib's heap)
 
 __all__ = ['BufferWrapper']
 

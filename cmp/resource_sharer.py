@@ -19,7 +19,7 @@ import threading
 
 from . import process, reduction, util
 
-__all__ = ['stop']
+__all__ = ['DupFd', 'stop']
 
 
 class DupFd:

@@ -29,7 +29,7 @@ import sys
 import threading
 import warnings
 
-from . import _core, util
+from . import _core, spawn, util  # noqa: F401  (spawn: a name of the stdlib's module)
 
 __all__ = ['ensure_running', 'register', 'unregister']
 
@@ -66,15 +66,16 @@ if _PY313:
         raise RuntimeError('noop should never be registered or cleaned up')
 
     _CLEANUP_FUNCS = {'noop': cleanup_noop, 'dummy': lambda name: None}
-
-    class ReentrantCallError(RuntimeError):
-        pass
-
     _fork_intent = threading.local()
 else:
     _CLEANUP_FUNCS = {'noop': lambda: None}
 
 _CLEANUP_FUNCS.update(semaphore=_sem_unlink, shared_memory=_shm_unlink)
+
+
+class ReentrantCallError(RuntimeError):
+    """The stdlib's tracker raises it when a signal handler re-enters it;
+    cmp's registering is a store into shared memory and cannot be re-entered."""
 
 
 class ResourceTracker:

@@ -5,12 +5,22 @@ import os
 import sys
 import threading
 import weakref
+from subprocess import _args_from_interpreter_flags  # noqa: F401  (loky uses util's)
+
+from . import process
 
 __all__ = [
     'sub_debug', 'debug', 'info', 'sub_warning', 'get_logger', 'log_to_stderr',
-    'register_after_fork', 'is_exiting', 'Finalize', 'ForkAwareThreadLock',
-    'ForkAwareLocal', 'close_all_fds_except', 'SUBDEBUG', 'SUBWARNING',
+    'get_temp_dir', 'register_after_fork', 'is_exiting', 'Finalize',
+    'ForkAwareThreadLock', 'ForkAwareLocal', 'close_all_fds_except', 'SUBDEBUG',
+    'SUBWARNING',
 ]
+
+# --- version switches (to fold into cmp/_versions.py) ----------------------
+_PY314 = sys.version_info >= (3, 14)    # util.warn() is public
+# ---------------------------------------------------------------------------
+if _PY314:
+    __all__.append('warn')
 
 # ---------------------------------------------------------------------------
 # Logging
@@ -20,6 +30,7 @@ SUBDEBUG = 5
 DEBUG = 10
 INFO = 20
 SUBWARNING = 25
+WARNING = 30
 
 LOGGER_NAME = 'multiprocessing'     # the stdlib's name, so existing logging config applies
 DEFAULT_LOGGING_FORMAT = '[%(levelname)s/%(processName)s] %(message)s'
@@ -42,6 +53,11 @@ def debug(msg, *args):
 def info(msg, *args):
     if _logger:
         _logger.log(INFO, msg, *args)
+
+
+def warn(msg, *args):
+    if _logger:
+        _logger.log(WARNING, msg, *args)
 
 
 def sub_warning(msg, *args):
@@ -274,6 +290,71 @@ def _close_stdin():
 def close_fds(*fds):
     for fd in fds:
         os.close(fd)
+
+
+try:
+    MAXFD = os.sysconf('SC_OPEN_MAX')
+except (OSError, ValueError):
+    MAXFD = 256
+
+
+def spawnv_passfds(path, args, passfds):
+    """Start the program path with argv args, keeping open only the
+    descriptors passfds (same numbers); its pid."""
+    from . import _core
+    return _core.spawn(path, list(args), [b'%s=%s' % kv for kv in os.environb.items()],
+                       sorted(map(int, passfds)))
+
+
+# ---------------------------------------------------------------------------
+# Temporary directory and socket addresses
+
+def get_temp_dir():
+    """This program's temporary directory (made on first use, shared with
+    its children, removed at exit by the process that made it)."""
+    config = process.current_process()._config
+    tempdir = config.get('tempdir')
+    if tempdir is None:
+        import shutil
+        import tempfile
+        tempdir = tempfile.mkdtemp(prefix='pymp-')
+        info('created temp directory %s', tempdir)
+        Finalize(None, shutil.rmtree, args=(tempdir, True), exitpriority=-100)
+        config['tempdir'] = tempdir
+    return tempdir
+
+
+def _platform_supports_abstract_sockets():
+    return True     # Linux, the only platform cmp runs on
+
+
+abstract_sockets_supported = _platform_supports_abstract_sockets()
+
+
+def is_abstract_socket_namespace(address):
+    """Whether a Unix socket address is in Linux's abstract namespace."""
+    if not address:
+        return False
+    if isinstance(address, bytes):
+        return address[0] == 0
+    if isinstance(address, str):
+        return address[0] == '\0'
+    raise TypeError(f'address type of {address!r} unrecognized')
+
+
+def _cleanup_tests():
+    """Release what multiprocessing tests leave behind (CPython's test
+    suite calls this after its multiprocessing tests)."""
+    from test import support
+    from . import forkserver, resource_tracker
+    process._cleanup()
+    stop = getattr(forkserver._forkserver, '_stop', None)
+    if stop is not None:
+        stop()
+    resource_tracker._resource_tracker._stop()
+    _run_finalizers()
+    support.gc_collect()
+    support.reap_children()
 
 
 def close_all_fds_except(fds):
