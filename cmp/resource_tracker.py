@@ -22,6 +22,7 @@ message, no syscall. This module is the stdlib's API over it:
   cleans up when every writer has closed it.
 """
 import base64
+import errno
 import json
 import os
 import signal
@@ -92,9 +93,13 @@ class ResourceTracker:
         return self._fd
 
     def ensure_running(self):
-        """Start the tracker if this process has none."""
+        """Start the tracker if this process has none, or again if the one
+        this process started was killed (what it had registered is kept)."""
         with self._lock:
-            self._fd, self._pid = _core.tracker_fd()
+            self._fd, self._pid, relaunched = _core.tracker_fd()
+        if relaunched:
+            warnings.warn('resource_tracker: process died unexpectedly, '
+                          'relaunching.  Some resources might leak.')
 
     def _check_alive(self):
         """Whether the tracker process is still running."""
@@ -116,14 +121,20 @@ class ResourceTracker:
     def register(self, name, rtype):
         """Register name (of rtype) to be cleaned up at shutdown."""
         kind = self._kind(name, rtype)
+        if len('REGISTER:%s:%s\n' % (name, rtype)) > 512:
+            # The stdlib's limit (one atomic write to its pipe), kept so that
+            # a name valid here is valid there.
+            raise ValueError('msg too long')
         if kind is None:
             return
         self.ensure_running()
         path = _tracked_path(name, rtype)
         try:
             fd = os.open(_SHM_DIR + path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
-        except FileNotFoundError:
-            return      # nothing there to clean up
+        except OSError as e:
+            if e.errno in (errno.ENOENT, errno.ENAMETOOLONG):
+                return      # nothing there (or possibly there) to clean up
+            raise
         try:
             _core.tracker_add(path, fd, kind)
         finally:

@@ -319,9 +319,17 @@ def get_temp_dir():
         import tempfile
         tempdir = tempfile.mkdtemp(prefix='pymp-')
         info('created temp directory %s', tempdir)
-        Finalize(None, shutil.rmtree, args=(tempdir, True), exitpriority=-100)
+        Finalize(None, _remove_temp_dir, args=(shutil.rmtree, tempdir), exitpriority=-100)
         config['tempdir'] = tempdir
     return tempdir
+
+
+def _remove_temp_dir(rmtree, tempdir):
+    rmtree(tempdir, ignore_errors=True)
+    # Once removed (finalizers can run before exit), make a new one if asked.
+    current = process.current_process()
+    if current is not None:
+        current._config['tempdir'] = None
 
 
 def _platform_supports_abstract_sockets():

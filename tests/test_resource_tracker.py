@@ -204,3 +204,35 @@ def test_arena_pickles_with_its_descriptor_to_a_spawned_child():
             print(a.buffer[:3], p.exitcode)
     ''', start_method='spawn')
     assert r.stdout == "b'abc' 0\n", r.stdout + r.stderr
+
+
+def test_a_killed_tracker_is_relaunched_and_keeps_the_registrations():
+    r = run('''
+        import os, signal, warnings
+        from cmp import resource_tracker, shared_memory
+        s = shared_memory.SharedMemory(create=True, size=16)
+        rt = resource_tracker._resource_tracker
+        rt.ensure_running()
+        old = rt._pid
+        os.kill(old, signal.SIGKILL)
+        os.waitpid(old, 0)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always')
+            rt.ensure_running()
+        print(rt._pid != old, rt._check_alive(), [str(x.message) for x in w])
+        for sig in (signal.SIGINT, signal.SIGTERM):     # ignored, as in the stdlib
+            os.kill(rt._pid, sig)
+        print(s.name)
+        s.close()
+    ''')
+    lines = r.stdout.splitlines()
+    assert lines[0] == ("True True ['resource_tracker: process died unexpectedly, "
+                        "relaunching.  Some resources might leak.']"), r.stdout + r.stderr
+    assert _gone('/dev/shm/' + lines[1])
+    assert 'There appear to be 1 leaked shared_memory objects' in r.stderr
+
+
+def test_too_long_a_name_is_refused():
+    with pytest.raises(ValueError, match='msg too long'):
+        resource_tracker.register('a' * (512 - len('shared_memory')), 'shared_memory')
+    resource_tracker.register('/' + 'a' * 300, 'shared_memory')   # cannot exist: nothing to do

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -12,6 +13,7 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------------------ */
@@ -115,6 +117,7 @@ typedef struct {
 static track_table *tracker_table;
 static int tracker_pipe_w = -1;
 static pid_t tracker_pid = -1;
+static pid_t tracker_owner = -1;     /* the process that forked it */
 
 /* ------------------------------------------------------------------------ */
 /* The tracker process: async-signal-safe calls only (it is forked from a
@@ -173,6 +176,11 @@ tracker_main(int rfd, track_table *t)
     ign.sa_handler = SIG_IGN;
     sigaction(SIGINT, &ign, NULL);      /* Ctrl-C in the terminal, like the stdlib's */
     sigaction(SIGTERM, &ign, NULL);
+    sigset_t both;                      /* blocked by launch_tracker until now */
+    sigemptyset(&both);
+    sigaddset(&both, SIGINT);
+    sigaddset(&both, SIGTERM);
+    sigprocmask(SIG_UNBLOCK, &both, NULL);
     prctl(PR_SET_NAME, "cmp-tracker");  /* what ps shows */
 
     /* Hold nothing of the parent's but stderr and our pipe, or we would keep
@@ -223,12 +231,47 @@ tracker_main(int rfd, track_table *t)
     _exit(0);
 }
 
+/* Fork a tracker watching a new pipe over the table mem. */
+static int
+launch_tracker(track_table *mem)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return CMP_ERRNO;
+    /* SIGINT and SIGTERM stay blocked until the tracker ignores them, so
+     * one sent at once cannot kill it before it does. */
+    sigset_t both, old;
+    sigemptyset(&both);
+    sigaddset(&both, SIGINT);
+    sigaddset(&both, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &both, &old);
+    pid_t pid = fork();
+    int saved = errno;
+    if (pid != 0)
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) {
+        close(p[0]);
+        close(p[1]);
+        errno = saved;
+        return CMP_ERRNO;
+    }
+    if (pid == 0) {
+        close(p[1]);
+        tracker_main(p[0], mem);
+    }
+    close(p[0]);
+    tracker_pid = pid;
+    tracker_owner = getpid();
+    tracker_pipe_w = p[1];
+    return CMP_OK;
+}
+
 int
 cmp_tracker_ensure(void)
 {
     if (tracker_table != NULL)
         return CMP_OK;
-    int p[2] = {-1, -1}, saved;
+    int saved;
     int mfd = memfd_create("cmp-tracker", MFD_CLOEXEC);
     if (mfd < 0)
         return CMP_ERRNO;
@@ -240,18 +283,8 @@ cmp_tracker_ensure(void)
         goto fail;
     close(mfd);
     mfd = -1;
-    if (pipe2(p, O_CLOEXEC) < 0)
+    if (launch_tracker(mem) != CMP_OK)
         goto fail;
-    pid_t pid = fork();
-    if (pid < 0)
-        goto fail;
-    if (pid == 0) {
-        close(p[1]);
-        tracker_main(p[0], mem);
-    }
-    close(p[0]);
-    tracker_pid = pid;
-    tracker_pipe_w = p[1];
     tracker_table = mem;
     return CMP_OK;
 fail:
@@ -260,12 +293,34 @@ fail:
         close(mfd);
     if (mem != MAP_FAILED)
         munmap(mem, TRACKER_BYTES);
-    if (p[0] >= 0) {
-        close(p[0]);
-        close(p[1]);
-    }
     errno = saved;
     return CMP_ERRNO;
+}
+
+/* Whether the tracker its starter forked still runs (waitpid also reaps a
+ * dead one; ECHILD: someone reaped it already). */
+static int
+tracker_alive(void)
+{
+    int st;
+    return waitpid(tracker_pid, &st, WNOHANG) == 0;
+}
+
+int
+cmp_tracker_revive(void)
+{
+    if (tracker_table == NULL) {
+        int st = cmp_tracker_ensure();
+        return st == CMP_OK ? 0 : st;
+    }
+    /* Only the starter relaunches: a tracker started by a forked child would
+     * unlink its parent's blocks when the child exits. */
+    if (tracker_owner != getpid() || tracker_alive())
+        return 0;
+    close(tracker_pipe_w);
+    tracker_pipe_w = -1;
+    int st = launch_tracker(tracker_table);
+    return st == CMP_OK ? 1 : st;
 }
 
 int

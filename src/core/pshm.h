@@ -53,6 +53,11 @@ int cmp_tracker_add_kind(const char *name, int fd, int kind);
  * unregister); how many there were. */
 int cmp_tracker_forget(const char *name, int kind);
 
+/* Start the tracker, or, in the process that started it, a new one over
+ * the same table if it died (killed): 0 if it was running or newly started,
+ * 1 if it was relaunched, or CMP_ERRNO. Registrations are kept. */
+int cmp_tracker_revive(void);
+
 /* The write end of the tracker's pipe and its pid (-1, -1 if none runs). */
 int cmp_tracker_fd(int *pid);
 

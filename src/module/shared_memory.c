@@ -308,12 +308,12 @@ cmp_py_tracker_forget(PyObject *Py_UNUSED(module), PyObject *args)
 static PyObject *
 cmp_py_tracker_fd(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(arg))
 {
-    int st = cmp_tracker_ensure();
-    if (st != CMP_OK)
+    int st = cmp_tracker_revive();
+    if (st < 0)
         return cmp_set_error(st);
     int pid;
     int fd = cmp_tracker_fd(&pid);
-    return Py_BuildValue("(ii)", fd, pid);
+    return Py_BuildValue("(iiO)", fd, pid, st == 1 ? Py_True : Py_False);
 }
 
 static PyMethodDef pshm_methods[] = {
@@ -326,7 +326,8 @@ static PyMethodDef pshm_methods[] = {
     {"tracker_forget", cmp_py_tracker_forget, METH_VARARGS,
      "tracker_forget(name, kind) -> n: forget every registration of name"},
     {"tracker_fd", cmp_py_tracker_fd, METH_NOARGS,
-     "tracker_fd() -> (fd, pid): start the tracker if needed; its pipe and pid"},
+     "tracker_fd() -> (fd, pid, relaunched): start the tracker, or a new one\n"
+     "if it died; its pipe and pid"},
     {NULL, NULL, 0, NULL},
 };
 
