@@ -19,7 +19,6 @@ message, so they work on any Connection and interleave with its other
 messages (on a Pipe() the descriptor itself carries no data); on any other
 object with a fileno() (a socket) they use the stdlib's raw form, sendfds.
 """
-import array
 import collections
 import copyreg
 import functools
@@ -147,6 +146,7 @@ def DupFd(fd):
 
 def sendfds(sock, fds):
     """Send a list of fds over an AF_UNIX socket."""
+    import array
     fds = array.array('i', fds)
     msg = bytes([len(fds) % 256])
     sock.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
@@ -154,6 +154,7 @@ def sendfds(sock, fds):
 
 def recvfds(sock, size):
     """Receive a list of (at most size) fds from an AF_UNIX socket."""
+    import array
     a = array.array('i')
     msg, ancdata, flags, addr = sock.recvmsg(1, socket.CMSG_SPACE(a.itemsize * size))
     if not msg and not ancdata:

@@ -5,7 +5,6 @@ import os
 import sys
 import threading
 import weakref
-from subprocess import _args_from_interpreter_flags  # noqa: F401  (loky uses util's)
 
 from . import process
 
@@ -296,6 +295,14 @@ try:
     MAXFD = os.sysconf('SC_OPEN_MAX')
 except (OSError, ValueError):
     MAXFD = 256
+
+
+def _args_from_interpreter_flags():
+    """The command-line flags that reproduce this interpreter's settings
+    (loky calls util's; importing subprocess costs a spawned child ~8 ms, so
+    only when asked)."""
+    import subprocess
+    return subprocess._args_from_interpreter_flags()
 
 
 def spawnv_passfds(path, args, passfds):
