@@ -131,7 +131,9 @@ def DupFd(fd):
     travels with the message; elsewhere the resource sharer lends it."""
     popen = context.get_spawning_popen()
     if popen is not None:
-        return _DupFd(popen.duplicate_for_child(fd))
+        # A Popen of another library (loky's) brings its own wrapper class.
+        wrap = getattr(popen, 'DupFd', _DupFd)
+        return wrap(popen.duplicate_for_child(fd))
     from . import _core
     try:
         return _PassedFd(_core._pass_fd(fd))

@@ -35,9 +35,9 @@ from . import _core, spawn, util  # noqa: F401  (spawn: a name of the stdlib's m
 __all__ = ['ensure_running', 'register', 'unregister']
 
 # --- version switches (to fold into cmp/_versions.py) ----------------------
-_PY313 = sys.version_info >= (3, 13)    # 'dummy' rtype, cleanup_noop,
-                                        # ReentrantCallError, _fork_intent,
-                                        # JSON messages (_decode_message)
+_PY313 = sys.version_info >= (3, 13)    # 'dummy' rtype, cleanup_noop, _fork_intent,
+                                        # JSON messages (_decode_message), main()'s
+                                        # exit code and the names in its warning
 # ---------------------------------------------------------------------------
 
 _HAVE_SIGMASK = hasattr(signal, 'pthread_sigmask')

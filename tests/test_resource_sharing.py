@@ -255,3 +255,24 @@ def test_a_forked_child_lends_through_its_own_sharer():
     ''', start_method='fork', timeout=60)
     assert not r.timed_out, r.stderr
     assert r.stdout == "b'from the child' 0\n", r.stdout + r.stderr
+
+
+def test_dupfd_while_spawning_uses_the_popens_own_wrapper():
+    # loky's Popen (set with set_spawning_popen) brings DupFd and
+    # duplicate_for_child of its own, as the stdlib's Popen classes do.
+    from cmp import context
+
+    class ForeignPopen:
+        class DupFd:
+            def __init__(self, fd):
+                self.fd = fd
+
+        def duplicate_for_child(self, fd):
+            return fd + 1000
+
+    context.set_spawning_popen(ForeignPopen())
+    try:
+        df = reduction.DupFd(5)
+    finally:
+        context.set_spawning_popen(None)
+    assert isinstance(df, ForeignPopen.DupFd) and df.fd == 1005
