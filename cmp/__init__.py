@@ -18,8 +18,7 @@ __version__ = '0.1.0'
 __all__ = [name for name in dir(context._default_context) if not name.startswith('_')]
 globals().update((name, getattr(context._default_context, name)) for name in __all__)
 
-SUBDEBUG = 5
+SUBDEBUG = 5          # defined, as in the stdlib, but not in __all__
 SUBWARNING = 25
-__all__ += ['SUBDEBUG', 'SUBWARNING']
 
 from . import process, reduction, util  # noqa: E402  (submodules the stdlib exposes too)

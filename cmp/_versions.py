@@ -55,6 +55,11 @@ START_LEAVES_DEFAULT_UNSET = _V >= (3, 13)
 # names listener-XXXX before).
 SOCK_ADDRESS_PREFIX = 'sock-' if _V >= (3, 13) else None
 
+# resource_tracker: the 'dummy' rtype, cleanup_noop and _fork_intent; the
+# tracker's messages are JSON (_decode_message), main() exits non-zero after
+# cleaning up, and its leak warning names the resources.
+TRACKER_313 = _V >= (3, 13)
+
 # -- 3.14 --------------------------------------------------------------------
 
 # Linux's default start method, and the order get_all_start_methods() lists

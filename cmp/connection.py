@@ -12,10 +12,9 @@ Passing a Connection to another process:
 - to a process already running: send it through another Connection on a
   Unix socket (a duplex Pipe(), or Listener/Client with AF_UNIX): the
   descriptor travels with that message as SCM_RIGHTS. The stdlib instead
-  runs a "resource sharer" thread with its own listening socket; cmp needs
-  no thread and no socket. A simplex Pipe(duplex=False) or an AF_INET
-  connection cannot carry descriptors: sending a Connection through one
-  raises RuntimeError.
+  always goes through its "resource sharer" thread and listening socket;
+  cmp does only where no message can carry the descriptor (a simplex
+  Pipe(duplex=False), an AF_INET connection, a Queue): see resource_sharer.
 
 Differences from the stdlib, all where it loses data or fails late:
 - a receive interrupted by a signal handler that raises (Ctrl-C) keeps the
@@ -29,8 +28,8 @@ Differences from the stdlib, all where it loses data or fails late:
 """
 import itertools
 import os
-import shutil
 import socket
+import sys
 import tempfile
 
 from . import _core, _versions, process, reduction, util
@@ -42,7 +41,7 @@ BUFSIZE = _versions.CONNECTION_BUFSIZE
 CONNECTION_TIMEOUT = 20.
 
 default_family = 'AF_UNIX'
-families = ['AF_UNIX', 'AF_INET']
+families = ['AF_INET', 'AF_UNIX']
 
 _mmap_counter = itertools.count()
 
@@ -64,6 +63,20 @@ class Connection(_core.Connection):
 
     def __exit__(self, exc_type, exc_value, exc_tb):
         self.close()
+
+    @property
+    def _handle(self):
+        """The descriptor, or None once closed. Setting it to None forgets
+        the descriptor without closing it (code written for the stdlib does
+        this to a Connection over a descriptor it does not own)."""
+        return _core.Connection._handle.__get__(self)
+
+    @_handle.setter
+    def _handle(self, value):
+        if value is not None:
+            raise ValueError('a Connection\'s _handle can only be set to None')
+        if _core.Connection._handle.__get__(self) is not None:
+            self._detach()
 
     def __reduce__(self):
         handle = self._handle
@@ -127,27 +140,8 @@ def Pipe(duplex=True):
 # ---------------------------------------------------------------------------
 # Addresses
 
-def _get_temp_dir():
-    # One directory per process tree (children inherit the config), removed
-    # at exit by the process that made it, like the stdlib's.
-    config = process.current_process()._config
-    tempdir = config.get('tempdir')
-    if tempdir is None:
-        tempdir = tempfile.mkdtemp(prefix='pymp-')
-        util.info('created temp directory %s', tempdir)
-        util.Finalize(None, shutil.rmtree, args=(tempdir, True), exitpriority=-100)
-        config['tempdir'] = tempdir
-    return tempdir
-
-
-def _is_abstract_socket_namespace(address):
-    if not address:
-        return False
-    if isinstance(address, bytes):
-        return address[0] == 0
-    if isinstance(address, str):
-        return address[0] == '\0'
-    raise TypeError(f'address type of {address!r} unrecognized')
+_get_temp_dir = util.get_temp_dir
+_is_abstract_socket_namespace = util.is_abstract_socket_namespace
 
 
 def arbitrary_address(family):

@@ -9,6 +9,7 @@ import os
 import threading
 
 from . import _versions, process
+from . import reduction  # noqa: E402,F401  (context.reduction, as in the stdlib)
 
 __all__ = ()
 

@@ -16,13 +16,15 @@ import struct
 import sys
 import threading
 
-from . import _core, context, process, spawn, util
+from . import _core, connection, context, process, reduction, resource_tracker, spawn, util  # noqa: F401
+from .context import AuthenticationError  # noqa: F401  (3.14's forkserver has it)
 
 __all__ = ['ensure_running', 'get_inherited_fds', 'connect_to_new_process',
            'set_forkserver_preload']
 
 MAXFDS_TO_SEND = 256
 _INT = struct.Struct('<q')
+SIGNED_STRUCT = struct.Struct('q')    # the stdlib's name; the same 8 bytes on Linux
 
 
 class ForkServer:
@@ -249,14 +251,26 @@ def _run_child(fds):
 
 
 def read_signed(sock):
-    """One 8-byte signed integer from sock; EOFError if it closes first."""
+    """One 8-byte signed integer from sock (a socket or a descriptor);
+    EOFError if it closes first."""
     buf = b''
     while len(buf) < _INT.size:
-        chunk = sock.recv(_INT.size - len(buf))
+        want = _INT.size - len(buf)
+        chunk = os.read(sock, want) if isinstance(sock, int) else sock.recv(want)
         if not chunk:
             raise EOFError('unexpected EOF')
         buf += chunk
     return _INT.unpack(buf)[0]
+
+
+def write_signed(fd, n):
+    """Write n as 8 bytes to fd (a descriptor or a socket)."""
+    data = _INT.pack(n)
+    while data:
+        sent = os.write(fd, data) if isinstance(fd, int) else fd.send(data)
+        if sent == 0:
+            raise RuntimeError('should not get here')
+        data = data[sent:]
 
 
 _forkserver = ForkServer()

@@ -25,9 +25,11 @@ import time
 import traceback
 import types
 
-from . import _versions, connection, process, reduction, util
-from .context import ProcessError, get_spawning_popen
+from . import _versions, connection, pool, process, reduction, util  # noqa: F401
+from .context import ProcessError, _default_context, get_spawning_popen
 from .process import AuthenticationString
+
+get_context = _default_context.get_context      # the stdlib's managers has it
 
 __all__ = ['BaseManager', 'SyncManager', 'BaseProxy', 'Token']
 
@@ -47,6 +49,9 @@ reduction.register(array.array, _reduce_array)
 for _view in (type({}.items()), type({}.keys()), type({}.values())):
     reduction.register(_view, _rebuild_as_list)
 del _view
+
+reduce_array = _reduce_array            # the stdlib's names for these two
+rebuild_as_list = _rebuild_as_list
 
 
 # ---------------------------------------------------------------------------

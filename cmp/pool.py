@@ -32,6 +32,9 @@ import warnings
 from . import _core, _versions, util
 from . import context as _context
 from .context import ProcessError, TimeoutError
+from .connection import wait  # noqa: F401  (a name of the stdlib's pool)
+
+get_context = _context._default_context.get_context     # the stdlib's pool has it
 
 __all__ = ['Pool', 'ThreadPool']
 
@@ -500,8 +503,11 @@ class _Workers:
         return w
 
     def repopulate(self):
-        while self.free_slots:
-            slot = self.free_slots.pop()
+        while True:
+            try:
+                slot = self.free_slots.pop()    # Pool._repopulate_pool may race us
+            except IndexError:
+                break
             try:
                 self.pool.append(self.new_worker(slot))
             except BaseException:
@@ -683,6 +689,14 @@ class Pool:
     def _check_running(self):
         if self._state != RUN:
             raise ValueError("Pool not running")
+
+    def _repopulate_pool(self):
+        """Start workers in the free places of the pool (the worker handler
+        does this by itself as workers end; code written for the stdlib
+        calls it too)."""
+        self._w.repopulate()
+
+    _maintain_pool = _repopulate_pool      # cmp's handler joins the ended workers
 
     # -- the API -------------------------------------------------------------
 

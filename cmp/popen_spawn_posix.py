@@ -3,6 +3,8 @@ import os
 import threading
 
 from . import _core, popen_fork, spawn, util
+from . import reduction  # noqa: F401  (names of the stdlib's module)
+from .context import set_spawning_popen  # noqa: F401
 
 __all__ = ['Popen']
 

@@ -4,6 +4,7 @@ import os
 import signal
 import sys
 import threading
+import weakref
 
 from . import _versions
 
@@ -125,6 +126,7 @@ class BaseProcess:
                                         ':'.join(map(str, self._identity)))
         if daemon is not None:
             self.daemon = daemon
+        _dangling.add(self)
 
     def _check_closed(self):
         if self._closed:
@@ -382,6 +384,7 @@ _current_process = _MainProcess()
 _parent_process = None
 _process_counter = itertools.count(1)
 _children = set()
+_dangling = weakref.WeakSet()   # every Process object alive (CPython's tests check it)
 
 # The working directory at import, for resolving a relative main path later.
 ORIGINAL_DIR = os.path.abspath(os.getcwd()) if os.path.exists(".") else None

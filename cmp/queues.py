@@ -18,7 +18,12 @@ import threading
 import weakref
 from queue import Empty, Full
 
-from . import _core, _versions, context, reduction, util
+from . import _core, _versions, connection, context, reduction, util  # noqa: F401
+from .util import Finalize, debug, info, is_exiting, register_after_fork  # noqa: F401
+
+# The stdlib's feeder thread stops when it takes this from its buffer;
+# subclasses written for the stdlib (loky's) import it.
+_sentinel = object()
 
 __all__ = ['Queue', 'SimpleQueue', 'JoinableQueue']
 

@@ -10,18 +10,30 @@ copy of the dispatch table) per message.
 Descriptors: DupFd(fd) travels to a child being spawned (the Popen hands it
 over at start), or, outside of spawning, with the message that
 Connection.send() is writing on a Unix socket (SCM_RIGHTS): see
-_core._pass_fd / _core._take_fd.
+_core._pass_fd / _core._take_fd. Anywhere else (a simplex Pipe, an AF_INET
+connection, a Queue, pickle.dumps) it is lent through the resource sharer,
+as the stdlib does always.
+
+send_handle/recv_handle on a cmp Connection send the descriptor inside a
+message, so they work on any Connection and interleave with its other
+messages (on a Pipe() the descriptor itself carries no data); on any other
+object with a fileno() (a socket) they use the stdlib's raw form, sendfds.
 """
 import collections
 import copyreg
+import functools
 import io
 import pickle
+import socket
+from abc import ABCMeta
 
 from . import context
 
-__all__ = ['ForkingPickler', 'register', 'dump', 'DupFd']
+__all__ = ['send_handle', 'recv_handle', 'ForkingPickler', 'register', 'dump',
+           'DupFd', 'sendfds', 'recvfds']
 
 HAVE_SEND_HANDLE = True
+ACKNOWLEDGE = False     # only macOS needs an acknowledgement of passed fds
 DEFAULT_PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
@@ -114,12 +126,155 @@ def _take_passed_fd(index):
 def DupFd(fd):
     """An object whose detach(), in the process that unpickles it, returns
     that process's copy of fd. Use it in __reduce__ of objects that own a
-    descriptor. It works while spawning a child (the descriptor is handed
-    over at start) and while Connection.send() pickles a message on a Unix
-    socket (the descriptor travels with the message); elsewhere it raises
-    RuntimeError."""
+    descriptor. While spawning a child the descriptor is handed over at
+    start; while Connection.send() pickles a message on a Unix socket it
+    travels with the message; elsewhere the resource sharer lends it."""
     popen = context.get_spawning_popen()
     if popen is not None:
-        return _DupFd(popen.duplicate_for_child(fd))
+        # A Popen of another library (loky's) brings its own wrapper class.
+        wrap = getattr(popen, 'DupFd', _DupFd)
+        return wrap(popen.duplicate_for_child(fd))
     from . import _core
-    return _PassedFd(_core._pass_fd(fd))
+    try:
+        return _PassedFd(_core._pass_fd(fd))
+    except (RuntimeError, ValueError):
+        # No message on a Unix socket to carry it (or it is full).
+        from . import resource_sharer
+        return resource_sharer.DupFd(fd)
+
+
+# ---------------------------------------------------------------------------
+# Passing descriptors between running processes
+
+def sendfds(sock, fds):
+    """Send a list of fds over an AF_UNIX socket."""
+    import array
+    fds = array.array('i', fds)
+    msg = bytes([len(fds) % 256])
+    sock.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+
+
+def recvfds(sock, size):
+    """Receive a list of (at most size) fds from an AF_UNIX socket."""
+    import array
+    a = array.array('i')
+    msg, ancdata, flags, addr = sock.recvmsg(1, socket.CMSG_SPACE(a.itemsize * size))
+    if not msg and not ancdata:
+        raise EOFError
+    if len(ancdata) != 1:
+        raise RuntimeError('received %d items of ancdata' % len(ancdata))
+    level, kind, data = ancdata[0]
+    if (level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS
+            or len(data) % a.itemsize):
+        raise RuntimeError('Invalid data received')
+    a.frombytes(data)
+    if len(a) % 256 != msg[0]:
+        raise AssertionError('Len is {0:n} but msg[0] is {1!r}'.format(len(a), msg[0]))
+    return list(a)
+
+
+class _Handle:
+    """The message send_handle() sends: it pickles as a DupFd of fd, made
+    while the Connection pickles it (so the descriptor rides along)."""
+    __slots__ = ('fd',)
+
+    def __init__(self, fd):
+        self.fd = fd
+
+    def __reduce__(self):
+        return _received_handle, (DupFd(self.fd),)
+
+
+def _received_handle(df):
+    return df
+
+
+def send_handle(conn, handle, destination_pid):
+    """Send a descriptor over a connection to a running process."""
+    from . import _core
+    if isinstance(conn, _core.Connection):
+        conn.send(_Handle(handle))
+        return
+    with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        sendfds(s, [handle])
+
+
+def recv_handle(conn):
+    """Receive a descriptor sent with send_handle(); the caller owns it."""
+    from . import _core
+    if isinstance(conn, _core.Connection):
+        df = conn.recv()
+        if not hasattr(df, 'detach'):
+            raise RuntimeError('expected a handle from send_handle(), got %s'
+                               % type(df).__name__)
+        return df.detach()
+    with socket.fromfd(conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        return recvfds(s, 1)[0]
+
+
+# ---------------------------------------------------------------------------
+# Reductions the stdlib registers: methods, method descriptors, partials and
+# sockets (their descriptor goes with DupFd)
+
+def _reduce_method(m):
+    if m.__self__ is None:
+        return getattr, (m.__class__, m.__func__.__name__)
+    return getattr, (m.__self__, m.__func__.__name__)
+
+
+class _C:
+    def f(self):
+        pass
+
+
+def _reduce_method_descriptor(m):
+    return getattr, (m.__objclass__, m.__name__)
+
+
+def _reduce_partial(p):
+    return _rebuild_partial, (p.func, p.args, p.keywords or {})
+
+
+def _rebuild_partial(func, args, keywords):
+    return functools.partial(func, *args, **keywords)
+
+
+def _reduce_socket(s):
+    return _rebuild_socket, (DupFd(s.fileno()), s.family, s.type, s.proto)
+
+
+def _rebuild_socket(df, family, type, proto):
+    return socket.socket(family, type, proto, fileno=df.detach())
+
+
+def _register_defaults():
+    register(type(_C().f), _reduce_method)
+    register(type(list.append), _reduce_method_descriptor)
+    register(type(int.__add__), _reduce_method_descriptor)
+    register(functools.partial, _reduce_partial)
+    register(socket.socket, _reduce_socket)
+
+
+_register_defaults()
+
+
+class AbstractReducer(metaclass=ABCMeta):
+    """Base of a replacement reduction module for a context's `reducer`:
+    it carries this module's functions; instantiating it registers the
+    default reductions again."""
+    ForkingPickler = ForkingPickler
+    register = register
+    dump = dump
+    send_handle = send_handle
+    recv_handle = recv_handle
+    sendfds = sendfds
+    recvfds = recvfds
+    DupFd = DupFd
+    _reduce_method = _reduce_method
+    _reduce_method_descriptor = _reduce_method_descriptor
+    _rebuild_partial = _rebuild_partial
+    _reduce_socket = _reduce_socket
+    _rebuild_socket = _rebuild_socket
+
+    def __init__(self, *args):
+        _register_defaults()

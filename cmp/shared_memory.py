@@ -7,13 +7,25 @@ does. A registered block still present when its creator (and the children it
 forked) have exited, however they exited, is unlinked with the stdlib's
 warning. See the README's differences.
 """
+import os
 import struct
 import types
 from functools import partial
 
-from . import _core, _versions
+from . import _core, _versions, resource_tracker  # noqa: F401  (a name of the stdlib's module)
 
 __all__ = ['SharedMemory', 'ShareableList']
+
+_USE_POSIX = True
+_O_CREX = os.O_CREAT | os.O_EXCL
+_SHM_SAFE_NAME_LENGTH = 14      # the shortest limit of the platforms the stdlib knows
+_SHM_NAME_PREFIX = '/psm_'
+
+
+def _make_filename():
+    """A fresh random block name, with its leading '/' (e.g. '/psm_1a2b3c4d')."""
+    nbytes = (_SHM_SAFE_NAME_LENGTH - len(_SHM_NAME_PREFIX)) // 2
+    return _SHM_NAME_PREFIX + os.urandom(nbytes).hex()
 
 _encoding = 'utf8'
 
@@ -34,13 +46,25 @@ class SharedMemory:
             raise ValueError("'name' can only be None if create=True")
         if name is not None:
             name = '/' + name
-        if create:
+        if create and name is None:
+            self._create_fresh(size, track)
+        elif create:
             self._name, self._mmap, self._track_slot = _core.shm_create(name, size, track)
         else:
             self._mmap, size = _core.shm_attach(name)
             self._name = name
         self._size = size
         self._buf = memoryview(self._mmap)
+
+    def _create_fresh(self, size, track):
+        # Names come from _make_filename(), as in the stdlib (tests patch it).
+        while True:
+            name = _make_filename()
+            try:
+                self._name, self._mmap, self._track_slot = _core.shm_create(name, size, track)
+                return
+            except FileExistsError:
+                pass
 
     def __del__(self):
         # Never raise from here: while views of the block are alive the
@@ -89,7 +113,7 @@ class SharedMemory:
 
     def _forget(self):
         if self._track_slot is not None:
-            _core.tracker_remove(self._track_slot)
+            _core.tracker_forget(self._name, 0)    # by name, as resource_tracker.unregister
             self._track_slot = None
 
 

@@ -17,8 +17,10 @@ is being started. The memory is reclaimed when the object is dropped in the
 process that created it (children keep their mapping until they exit).
 """
 import ctypes
+import weakref
 
-from . import _core, _versions, context, reduction
+from . import _core, _versions, context, heap, reduction  # noqa: F401  (heap: a name of the stdlib's module)
+from .context import assert_spawning  # noqa: F401
 
 __all__ = ['RawValue', 'RawArray', 'Value', 'Array', 'copy', 'synchronized']
 
@@ -256,6 +258,11 @@ class SynchronizedBase:
 
 def make_property(name):
     """A property reading and writing self._obj.<name> under the lock."""
+    try:
+        return prop_cache[name]
+    except KeyError:
+        pass
+
     def fget(self):
         with self:
             return getattr(self._obj, name)
@@ -263,10 +270,15 @@ def make_property(name):
     def fset(self, value):
         with self:
             setattr(self._obj, name, value)
-    return property(fget, fset)
+    prop = prop_cache[name] = property(fget, fset)
+    return prop
 
 
-_class_cache = {}
+prop_cache = {}
+_class_cache = class_cache = weakref.WeakKeyDictionary()
+get_context = context._default_context.get_context      # the stdlib's names for these
+reduce_ctype = _reduce_ctype
+rebuild_ctype = _rebuild_ctype
 
 
 def _default_lock(lock, ctx):

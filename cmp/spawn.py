@@ -12,14 +12,18 @@ import runpy
 import sys
 import types
 
-from . import _alias, _core, _versions, context, process, util
+from . import _alias, _core, _versions, context, process, reduction, util  # noqa: F401
 
-__all__ = ['spawn_main', 'freeze_support', 'set_executable', 'get_executable',
+__all__ = ['_main', 'freeze_support', 'set_executable', 'get_executable',
            'get_preparation_data', 'get_command_line', 'import_main_path']
 
+WINEXE = False
+WINSERVICE = False
 
 _executable = sys.executable
-_old_main_modules = []
+_old_main_modules = old_main_modules = []   # the stdlib's name for it
+get_start_method = context._default_context.get_start_method
+set_start_method = context._default_context.set_start_method
 
 
 def set_executable(exe):
@@ -178,6 +182,15 @@ def spawn_main():
         os.close(parent_sentinel)
         parent_sentinel = None
 
+    def before_run(process_obj):
+        if process_obj.daemon:
+            _die_with_parent(ppid, parent_sentinel, main_thread_spawned)
+    sys.exit(_main(fd, parent_sentinel, before_run))
+
+
+def _main(fd, parent_sentinel, before_run=None):
+    """Read the preparation data and the Process object from fd (closing
+    it), prepare, and run the process; its exit code."""
     data = _read_all(fd)
     os.close(fd)
     process.current_process()._inheriting = True
@@ -187,11 +200,9 @@ def spawn_main():
         process_obj, _ = _load_prefixed(data, size)
     finally:
         del process.current_process()._inheriting
-
-    if process_obj.daemon:
-        _die_with_parent(ppid, parent_sentinel, main_thread_spawned)
-    exitcode = process_obj._bootstrap(parent_sentinel=parent_sentinel)
-    sys.exit(exitcode)
+    if before_run is not None:
+        before_run(process_obj)
+    return process_obj._bootstrap(parent_sentinel=parent_sentinel)
 
 
 def _die_with_parent(ppid, parent_pidfd, main_thread_spawned):

@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from . import _core, _versions, context, process, reduction
+from . import _core, _versions, context, process, reduction, util  # noqa: F401
 
 __all__ = ['Lock', 'RLock', 'Semaphore', 'BoundedSemaphore', 'Condition', 'Event']
 

@@ -6,12 +6,13 @@ import sys
 import threading
 import weakref
 
-from . import _versions
+from . import _versions, process
 
 __all__ = [
     'sub_debug', 'debug', 'info', 'sub_warning', 'get_logger', 'log_to_stderr',
-    'register_after_fork', 'is_exiting', 'Finalize', 'ForkAwareThreadLock',
-    'ForkAwareLocal', 'close_all_fds_except', 'SUBDEBUG', 'SUBWARNING',
+    'get_temp_dir', 'register_after_fork', 'is_exiting', 'Finalize',
+    'ForkAwareThreadLock', 'ForkAwareLocal', 'close_all_fds_except', 'SUBDEBUG',
+    'SUBWARNING',
 ]
 if _versions.UTIL_WARN_NAME == 'warn':
     __all__.insert(__all__.index('get_logger'), 'warn')
@@ -295,6 +296,87 @@ def _close_stdin():
 def close_fds(*fds):
     for fd in fds:
         os.close(fd)
+
+
+try:
+    MAXFD = os.sysconf('SC_OPEN_MAX')
+except (OSError, ValueError):
+    MAXFD = 256
+
+
+def _args_from_interpreter_flags():
+    """The command-line flags that reproduce this interpreter's settings
+    (loky calls util's; importing subprocess costs a spawned child ~8 ms, so
+    only when asked)."""
+    import subprocess
+    return subprocess._args_from_interpreter_flags()
+
+
+def spawnv_passfds(path, args, passfds):
+    """Start the program path with argv args, keeping open only the
+    descriptors passfds (same numbers); its pid."""
+    from . import _core
+    return _core.spawn(path, list(args), [b'%s=%s' % kv for kv in os.environb.items()],
+                       sorted(map(int, passfds)))
+
+
+# ---------------------------------------------------------------------------
+# Temporary directory and socket addresses
+
+def get_temp_dir():
+    """This program's temporary directory (made on first use, shared with
+    its children, removed at exit by the process that made it)."""
+    config = process.current_process()._config
+    tempdir = config.get('tempdir')
+    if tempdir is None:
+        import shutil
+        import tempfile
+        tempdir = tempfile.mkdtemp(prefix='pymp-')
+        info('created temp directory %s', tempdir)
+        Finalize(None, _remove_temp_dir, args=(shutil.rmtree, tempdir), exitpriority=-100)
+        config['tempdir'] = tempdir
+    return tempdir
+
+
+def _remove_temp_dir(rmtree, tempdir):
+    rmtree(tempdir, ignore_errors=True)
+    # Once removed (finalizers can run before exit), make a new one if asked.
+    current = process.current_process()
+    if current is not None:
+        current._config['tempdir'] = None
+
+
+def _platform_supports_abstract_sockets():
+    return True     # Linux, the only platform cmp runs on
+
+
+abstract_sockets_supported = _platform_supports_abstract_sockets()
+
+
+def is_abstract_socket_namespace(address):
+    """Whether a Unix socket address is in Linux's abstract namespace."""
+    if not address:
+        return False
+    if isinstance(address, bytes):
+        return address[0] == 0
+    if isinstance(address, str):
+        return address[0] == '\0'
+    raise TypeError(f'address type of {address!r} unrecognized')
+
+
+def _cleanup_tests():
+    """Release what multiprocessing tests leave behind (CPython's test
+    suite calls this after its multiprocessing tests)."""
+    from test import support
+    from . import forkserver, resource_tracker
+    process._cleanup()
+    stop = getattr(forkserver._forkserver, '_stop', None)
+    if stop is not None:
+        stop()
+    resource_tracker._resource_tracker._stop()
+    _run_finalizers()
+    support.gc_collect()
+    support.reap_children()
 
 
 def close_all_fds_except(fds):

@@ -288,14 +288,19 @@ def test_connections_to_children(method):
     ''', start_method=method)
 
 
-def test_pickling_outside_spawning_is_an_error_in_plain_pickle():
+def test_pickling_outside_a_message_goes_through_the_resource_sharer():
+    # Where no Unix-socket message carries the descriptor (plain pickle, a
+    # simplex pipe), it is lent by the resource sharer, as in the stdlib.
     a, b = cmp.Pipe()
-    with pytest.raises(RuntimeError):
-        pickle.dumps(a)
+    a2 = pickle.loads(pickle.dumps(a))
+    b.send('to the copy')
+    assert a2.recv() == 'to the copy'
     r, w = cmp.Pipe(duplex=False)
-    with pytest.raises(RuntimeError, match='Unix socket'):
-        w.send(a)             # a pipe cannot carry descriptors
-    for c in (a, b, r, w):
+    w.send(a)             # a pipe cannot carry descriptors: the sharer lends it
+    a3 = r.recv()
+    b.send('to the third')
+    assert a3.recv() == 'to the third'
+    for c in (a, a2, a3, b, r, w):
         c.close()
 
 
@@ -654,7 +659,8 @@ def test_fork_after_interrupted_state_is_independent():
 
 
 def test_connection_through_listener_client():
-    # AF_UNIX carries descriptors (SCM_RIGHTS); AF_INET cannot and says so.
+    # AF_UNIX carries descriptors (SCM_RIGHTS); over AF_INET the resource
+    # sharer lends them.
     import threading
     for family in ('AF_UNIX', 'AF_INET'):
         with cmp.connection.Listener(family=family) as l:
@@ -665,17 +671,13 @@ def test_connection_through_listener_client():
             th.join(10)
             server = got[0]
             a, b = cmp.Pipe()
-            if family == 'AF_UNIX':
-                client.send(('conn', b))
-                tag, b2 = server.recv()
-                b2.send('through a listener')
-                assert a.recv() == 'through a listener'
-                b2.close()
-            else:
-                with pytest.raises(RuntimeError, match='Unix socket'):
-                    client.send(b)
-                client.send('still usable')
-                assert server.recv() == 'still usable'
+            client.send(('conn', b))
+            tag, b2 = server.recv()
+            b2.send('through a listener')
+            assert a.recv() == 'through a listener'
+            b2.close()
+            client.send('still usable')
+            assert server.recv() == 'still usable'
             for c in (a, b, client, server):
                 c.close()
 

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -12,6 +13,7 @@
 #include <sys/random.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------------------ */
@@ -88,7 +90,7 @@ cmp_pshm_unlink(const char *name)
 
 typedef struct {
     _Atomic uint32_t state;
-    uint32_t reserved;
+    uint32_t kind;              /* CMP_TRACK_SHM or CMP_TRACK_SEM */
     uint64_t dev;
     uint64_t ino;
     char name[SLOT_NAME_MAX];
@@ -114,6 +116,8 @@ typedef struct {
  * children it forks afterwards, which inherit the mapping and the pipe). */
 static track_table *tracker_table;
 static int tracker_pipe_w = -1;
+static pid_t tracker_pid = -1;
+static pid_t tracker_owner = -1;     /* the process that forked it */
 
 /* ------------------------------------------------------------------------ */
 /* The tracker process: async-signal-safe calls only (it is forked from a
@@ -172,6 +176,11 @@ tracker_main(int rfd, track_table *t)
     ign.sa_handler = SIG_IGN;
     sigaction(SIGINT, &ign, NULL);      /* Ctrl-C in the terminal, like the stdlib's */
     sigaction(SIGTERM, &ign, NULL);
+    sigset_t both;                      /* blocked by launch_tracker until now */
+    sigemptyset(&both);
+    sigaddset(&both, SIGINT);
+    sigaddset(&both, SIGTERM);
+    sigprocmask(SIG_UNBLOCK, &both, NULL);
     prctl(PR_SET_NAME, "cmp-tracker");  /* what ps shows */
 
     /* Hold nothing of the parent's but stderr and our pipe, or we would keep
@@ -192,22 +201,29 @@ tracker_main(int rfd, track_table *t)
             break;
     }
 
-    unsigned long leaked = 0;
+    unsigned long leaked[CMP_TRACK_KINDS] = {0};
     uint32_t high = atomic_load(&t->head.high);
     for (uint32_t i = 0; i < high && i < TRACKER_SLOTS; i++) {
         track_slot *s = &t->slots[i];
-        if (atomic_load(&s->state) == SLOT_USED)
-            leaked += (unsigned long)cleanup_slot(s);
+        if (atomic_load(&s->state) == SLOT_USED && s->kind < CMP_TRACK_KINDS)
+            leaked[s->kind] += (unsigned long)cleanup_slot(s);
     }
-    if (leaked) {
+    static const char *const kinds[CMP_TRACK_KINDS] = {"shared_memory", "semaphore"};
+    for (int k = 0; k < CMP_TRACK_KINDS; k++) {
+        if (!leaked[k])
+            continue;
         static const char a[] = "cmp/resource_tracker: UserWarning: resource_tracker: "
                                 "There appear to be ";
-        static const char b[] = " leaked shared_memory objects to clean up at shutdown\n";
-        char line[sizeof a + sizeof b + 24];
-        size_t n = 0;
+        static const char b[] = " objects to clean up at shutdown\n";
+        char line[sizeof a + sizeof b + 64];
+        size_t n = 0, kn = strlen(kinds[k]);
         memcpy(line, a, sizeof a - 1);
         n += sizeof a - 1;
-        n += fmt_uint(line + n, leaked);
+        n += fmt_uint(line + n, leaked[k]);
+        memcpy(line + n, " leaked ", 8);
+        n += 8;
+        memcpy(line + n, kinds[k], kn);
+        n += kn;
         memcpy(line + n, b, sizeof b - 1);
         n += sizeof b - 1;
         write_all(2, line, n);
@@ -215,12 +231,47 @@ tracker_main(int rfd, track_table *t)
     _exit(0);
 }
 
+/* Fork a tracker watching a new pipe over the table mem. */
+static int
+launch_tracker(track_table *mem)
+{
+    int p[2];
+    if (pipe2(p, O_CLOEXEC) < 0)
+        return CMP_ERRNO;
+    /* SIGINT and SIGTERM stay blocked until the tracker ignores them, so
+     * one sent at once cannot kill it before it does. */
+    sigset_t both, old;
+    sigemptyset(&both);
+    sigaddset(&both, SIGINT);
+    sigaddset(&both, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &both, &old);
+    pid_t pid = fork();
+    int saved = errno;
+    if (pid != 0)
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (pid < 0) {
+        close(p[0]);
+        close(p[1]);
+        errno = saved;
+        return CMP_ERRNO;
+    }
+    if (pid == 0) {
+        close(p[1]);
+        tracker_main(p[0], mem);
+    }
+    close(p[0]);
+    tracker_pid = pid;
+    tracker_owner = getpid();
+    tracker_pipe_w = p[1];
+    return CMP_OK;
+}
+
 int
 cmp_tracker_ensure(void)
 {
     if (tracker_table != NULL)
         return CMP_OK;
-    int p[2] = {-1, -1}, saved;
+    int saved;
     int mfd = memfd_create("cmp-tracker", MFD_CLOEXEC);
     if (mfd < 0)
         return CMP_ERRNO;
@@ -232,17 +283,8 @@ cmp_tracker_ensure(void)
         goto fail;
     close(mfd);
     mfd = -1;
-    if (pipe2(p, O_CLOEXEC) < 0)
+    if (launch_tracker(mem) != CMP_OK)
         goto fail;
-    pid_t pid = fork();
-    if (pid < 0)
-        goto fail;
-    if (pid == 0) {
-        close(p[1]);
-        tracker_main(p[0], mem);
-    }
-    close(p[0]);
-    tracker_pipe_w = p[1];
     tracker_table = mem;
     return CMP_OK;
 fail:
@@ -251,16 +293,44 @@ fail:
         close(mfd);
     if (mem != MAP_FAILED)
         munmap(mem, TRACKER_BYTES);
-    if (p[0] >= 0) {
-        close(p[0]);
-        close(p[1]);
-    }
     errno = saved;
     return CMP_ERRNO;
 }
 
+/* Whether the tracker its starter forked still runs (waitpid also reaps a
+ * dead one; ECHILD: someone reaped it already). */
+static int
+tracker_alive(void)
+{
+    int st;
+    return waitpid(tracker_pid, &st, WNOHANG) == 0;
+}
+
+int
+cmp_tracker_revive(void)
+{
+    if (tracker_table == NULL) {
+        int st = cmp_tracker_ensure();
+        return st == CMP_OK ? 0 : st;
+    }
+    /* Only the starter relaunches: a tracker started by a forked child would
+     * unlink its parent's blocks when the child exits. */
+    if (tracker_owner != getpid() || tracker_alive())
+        return 0;
+    close(tracker_pipe_w);
+    tracker_pipe_w = -1;
+    int st = launch_tracker(tracker_table);
+    return st == CMP_OK ? 1 : st;
+}
+
 int
 cmp_tracker_add(const char *name, int fd)
+{
+    return cmp_tracker_add_kind(name, fd, CMP_TRACK_SHM);
+}
+
+int
+cmp_tracker_add_kind(const char *name, int fd, int kind)
 {
     size_t n = strlen(name);
     struct stat st;
@@ -282,6 +352,7 @@ cmp_tracker_add(const char *name, int fd)
         if (atomic_load_explicit(&s->state, memory_order_relaxed) != SLOT_FREE ||
             !atomic_compare_exchange_strong(&s->state, &expected, SLOT_WRITING))
             continue;
+        s->kind = (uint32_t)kind;
         s->dev = (uint64_t)st.st_dev;
         s->ino = (uint64_t)st.st_ino;
         memcpy(s->name, name, n + 1);
@@ -305,4 +376,29 @@ cmp_tracker_remove(int slot)
     uint32_t hint = atomic_load_explicit(&tracker_table->head.hint, memory_order_relaxed);
     if ((uint32_t)slot < hint)
         atomic_store_explicit(&tracker_table->head.hint, (uint32_t)slot, memory_order_relaxed);
+}
+
+int
+cmp_tracker_forget(const char *name, int kind)
+{
+    if (tracker_table == NULL)
+        return 0;
+    int n = 0;
+    uint32_t high = atomic_load(&tracker_table->head.high);
+    for (uint32_t i = 0; i < high && i < TRACKER_SLOTS; i++) {
+        track_slot *s = &tracker_table->slots[i];
+        if (atomic_load_explicit(&s->state, memory_order_acquire) == SLOT_USED &&
+            s->kind == (uint32_t)kind && strcmp(s->name, name) == 0) {
+            cmp_tracker_remove((int)i);
+            n++;
+        }
+    }
+    return n;
+}
+
+int
+cmp_tracker_fd(int *pid)
+{
+    *pid = tracker_pid;
+    return tracker_pipe_w;
 }

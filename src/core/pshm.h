@@ -42,4 +42,23 @@ int cmp_tracker_add(const char *name, int fd);
 /* Forget a registration (the block was unlinked by its owner). */
 void cmp_tracker_remove(int slot);
 
+/* What a registration unlinks: a block (/dev/shm/NAME) or a named semaphore
+ * (registered under its file's name, "/sem.NAME"). The warning names it. */
+enum { CMP_TRACK_SHM = 0, CMP_TRACK_SEM = 1, CMP_TRACK_KINDS = 2 };
+
+/* cmp_tracker_add for a resource of that kind. */
+int cmp_tracker_add_kind(const char *name, int fd, int kind);
+
+/* Forget every registration of `name` of that kind (resource_tracker's
+ * unregister); how many there were. */
+int cmp_tracker_forget(const char *name, int kind);
+
+/* Start the tracker, or, in the process that started it, a new one over
+ * the same table if it died (killed): 0 if it was running or newly started,
+ * 1 if it was relaunched, or CMP_ERRNO. Registrations are kept. */
+int cmp_tracker_revive(void);
+
+/* The write end of the tracker's pipe and its pid (-1, -1 if none runs). */
+int cmp_tracker_fd(int *pid);
+
 #endif /* CMP_PSHM_H */

@@ -266,12 +266,68 @@ cmp_py_tracker_remove(PyObject *Py_UNUSED(module), PyObject *arg)
     Py_RETURN_NONE;
 }
 
+PyDoc_STRVAR(tracker_add_doc,
+"tracker_add(name, fd, kind) -> slot\n\n"
+"Register the resource open on fd, whose file is /dev/shm/NAME (name with\n"
+"its leading '/'), with the tracker, as kind 0 (shared_memory) or 1\n"
+"(semaphore); starts the tracker.");
+
+static PyObject *
+cmp_py_tracker_add(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *name;
+    int fd, kind;
+    if (!PyArg_ParseTuple(args, "Oii:tracker_add", &name, &fd, &kind))
+        return NULL;
+    const char *cname = shm_name(name);
+    if (cname == NULL)
+        return NULL;
+    if (kind < 0 || kind >= CMP_TRACK_KINDS) {
+        PyErr_SetString(PyExc_ValueError, "unknown tracker kind");
+        return NULL;
+    }
+    int slot = cmp_tracker_add_kind(cname, fd, kind);
+    if (slot < 0)
+        return cmp_set_error(slot);
+    return PyLong_FromLong(slot);
+}
+
+static PyObject *
+cmp_py_tracker_forget(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *name;
+    int kind;
+    if (!PyArg_ParseTuple(args, "Oi:tracker_forget", &name, &kind))
+        return NULL;
+    const char *cname = shm_name(name);
+    if (cname == NULL)
+        return NULL;
+    return PyLong_FromLong(cmp_tracker_forget(cname, kind));
+}
+
+static PyObject *
+cmp_py_tracker_fd(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(arg))
+{
+    int st = cmp_tracker_revive();
+    if (st < 0)
+        return cmp_set_error(st);
+    int pid;
+    int fd = cmp_tracker_fd(&pid);
+    return Py_BuildValue("(iiO)", fd, pid, st == 1 ? Py_True : Py_False);
+}
+
 static PyMethodDef pshm_methods[] = {
     {"shm_create", cmp_py_shm_create, METH_VARARGS, shm_create_doc},
     {"shm_attach", cmp_py_shm_attach, METH_O, shm_attach_doc},
     {"shm_unlink", cmp_py_shm_unlink, METH_O, "shm_unlink(name)"},
     {"tracker_remove", cmp_py_tracker_remove, METH_O,
      "tracker_remove(slot): forget a block registered by shm_create"},
+    {"tracker_add", cmp_py_tracker_add, METH_VARARGS, tracker_add_doc},
+    {"tracker_forget", cmp_py_tracker_forget, METH_VARARGS,
+     "tracker_forget(name, kind) -> n: forget every registration of name"},
+    {"tracker_fd", cmp_py_tracker_fd, METH_NOARGS,
+     "tracker_fd() -> (fd, pid, relaunched): start the tracker, or a new one\n"
+     "if it died; its pipe and pid"},
     {NULL, NULL, 0, NULL},
 };
 

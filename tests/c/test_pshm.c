@@ -77,6 +77,51 @@ CTEST(tracker_unlinks_what_is_left)
     CHECK_EQ(errno, ENOENT);
 }
 
+CTEST(tracker_kinds_and_forget_by_name)
+{
+    /* A semaphore's file (/dev/shm/sem.NAME) is unlinked like a block; a
+     * registration forgotten by name is left alone. */
+    char sem[64], forgotten[64], sem_path[96];
+    unique_name(sem, sizeof sem, "sem");
+    unique_name(forgotten, sizeof forgotten, "forgotten");
+    snprintf(sem_path, sizeof sem_path, "/dev/shm/sem.%s", sem + 1);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        int null = open("/dev/null", O_WRONLY);
+        if (null >= 0)
+            dup2(null, 2);
+        size_t sz = 64;
+        int s = open(sem_path, O_RDWR | O_CREAT | O_EXCL, 0600);
+        int f = cmp_pshm_open(forgotten, 1, &sz);
+        if (s < 0 || f < 0)
+            _exit(2);
+        char sem_name[96];
+        snprintf(sem_name, sizeof sem_name, "/sem.%s", sem + 1);
+        if (cmp_tracker_add_kind(sem_name, s, CMP_TRACK_SEM) < 0 ||
+            cmp_tracker_add(forgotten, f) < 0 || cmp_tracker_add(forgotten, f) < 0)
+            _exit(3);
+        if (cmp_tracker_forget(forgotten, CMP_TRACK_SEM) != 0 ||   /* wrong kind */
+            cmp_tracker_forget(forgotten, CMP_TRACK_SHM) != 2)
+            _exit(4);
+        int pid_;
+        if (cmp_tracker_fd(&pid_) < 0 || pid_ <= 0)
+            _exit(5);
+        _exit(0);
+    }
+    int st;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    for (int i = 0; i < 500 && access(sem_path, F_OK) == 0; i++)
+        usleep(10000);
+    CHECK(access(sem_path, F_OK) != 0);
+    size_t seen;
+    int fd = cmp_pshm_open(forgotten, 0, &seen);
+    CHECK(fd >= 0);
+    close(fd);
+    CHECK_EQ(cmp_pshm_unlink(forgotten), CMP_OK);
+}
+
 int
 main(void)
 {
