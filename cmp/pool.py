@@ -629,8 +629,18 @@ class Pool:
     def Process(ctx, *args, **kwds):
         return ctx.Process(*args, **kwds)
 
+    def __new__(cls, *args, cluster=None, **kwds):
+        # cluster= (or the runner's CMP_CLUSTER): the tasks run on a Dask or
+        # Ray cluster instead (cmp.cluster); cluster=False keeps them here.
+        if cluster is None:
+            cluster = os.environ.get('CMP_CLUSTER')
+        if cls is Pool and cluster:
+            from .cluster.pool import ClusterPool
+            return super().__new__(ClusterPool)
+        return super().__new__(cls)
+
     def __init__(self, processes=None, initializer=None, initargs=(),
-                 maxtasksperchild=None, context=None):
+                 maxtasksperchild=None, context=None, *, cluster=None):
         self._pool = []
         self._state = INIT
         self._ctx = context or _context._default_context.get_context()

@@ -1,0 +1,181 @@
+"""The engines a cluster Pool submits to, behind one small interface.
+
+    engine.cpus()                       the cluster's worker CPUs
+    engine.submit(args, maxtasks, done) run worker.run(*args) on a worker,
+                                        reserving one CPU; done(handle) is
+                                        called, from any thread, when it ends
+    engine.outcome(handle)              its bytes; WorkerLostError when the
+                                        worker died under it
+    engine.cancel(handles)              stop them (a running Dask task runs on)
+    engine.close()                      at exit: what the engine started goes
+
+Each engine is imported only here, only when a cluster is asked for.
+"""
+import atexit
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+
+from ..pool import WorkerLostError
+from . import worker
+
+START_TIMEOUT = 120.0
+
+
+def _lost(engine, exc):
+    return WorkerLostError('a %s worker died while running this task (%s: %s)'
+                           % (engine, type(exc).__name__, exc))
+
+
+class DaskEngine:
+    name = 'Dask'
+
+    def __init__(self, scheduler=None):
+        import distributed
+        self._distributed = distributed
+        self._cluster = None
+        self._workers = None
+        if scheduler is None:
+            scheduler = self._start_local()
+        self.client = distributed.Client(scheduler, set_as_default=False,
+                                         timeout=START_TIMEOUT)
+        if self._workers is not None:
+            self.client.wait_for_workers(os.cpu_count() or 1, timeout=START_TIMEOUT)
+
+    def _start_local(self):
+        """A scheduler in this process and one worker process per CPU, each
+        of one thread. The workers are fresh interpreters (not children of
+        this program), so they never import the program's script."""
+        distributed = self._distributed
+        self._cluster = distributed.LocalCluster(
+            n_workers=0, host='127.0.0.1', dashboard_address=None, processes=True)
+        env = dict(os.environ)
+        env.pop('CMP_CLUSTER', None)
+        self._workers = subprocess.Popen(
+            [sys.executable, '-m', 'distributed.cli.dask_worker', self._cluster.scheduler_address,
+             '--nworkers', str(os.cpu_count() or 1), '--nthreads', '1',
+             '--host', '127.0.0.1', '--no-dashboard'],
+            env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, start_new_session=True)
+        return self._cluster.scheduler_address
+
+    def cpus(self):
+        return sum(self.client.nthreads().values()) or 1
+
+    def submit(self, args, maxtasks, done):
+        fut = self.client.submit(worker.run, *args, pure=False)
+        fut.add_done_callback(done)
+        return fut
+
+    def outcome(self, handle):
+        try:
+            return handle.result()
+        except self._distributed.KilledWorker as e:
+            raise _lost(self.name, e) from None
+
+    def cancel(self, handles):
+        if handles:
+            self.client.cancel(list(handles), force=True)
+
+    def close(self):
+        try:
+            self.client.close()
+        finally:
+            if self._workers is not None:
+                _stop_group(self._workers)
+            if self._cluster is not None:
+                self._cluster.close()
+
+
+class RayEngine:
+    name = 'Ray'
+
+    def __init__(self, address=None):
+        import ray
+        import ray.exceptions as rx
+        self._ray = ray
+        self._lost_errors = (rx.WorkerCrashedError, rx.NodeDiedError, rx.LocalRayletDiedError,
+                             rx.ObjectLostError)
+        quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
+        if address is not None:
+            ray.init(address=address, **quiet)
+        else:
+            try:                    # a local Ray already running ...
+                ray.init(address='auto', **quiet)
+            except ConnectionError:  # ... or a new one, on loopback only
+                ray.init(include_dashboard=False, _node_ip_address='127.0.0.1', **quiet)
+        self._remote = {}           # maxtasks -> the remote function
+
+    def cpus(self):
+        return int(self._ray.cluster_resources().get('CPU', 1)) or 1
+
+    def submit(self, args, maxtasks, done):
+        fn = self._remote.get(maxtasks)
+        if fn is None:
+            # No retries: a task lost with its worker fails, as in a local pool.
+            fn = self._remote[maxtasks] = self._ray.remote(
+                num_cpus=1, max_retries=0, max_calls=maxtasks or 0)(worker.run)
+        ref = fn.remote(*args)
+        ref.future().add_done_callback(lambda f, ref=ref: done(ref))
+        return ref
+
+    def outcome(self, handle):
+        try:
+            return self._ray.get(handle)
+        except self._lost_errors as e:
+            raise _lost(self.name, e) from None
+
+    def cancel(self, handles):
+        for ref in handles:
+            try:
+                self._ray.cancel(ref, force=True)
+            except Exception:
+                pass
+
+    def close(self):
+        self._ray.shutdown()
+
+
+def _stop_group(proc):
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            proc.wait(10)
+            break
+        except subprocess.TimeoutExpired:
+            pass
+
+
+# ---------------------------------------------------------------------------
+# One engine per address per process, closed at exit
+
+_engines = {}
+_lock = threading.Lock()
+
+
+def connect(engine, target):
+    """The engine for ('dask' | 'ray', target or None), started or joined once."""
+    key = (engine, target)
+    with _lock:
+        e = _engines.get(key)
+        if e is None:
+            e = _engines[key] = (DaskEngine if engine == 'dask' else RayEngine)(target)
+            # After the engine's own import registered its exit handlers, so
+            # that this runs before them.
+            atexit.register(_close, key)
+        return e
+
+
+def _close(key):
+    e = _engines.pop(key, None)
+    if e is not None:
+        try:
+            e.close()
+        except Exception:
+            pass
