@@ -624,6 +624,7 @@ class Pool:
     """A pool of worker processes (multiprocessing.Pool)."""
 
     _Workers = _Workers
+    _imap_window = _IMAP_WINDOW
 
     @staticmethod
     def Process(ctx, *args, **kwds):
@@ -635,8 +636,8 @@ class Pool:
         if cluster is None:
             cluster = os.environ.get('CMP_CLUSTER')
         if cls is Pool and cluster:
-            from .cluster.pool import ClusterPool
-            return super().__new__(ClusterPool)
+            from .cluster import pool_type
+            return super().__new__(pool_type(cluster))
         return super().__new__(cls)
 
     def __init__(self, processes=None, initializer=None, initargs=(),
@@ -766,7 +767,7 @@ class Pool:
         result = cls(self)
         self._w.start_feeder(
             _imap_feeder(self._w, result, func, iterable, chunksize,
-                         max(_IMAP_WINDOW // chunksize, 4 * self._processes)))
+                         max(self._imap_window // chunksize, 4 * self._processes)))
         if chunksize == 1:
             return result
         return (item for chunk in result for item in chunk)

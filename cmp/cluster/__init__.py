@@ -47,6 +47,13 @@ def connect(address):
     return engines.connect(*check(address))
 
 
+def pool_type(address):
+    """The Pool class for a cluster address (its engine is checked first)."""
+    check(address)
+    from .pool import ClusterPool
+    return ClusterPool
+
+
 def install(address):
     """The runner's hook (python -m cmp --cluster ADDRESS): check the address
     now, let children inherit it, and make concurrent.futures'

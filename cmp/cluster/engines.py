@@ -49,9 +49,13 @@ class DaskEngine:
         """A scheduler in this process and one worker process per CPU, each
         of one thread. The workers are fresh interpreters (not children of
         this program), so they never import the program's script."""
+        import dask
         distributed = self._distributed
-        self._cluster = distributed.LocalCluster(
-            n_workers=0, host='127.0.0.1', dashboard_address=None, processes=True)
+        # A task whose worker dies fails (as in a local pool), not retried.
+        with dask.config.set({'distributed.scheduler.allowed-failures': 0}):
+            self._cluster = distributed.LocalCluster(
+                n_workers=0, host='127.0.0.1', dashboard_address='127.0.0.1:0',
+                processes=True)
         env = dict(os.environ)
         env.pop('CMP_CLUSTER', None)
         self._workers = subprocess.Popen(
@@ -108,6 +112,7 @@ class RayEngine:
             except ConnectionError:  # ... or a new one, on loopback only
                 ray.init(include_dashboard=False, _node_ip_address='127.0.0.1', **quiet)
         self._remote = {}           # maxtasks -> the remote function
+        _raylet_messages_to_stderr(ray)
 
     def cpus(self):
         return int(self._ray.cluster_resources().get('CPU', 1)) or 1
@@ -137,6 +142,23 @@ class RayEngine:
 
     def close(self):
         self._ray.shutdown()
+
+
+def _raylet_messages_to_stderr(ray):
+    """Ray prints its raylets' messages ('A worker died or was killed...')
+    on the program's stdout, among the program's own output: send them to
+    stderr. (A private function of Ray's; left alone if it is not there.)"""
+    module = getattr(ray._private, 'worker', None)
+    original = getattr(module, 'print_to_stdstream', None)
+    if original is None or getattr(original, 'cmp_patched', False):
+        return
+
+    def print_to_stdstream(data, *args, **kwds):
+        if isinstance(data, dict) and data.get('pid') == 'raylet':
+            data = dict(data, is_err=True)
+        return original(data, *args, **kwds)
+    print_to_stdstream.cmp_patched = True
+    module.print_to_stdstream = print_to_stdstream
 
 
 def _stop_group(proc):

@@ -241,6 +241,10 @@ class _ClusterWorkers:
 class ClusterPool(_pool.Pool):
     """A Pool whose tasks run on a Dask or Ray cluster (see cmp.cluster)."""
 
+    # An imap runs at most 4 tasks per process ahead of its consumer: a
+    # cluster's tasks are slow to start, and run in order of submission.
+    _imap_window = 0
+
     def __init__(self, processes=None, initializer=None, initargs=(),
                  maxtasksperchild=None, context=None, *, cluster=None):
         if cluster is None:

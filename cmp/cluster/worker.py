@@ -12,6 +12,7 @@ import io
 import itertools
 import sys
 import threading
+import types
 
 import cloudpickle
 
@@ -27,30 +28,69 @@ _MAX_POOLS = 64
 
 
 class _PoolState:
-    __slots__ = ('head', 'funcs', 'done')
+    """A pool's functions in this worker process. Functions of the program's
+    __main__ arrive by value, each with a copy of the globals it uses; here
+    they share one namespace, as they would in a worker forked from the
+    program, so that what the initializer sets is what the tasks see."""
+    __slots__ = ('head', 'globals', 'funcs', 'init', 'maxtasks', 'done')
 
     def __init__(self, head):
-        self.head = cloudpickle.loads(head)    # (initializer, initargs, maxtasks)
+        self.head = head
+        self.fresh()
+
+    def fresh(self):
+        """As a new local worker: the program's globals, the initializer to run."""
+        self.globals = {}
         self.funcs = {}
-        self.done = None                        # tasks since the initializer ran
+        initializer, initargs, self.maxtasks = cloudpickle.loads(self.head)
+        self.init = (self.adopt(initializer), initargs) if initializer is not None else None
+        self.done = 0
+
+    def before_task(self):
+        """The initializer before the first task, and again after every
+        maxtasks tasks (where a local pool starts a new worker)."""
+        if self.maxtasks and self.done >= self.maxtasks:
+            self.fresh()
+        if self.init is not None:
+            init, self.init = self.init, None
+            init[0](*init[1])
+        self.done += 1
 
     def func(self, blob):
         f = self.funcs.get(blob)
         if f is None:
-            if len(self.funcs) >= _MAX_POOLS:
+            if len(self.funcs) >= 256:
                 self.funcs.clear()
-            f = self.funcs[blob] = cloudpickle.loads(blob)
+            f = self.funcs[blob] = self.adopt(cloudpickle.loads(blob))
         return f
 
-    def before_task(self):
-        """Run the initializer before a worker's first task, and again after
-        every maxtasks tasks (where a local pool starts a new worker)."""
-        initializer, initargs, maxtasks = self.head
-        if self.done is None or (maxtasks and self.done >= maxtasks):
-            self.done = 0
-            if initializer is not None:
-                initializer(*initargs)
-        self.done += 1
+    def adopt(self, f):
+        """f, and the functions among its globals, rebound to the shared
+        namespace if it came by value."""
+        if not _by_value(f) or f.__globals__ is self.globals:
+            return f
+        g = self.globals
+        new = [(k, v) for k, v in f.__globals__.items() if k not in g]
+        g.update(new)
+        for k, v in new:
+            if _by_value(v):
+                g[k] = _rebind(v, g)
+        return _rebind(f, g)
+
+
+def _by_value(f):
+    if not isinstance(f, types.FunctionType):
+        return False
+    module = sys.modules.get(f.__module__)
+    return getattr(module, '__dict__', None) is not f.__globals__
+
+
+def _rebind(f, g):
+    new = types.FunctionType(f.__code__, g, f.__name__, f.__defaults__, f.__closure__)
+    new.__kwdefaults__ = f.__kwdefaults__
+    new.__qualname__ = f.__qualname__
+    new.__dict__.update(f.__dict__)
+    return new
 
 
 def _state(token, head):
