@@ -161,11 +161,15 @@ def dask_cluster(tmp_path_factory):
         start('worker-1', worker + ['--host', host])
         if ns:
             start('worker-2', worker + ['--host', ns.peer], prefix=ns.prefix())
+            SECOND_HOST['interface'] = ns.veth[1]
         else:
             start('worker-2', worker + ['--host', host])
         _wait_until(lambda: _count(logs, 'Starting established connection') >= 2,
                     'dask workers', procs, logs)
         yield address, env
+
+
+SECOND_HOST = {}     # the dask worker in a namespace of its own: its interface
 
 
 def _count(logs, text):
@@ -459,6 +463,35 @@ def test_unshippable_argument(tmp_path, dask_cluster):
         for name in ('Lock', 'Queue', 'Synchronized', 'SynchronizedArray', 'SharedArray',
                      'Connection', 'Event', 'SharedMemory')] + [
         'async Lock objects cannot be sent to a cluster worker', '[0, 1, 2]'], (out, err)
+
+
+INTERFACES = '''
+    import time
+    from multiprocessing import Pool
+
+    def interfaces(_):
+        time.sleep(0.2)
+        with open('/proc/net/dev') as f:
+            return tuple(sorted(line.split(':')[0].strip() for line in f.readlines()[2:]))
+
+    if __name__ == '__main__':
+        with Pool(2) as p:
+            for names in sorted(set(p.map(interfaces, range(16), chunksize=1))):
+                print(' '.join(names))
+'''
+
+
+@pytest.mark.timeout(200)
+def test_second_host(tmp_path, dask_cluster):
+    """Tasks ran on both workers, one of them in its own network namespace."""
+    if not SECOND_HOST:
+        pytest.skip('no network namespace here (ip netns): both workers are on loopback')
+    address, env = dask_cluster
+    code, out, err = run(script(tmp_path, INTERFACES), cluster=address, env=env)
+    assert code == 0, (out, err)
+    seen = out.splitlines()
+    assert '%s lo' % SECOND_HOST['interface'] in seen, seen
+    assert len(seen) == 2, seen
 
 
 # ---------------------------------------------------------------------------

@@ -14,7 +14,6 @@ Each engine is imported only here, only when a cluster is asked for.
 import atexit
 import logging
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -40,8 +39,7 @@ class DaskEngine:
         self._workers = None
         if scheduler is None:
             scheduler = self._start_local()
-        self.client = distributed.Client(scheduler, set_as_default=False,
-                                         timeout=START_TIMEOUT)
+        self.client = distributed.Client(scheduler, set_as_default=False)
         if self._workers is not None:
             self.client.wait_for_workers(os.cpu_count() or 1, timeout=START_TIMEOUT)
 
@@ -58,12 +56,14 @@ class DaskEngine:
                 processes=True)
         env = dict(os.environ)
         env.pop('CMP_CLUSTER', None)
+        # In the program's process group: Ctrl-C, or a kill of the group,
+        # reaches them too; and they end when the scheduler is gone.
         self._workers = subprocess.Popen(
             [sys.executable, '-m', 'distributed.cli.dask_worker', self._cluster.scheduler_address,
              '--nworkers', str(os.cpu_count() or 1), '--nthreads', '1',
-             '--host', '127.0.0.1', '--no-dashboard'],
+             '--host', '127.0.0.1', '--no-dashboard', '--death-timeout', '30'],
             env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True)
+            stderr=subprocess.DEVNULL)
         return self._cluster.scheduler_address
 
     def cpus(self):
@@ -89,7 +89,7 @@ class DaskEngine:
             self.client.close()
         finally:
             if self._workers is not None:
-                _stop_group(self._workers)
+                _stop(self._workers)
             if self._cluster is not None:
                 self._cluster.close()
 
@@ -161,15 +161,15 @@ def _raylet_messages_to_stderr(ray):
     module.print_to_stdstream = print_to_stdstream
 
 
-def _stop_group(proc):
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def _stop(proc):
+    """Stop the workers' command: it stops the workers it started."""
+    for stop in (proc.terminate, proc.kill):
         try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            break
-        try:
+            stop()
             proc.wait(10)
-            break
+            return
+        except ProcessLookupError:
+            return
         except subprocess.TimeoutExpired:
             pass
 

@@ -17,6 +17,7 @@ import os
 import queue
 import sys
 import threading
+import traceback
 import uuid
 
 import cloudpickle
@@ -176,11 +177,16 @@ class _ClusterWorkers:
         events, state, cache = self.events, self.state, self.cache
         while True:
             event = events.get()
-            if event is not None:
-                if event[0] == 'done':
+            try:
+                if event is None:
+                    pass
+                elif event[0] == 'done':
                     self._finished(event[1])
                 else:
                     self._set(*event[1:])
+            except Exception:
+                # Never die here: every result still waiting would hang.
+                traceback.print_exc()
             if state.value == TERMINATE:
                 break
             while self.pending and len(self.running) < self.processes:
