@@ -110,6 +110,7 @@ class RayEngine:
             try:                    # a local Ray already running ...
                 ray.init(address='auto', **quiet)
             except ConnectionError:  # ... or a new one, on loopback only
+                _loopback_only(ray)
                 ray.init(include_dashboard=False, _node_ip_address='127.0.0.1', **quiet)
         self._remote = {}           # maxtasks -> the remote function
         _raylet_messages_to_stderr(ray)
@@ -142,6 +143,16 @@ class RayEngine:
 
     def close(self):
         self._ray.shutdown()
+
+
+def _loopback_only(ray):
+    """Make the Ray this process starts listen on 127.0.0.1 alone: Ray's own
+    switch for single-machine clusters, read by this process (its constant)
+    and by the processes it starts (the environment)."""
+    os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'] = '0'
+    constants = getattr(ray._private, 'ray_constants', None)
+    if constants is not None and hasattr(constants, 'ENABLE_RAY_CLUSTER'):
+        constants.ENABLE_RAY_CLUSTER = False
 
 
 def _raylet_messages_to_stderr(ray):
