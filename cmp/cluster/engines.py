@@ -45,8 +45,8 @@ class DaskEngine:
 
     def _start_local(self):
         """A scheduler in this process and one worker process per CPU, each
-        of one thread. The workers are fresh interpreters (not children of
-        this program), so they never import the program's script."""
+        of one thread. The workers are fresh interpreters started by
+        command, not copies of this program: they never import its script."""
         import dask
         distributed = self._distributed
         # A task whose worker dies fails (as in a local pool), not retried.
