@@ -497,29 +497,34 @@ def test_second_host(tmp_path, dask_cluster):
 # ---------------------------------------------------------------------------
 # Clusters cmp starts, addresses and extras
 
-def _dask_workers():
+def _engine_processes():
+    """The pids of Dask workers and Ray's servers running now."""
     pids = set()
     for pid in filter(str.isdigit, os.listdir('/proc')):
         with contextlib.suppress(OSError):
             with open('/proc/%s/cmdline' % pid, 'rb') as f:
-                if b'distributed.cli.dask_worker' in f.read():
-                    pids.add(int(pid))
+                cmdline = f.read()
+            if b'distributed.cli.dask_worker' in cmdline or b'raylet' in cmdline \
+                    or b'gcs_server' in cmdline:
+                pids.add(int(pid))
     return pids
 
 
 @pytest.mark.timeout(300)
-def test_local_dask_cluster_started_and_gone():
-    if not have('dask'):
-        pytest.skip('distributed is not installed')
-    before = _dask_workers()
+@pytest.mark.parametrize('engine', sorted(ENGINES))
+def test_local_cluster_started_and_gone(engine):
+    """--cluster dask / ray with nothing running: cmp starts a local cluster
+    for the program, and nothing of it outlives the program."""
+    if not have(engine):
+        pytest.skip('%s is not installed' % ENGINES[engine])
+    before = _engine_processes()
     example = os.path.join(NOTES, '002-21.py')
     local = run(example)
-    code, out, err = run(example, cluster='dask')
-    assert (code, out, err) == local
-    deadline = time.monotonic() + 20
-    while _dask_workers() - before and time.monotonic() < deadline:
+    assert run(example, cluster=engine) == local
+    deadline = time.monotonic() + 30
+    while _engine_processes() - before and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not _dask_workers() - before
+    assert not _engine_processes() - before
 
 
 def test_bad_address_and_missing_extra(tmp_path):

@@ -5,8 +5,8 @@
     cmp.cluster.ProcessPoolExecutor(8, cluster=ADDRESS)
 
 ADDRESS: 'dask' (a local Dask cluster, started), 'dask://HOST:PORT' or
-'tcp://HOST:PORT' (a running Dask scheduler), 'ray' (a local Ray, joined or
-started) or 'ray://HOST:PORT' (Ray Client). The engines (the extras
+'tcp://HOST:PORT' (a running Dask scheduler), 'ray' (the Ray at RAY_ADDRESS,
+else a local Ray, started) or 'ray://HOST:PORT' (Ray Client). The engines (the extras
 cmp[dask], cmp[ray]) are imported only when a pool is made.
 """
 import importlib.util

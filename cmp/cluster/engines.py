@@ -104,14 +104,14 @@ class RayEngine:
         self._lost_errors = (rx.WorkerCrashedError, rx.NodeDiedError, rx.LocalRayletDiedError,
                              rx.ObjectLostError)
         quiet = dict(log_to_driver=False, logging_level=logging.ERROR)
-        if address is not None:
-            ray.init(address=address, **quiet)
+        if address is not None or os.environ.get('RAY_ADDRESS'):
+            ray.init(address=address, **quiet)      # ray://..., or Ray's RAY_ADDRESS
         else:
-            try:                    # a local Ray already running ...
-                ray.init(address='auto', **quiet)
-            except ConnectionError:  # ... or a new one, on loopback only
-                _loopback_only(ray)
-                ray.init(include_dashboard=False, _node_ip_address='127.0.0.1', **quiet)
+            # A new local Ray of our own, never one found running here (it may
+            # be someone else's), on loopback only.
+            _loopback_only(ray)
+            ray.init(address='local', include_dashboard=False, _node_ip_address='127.0.0.1',
+                     **quiet)
         self._remote = {}           # maxtasks -> the remote function
         _raylet_messages_to_stderr(ray)
 
