@@ -99,11 +99,12 @@ class _State:
         self.events.put(None)
 
 
-class _ClusterWorkers:
+class _ClusterWorkers(_pool._Workers):
     """What pool.Pool expects of its _Workers, done by an engine: put,
-    put_apply, fail, start_thread, start_feeder, repopulate, join."""
+    put_apply, fail, repopulate, handle_results, handle_workers, join."""
 
     def __init__(self, engine, processes, initializer, initargs, maxtasks):
+        # (not the local pool's __init__: no rings, no worker slots)
         self.engine = engine
         self.processes = processes
         self.maxtasks = maxtasks
@@ -151,19 +152,7 @@ class _ClusterWorkers:
     def fail(self, job, idx, exc):
         self.events.put(('fail', job, idx, exc))
 
-    # -- threads ------------------------------------------------------------------
-
-    def start_thread(self, target, name):
-        t = threading.Thread(target=target, name=name, daemon=True)
-        t.start()
-        self.threads.append(t)
-
-    def start_feeder(self, feed):
-        self.feeders = [t for t in self.feeders if t.is_alive()]
-        t = threading.Thread(target=feed, args=(self.state,), name='PoolTaskHandler',
-                             daemon=True)
-        t.start()
-        self.feeders.append(t)
+    # -- threads (start_thread and start_feeder are the local pool's) ----------
 
     def repopulate(self):
         """Nothing to start: the engine's workers are there."""
