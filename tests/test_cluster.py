@@ -532,6 +532,12 @@ def test_bad_address_and_missing_extra(tmp_path):
     code, out, err = run(prog, cluster='nowhere')
     assert code == 1 and out == ''
     assert "cluster address 'nowhere' is not 'dask'" in err
+    for argv, message in ((['--cluster=nowhere', prog], "address 'nowhere' is not"),
+                          (['--cluster'], '--cluster needs an address'),
+                          (['--cluster', 'dask'], '--cluster needs a script')):
+        proc = subprocess.run([sys.executable, '-m', 'cmp', *argv], capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 1 and message in proc.stderr, (argv, proc.stderr)
     # Without site-packages the engines are absent; cmp comes from the source tree.
     env = child_env({'PYTHONPATH': os.path.dirname(os.path.dirname(
         importlib.util.find_spec('cmp').origin))})
