@@ -374,6 +374,44 @@ def test_pool_api_script(tmp_path, cluster):
     assert "[('ready', 0), ('ready', 1)" in out
 
 
+CHILDREN = '''
+    import multiprocessing as mp
+
+    def square(x):
+        return x * x
+
+    def child(q):
+        try:
+            with mp.Pool(2) as p:
+                q.put(p.map(square, range(4)))
+        except RuntimeError as e:
+            q.put(str(e))
+
+    if __name__ == '__main__':
+        with mp.Pool(2) as p:
+            print(p.map(square, range(3)))
+        for method in ('spawn', 'fork'):
+            q = mp.get_context(method).Queue()
+            c = mp.get_context(method).Process(target=child, args=(q,))
+            c.start()
+            print(method, q.get(timeout=90))
+            c.join()
+'''
+
+
+@pytest.mark.timeout(200)
+def test_children_inherit_the_cluster(tmp_path, dask_cluster):
+    """A spawned child's pool is on the cluster too (its script's functions
+    travel by value from there); a forked one says it cannot be."""
+    address, env = dask_cluster
+    code, out, err = run(script(tmp_path, CHILDREN), cluster=address, env=env)
+    assert code == 0, (out, err)
+    assert out.splitlines() == [
+        '[0, 1, 4]', 'spawn [0, 1, 4, 9]',
+        'fork a cluster pool cannot be used in a process forked from one that used the '
+        'cluster; start this child with the spawn or forkserver start method'], (out, err)
+
+
 # ---------------------------------------------------------------------------
 # Faults
 

@@ -190,11 +190,27 @@ def _stop(proc):
 
 _engines = {}
 _lock = threading.Lock()
+_forked = []        # set in a child forked from a process with an engine
+
+
+def _after_fork():
+    if _engines:
+        _forked.append(True)
+        _engines.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork)
 
 
 def connect(engine, target):
     """The engine for ('dask' | 'ray', target or None), started or joined once."""
     key = (engine, target)
+    if _forked:
+        # Dask's and Ray's clients run threads and event loops that a
+        # forked child does not have: it would hang.
+        raise RuntimeError('a cluster pool cannot be used in a process forked from one '
+                           'that used the cluster; start this child with the spawn or '
+                           'forkserver start method')
     with _lock:
         e = _engines.get(key)
         if e is None:

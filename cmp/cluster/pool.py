@@ -66,6 +66,9 @@ def ship(obj):
     global _BOUND
     if _BOUND is None:
         _BOUND = _machine_bound_types()
+        # A spawned child's script is __mp_main__: by value too, as __main__.
+        if '__mp_main__' in sys.modules:
+            cloudpickle.register_pickle_by_value(sys.modules['__mp_main__'])
     f = _Bytes()
     try:
         _Shipper(f, protocol=cloudpickle.DEFAULT_PROTOCOL).dump(obj)
