@@ -3,6 +3,11 @@
     python -m cmp SCRIPT [ARGS...]     run SCRIPT as __main__
     python -m cmp -m MODULE [ARGS...]  run MODULE as __main__
     python -m cmp bench [WORKLOAD...]  benchmarks: cmp against multiprocessing
+    python -m cmp --cluster ADDRESS SCRIPT|-m MODULE [ARGS...]
+                                       Pool and ProcessPoolExecutor tasks run on a
+                                       Dask or Ray cluster: ADDRESS is dask,
+                                       dask://HOST:PORT, tcp://HOST:PORT, ray or
+                                       ray://HOST:PORT (or set CMP_CLUSTER)
 
 Under the runner `import multiprocessing` and every `multiprocessing.X`
 resolve to cmp, in this process and in every child it starts.
@@ -101,6 +106,23 @@ def run_bench(argv):
     sys.exit(harness['main'](list(argv)))
 
 
+def _cluster_option(args):
+    """args without a leading --cluster ADDRESS (or --cluster=ADDRESS), which
+    goes into CMP_CLUSTER for this process and its children."""
+    if args[0].startswith('--cluster='):
+        address, args = args[0][len('--cluster='):], args[1:]
+    elif args[0] == '--cluster':
+        if len(args) < 2:
+            sys.exit('python -m cmp: --cluster needs an address')
+        address, args = args[1], args[2:]
+    else:
+        return args
+    if not args:
+        sys.exit('python -m cmp: --cluster needs a script or -m module to run')
+    os.environ['CMP_CLUSTER'] = address
+    return args
+
+
 def main():
     args = sys.argv[1:]
     if not args or args[0] in ('-h', '--help'):
@@ -108,8 +130,15 @@ def main():
         sys.exit(2 if not args else 0)
     if args[0] == 'bench':
         run_bench(args[1:])
+    args = _cluster_option(args)
     from . import _alias
     _alias.install()
+    if os.environ.get('CMP_CLUSTER'):
+        from . import cluster
+        try:
+            cluster.install(os.environ['CMP_CLUSTER'])
+        except (ImportError, ValueError) as e:
+            sys.exit('python -m cmp: %s' % e)
     if args[0] == '-m':
         if len(args) < 2:
             sys.exit('python -m cmp: -m needs a module name')

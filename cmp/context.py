@@ -100,9 +100,11 @@ class BaseContext:
         return _require('queues').SimpleQueue(ctx=self.get_context())
 
     def Pool(self, processes=None, initializer=None, initargs=(),
-             maxtasksperchild=None):
-        return _require('pool').Pool(processes, initializer, initargs,
-                                     maxtasksperchild, context=self.get_context())
+             maxtasksperchild=None, *, cluster=None):
+        """A process pool; with cluster=ADDRESS (or CMP_CLUSTER), on a Dask
+        or Ray cluster (see cmp.cluster)."""
+        return _require('pool').Pool(processes, initializer, initargs, maxtasksperchild,
+                                     context=self.get_context(), cluster=cluster)
 
     def RawValue(self, typecode_or_type, *args):
         return _require('sharedctypes').RawValue(typecode_or_type, *args)

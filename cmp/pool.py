@@ -630,13 +630,24 @@ class Pool:
     """A pool of worker processes (multiprocessing.Pool)."""
 
     _Workers = _Workers
+    _imap_window = _IMAP_WINDOW
 
     @staticmethod
     def Process(ctx, *args, **kwds):
         return ctx.Process(*args, **kwds)
 
+    def __new__(cls, *args, cluster=None, **kwds):
+        # cluster= (or the runner's CMP_CLUSTER): the tasks run on a Dask or
+        # Ray cluster instead (cmp.cluster); cluster=False keeps them here.
+        if cluster is None:
+            cluster = os.environ.get('CMP_CLUSTER')
+        if cls is Pool and cluster:
+            from .cluster import pool_type
+            return super().__new__(pool_type(cluster))
+        return super().__new__(cls)
+
     def __init__(self, processes=None, initializer=None, initargs=(),
-                 maxtasksperchild=None, context=None):
+                 maxtasksperchild=None, context=None, *, cluster=None):
         self._pool = []
         self._state = INIT
         self._ctx = context or _context._default_context.get_context()
@@ -770,7 +781,7 @@ class Pool:
         result = cls(self)
         self._w.start_feeder(
             _imap_feeder(self._w, result, func, iterable, chunksize,
-                         max(_IMAP_WINDOW // chunksize, 4 * self._processes)))
+                         max(self._imap_window // chunksize, 4 * self._processes)))
         if chunksize == 1:
             return result
         return (item for chunk in result for item in chunk)
