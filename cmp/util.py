@@ -276,6 +276,21 @@ def close_fds(*fds):
         os.close(fd)
 
 
+def spawnv_passfds(path, args, passfds):
+    """Start path with argv args (and this environment); the descriptors in
+    passfds stay open in the child under the same numbers. Returns the pid.
+    (loky starts its resource tracker with it.)"""
+    from . import _core
+    return _core.spawn(path, list(args), [b'%s=%s' % kv for kv in os.environb.items()],
+                       sorted(set(passfds)))
+
+
+def _args_from_interpreter_flags():
+    """The command-line options that reproduce this interpreter's flags."""
+    import subprocess
+    return subprocess._args_from_interpreter_flags()
+
+
 def close_all_fds_except(fds):
     fds = sorted(set(fds) | {-1}) + [os.sysconf('SC_OPEN_MAX')]
     for i in range(len(fds) - 1):
