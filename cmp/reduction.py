@@ -111,6 +111,20 @@ def _take_passed_fd(index):
     return _PassedFd(index, _core._take_fd(index))
 
 
+def _token_for_child(popen, fd):
+    """popen.duplicate_for_child(fd), once per descriptor and child. Several
+    cmp objects share a descriptor (the locks of one arena, both ends of a
+    Pipe channel); a Popen not cmp's own (loky's) hands its list to
+    _posixsubprocess, which refuses a descriptor listed twice."""
+    try:
+        tokens = popen._cmp_fd_tokens
+    except AttributeError:
+        tokens = popen._cmp_fd_tokens = {}
+    if fd not in tokens:
+        tokens[fd] = popen.duplicate_for_child(fd)
+    return tokens[fd]
+
+
 def DupFd(fd):
     """An object whose detach(), in the process that unpickles it, returns
     that process's copy of fd. Use it in __reduce__ of objects that own a
@@ -120,6 +134,6 @@ def DupFd(fd):
     RuntimeError."""
     popen = context.get_spawning_popen()
     if popen is not None:
-        return _DupFd(popen.duplicate_for_child(fd))
+        return _DupFd(_token_for_child(popen, fd))
     from . import _core
     return _PassedFd(_core._pass_fd(fd))
