@@ -110,6 +110,7 @@ def main():
         run_bench(args[1:])
     from . import _alias
     _alias.install()
+    _alias.propagate()
     if args[0] == '-m':
         if len(args) < 2:
             sys.exit('python -m cmp: -m needs a module name')
