@@ -67,12 +67,9 @@ class Queue(_core.Ring):
     """
 
     _JOINABLE = False
-    _STDLIB_FEEDER = False      # see _StdlibFeeder
+    _STDLIB_FEEDER = False      # see _FeederQueue
 
     def __init__(self, maxsize=0, *, ctx=None, ring_size=None):
-        if self._STDLIB_FEEDER:
-            # (a subclass's __init__ reaches this one through super())
-            return _StdlibFeeder._init(self, maxsize, ctx)
         if maxsize <= 0:
             maxsize = 0
         elif maxsize > _SEM_VALUE_MAX:
@@ -131,7 +128,7 @@ class Queue(_core.Ring):
         self._feeder_done = done
         if self._feeder_finalizer is None:
             self._feeder_finalizer = util.Finalize(
-                self, Queue._finalize_join, [weakref.ref(self)], exitpriority=-5)
+                self, Queue._finalize_feeder, [weakref.ref(self)], exitpriority=-5)
         t.start()
 
     @staticmethod
@@ -158,7 +155,7 @@ class Queue(_core.Ring):
             done.set()
 
     @staticmethod
-    def _finalize_join(ref):
+    def _finalize_feeder(ref):
         q = ref()
         if q is None:
             return
@@ -178,6 +175,26 @@ class Queue(_core.Ring):
 
     # -- what code written against the stdlib's internals touches ----------
 
+    # The stdlib's finalizers, which a subclass's _start_thread() registers
+    # (loky's): join the feeder thread (a weak reference to it); tell it to
+    # stop once the buffer is written.
+    @staticmethod
+    def _finalize_join(twr):
+        util.debug('joining queue thread')
+        thread = twr()
+        if thread is not None:
+            thread.join()
+            util.debug('... queue thread joined')
+        else:
+            util.debug('... queue thread already dead')
+
+    @staticmethod
+    def _finalize_close(buffer, notempty):
+        util.debug('telling queue thread to quit')
+        with notempty:
+            buffer.append(_sentinel)
+            notempty.notify()
+
     def _on_queue_feeder_error(self, e, obj):
         """Called for an item put() could not pickle, in place of raising,
         when a subclass overrides it (concurrent.futures does: its futures
@@ -187,10 +204,12 @@ class Queue(_core.Ring):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if getattr(cls, '_STDLIB_FEEDER', False):
-            return                      # inherited from a class set up below
-        if _overrides(cls, '_start_thread'):
-            _StdlibFeeder.install(cls)
+        if cls._STDLIB_FEEDER:
+            return                      # _FeederQueue and its subclasses
+        if _overrides(cls, '_start_thread') and Queue in cls.__bases__:
+            # It takes the stdlib's feeder thread over: it gets the stdlib's
+            # design, _FeederQueue, in place of Queue among its bases.
+            cls.__bases__ = tuple(_FeederQueue if b is Queue else b for b in cls.__bases__)
         elif _overrides(cls, '_on_queue_feeder_error'):
             cls.put = Queue._put_reporting
 
@@ -266,36 +285,26 @@ def _overrides(cls, name):
     return getattr(cls, name, None) is not getattr(Queue, name, None)
 
 
-class _StdlibFeeder:
+class _FeederQueue(Queue):
     """The stdlib's feeder-thread design, for subclasses that take it over.
 
     loky's Queue overrides _start_thread() and _feed() to pickle items its
     own way (cloudpickle, for functions defined in __main__) in the stdlib's
-    feeder thread. For such a subclass put() works as the stdlib's does:
-    it takes a slot of _sem (a ctx.BoundedSemaphore), appends the item to
-    _buffer and wakes the feeder, started by _start_thread(); the feeder
-    writes each pickled item with _send_bytes(), here into the ring, and a
-    _sentinel in the buffer (close()) stops it. get() reads the ring and
-    gives back the slot. The ring itself is unbounded: _sem bounds the
-    queue. Names, state tuple and finalizers are the stdlib's.
+    feeder thread. A direct subclass of Queue that overrides _start_thread()
+    gets this class as its base instead (Queue.__init_subclass__), and with
+    it the stdlib's put(): take a slot of _sem (a ctx.BoundedSemaphore),
+    append the item to _buffer and wake the feeder that _start_thread()
+    started. The feeder writes each pickled item with _send_bytes(), here
+    into the ring, and stops at the _sentinel that close() appends. get()
+    reads the ring and gives back the slot. The ring itself is unbounded:
+    _sem bounds the queue. Names, state tuple and finalizers are the
+    stdlib's.
     """
 
     _STDLIB_FEEDER = True
-    _maxsize = 0            # shadows Queue._maxsize: an attribute here
+    _maxsize = 0            # an attribute here, not Queue's property
 
-    @classmethod
-    def install(cls, target):
-        own = set()
-        for klass in target.__mro__:
-            if klass is Queue:
-                break
-            own.update(vars(klass))
-        for name, value in vars(cls).items():
-            if name not in own and name not in ('__module__', '__doc__', '__dict__',
-                                                 '__weakref__', 'install', '_init'):
-                setattr(target, name, value)
-
-    def _init(self, maxsize, ctx):
+    def __init__(self, maxsize=0, *, ctx=None):
         if maxsize <= 0:
             maxsize = _SEM_VALUE_MAX
         ctx = ctx if ctx is not None else context._default_context
@@ -307,7 +316,7 @@ class _StdlibFeeder:
         self._sem = ctx.BoundedSemaphore(maxsize)
         self._ignore_epipe = False
         self._reset()
-        util.register_after_fork(self, lambda q: q._reset())
+        util.register_after_fork(self, _FeederQueue._reset)
 
     def __getstate__(self):
         context.assert_spawning(self)
@@ -388,23 +397,6 @@ class _StdlibFeeder:
             self._jointhread.cancel()
         except AttributeError:
             pass
-
-    @staticmethod
-    def _finalize_join(twr):
-        util.debug('joining queue thread')
-        thread = twr()
-        if thread is not None:
-            thread.join()
-            util.debug('... queue thread joined')
-        else:
-            util.debug('... queue thread already dead')
-
-    @staticmethod
-    def _finalize_close(buffer, notempty):
-        util.debug('telling queue thread to quit')
-        with notempty:
-            buffer.append(_sentinel)
-            notempty.notify()
 
 
 class JoinableQueue(Queue):

@@ -319,3 +319,87 @@ def test_a_shadowed_sitecustomize_still_runs(tmp_path):
     std, mine = run_both(code, runner=True, env={'PYTHONPATH': str(tmp_path)})
     assert std.stdout.split() == ['True', '0'], std.stderr
     assert mine.stdout == std.stdout, mine.stderr
+
+
+# ---------------------------------------------------------------------------
+# A Queue subclass that takes the stdlib's feeder thread over, as loky's does
+# (without needing loky): cmp gives it the stdlib's design (_FeederQueue).
+
+FEEDER = '''
+import pickle, sys, threading, weakref
+from multiprocessing import util
+from multiprocessing.queues import Queue, _sentinel
+
+class Upper(Queue):
+    """Sends strings upper-cased, pickling in its own feeder thread."""
+
+    def _start_thread(self):
+        self._buffer.clear()
+        self._thread = threading.Thread(
+            target=Upper._feed, daemon=True,
+            args=(self._buffer, self._notempty, self._send_bytes, self._wlock,
+                  self._sem, self._on_queue_feeder_error))
+        self._thread.start()
+        self._jointhread = util.Finalize(self._thread, Queue._finalize_join,
+                                         [weakref.ref(self._thread)], exitpriority=-5)
+        self._close = util.Finalize(self, Queue._finalize_close,
+                                    [self._buffer, self._notempty], exitpriority=10)
+
+    @staticmethod
+    def _feed(buffer, notempty, send_bytes, wlock, sem, onerror):
+        while True:
+            with notempty:
+                if not buffer:
+                    notempty.wait()
+            while buffer:
+                obj = buffer.popleft()
+                if obj is _sentinel:
+                    return
+                try:
+                    data = pickle.dumps(obj.upper() if isinstance(obj, str) else obj)
+                except Exception as e:
+                    sem.release()
+                    onerror(e, obj)
+                    continue
+                with wlock:
+                    send_bytes(data)
+
+    def _on_queue_feeder_error(self, e, obj):
+        print('feeder error', type(e).__name__, flush=True)
+
+def child(q, out):
+    out.put(q.get() + '!')
+
+if __name__ == '__main__':
+    mp.set_start_method(sys.argv[1])
+    q = Upper(2, ctx=mp.get_context())
+    q.put('a')
+    q.put('b')
+    print(q.full(), q.qsize(), q._maxsize)
+    try:
+        q.put('c', timeout=0.1)
+    except Exception as e:
+        print(type(e).__name__)
+    print(q.get(timeout=10), q.get(timeout=10), q.full())
+    q.put(threading.Lock())                 # cannot be pickled: the feeder reports it
+    q.put('x')
+    print(q.get(timeout=10))
+    out = mp.Queue()
+    p = mp.Process(target=child, args=(q, out))
+    p.start()
+    q.put('hello')
+    print(out.get(timeout=30))
+    p.join()
+    q.close()
+    q.join_thread()
+    try:
+        q.put('late')
+    except ValueError:
+        print('closed')
+    print(p.exitcode)
+'''
+
+
+@pytest.mark.parametrize('method', ['fork', 'spawn'])
+def test_a_queue_subclass_with_its_own_feeder(method):
+    same(FEEDER, method)
