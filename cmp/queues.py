@@ -128,7 +128,7 @@ class Queue(_core.Ring):
         self._feeder_done = done
         if self._feeder_finalizer is None:
             self._feeder_finalizer = util.Finalize(
-                self, Queue._finalize_feeder, [weakref.ref(self)], exitpriority=-5)
+                self, Queue._finalize_join, [weakref.ref(self)], exitpriority=-5)
         t.start()
 
     @staticmethod
@@ -155,8 +155,16 @@ class Queue(_core.Ring):
             done.set()
 
     @staticmethod
-    def _finalize_feeder(ref):
+    def _finalize_join(ref):
+        """Wait for a feeder thread: cmp's, given a weak reference to its
+        Queue, or the stdlib's, given one to the Thread (as a subclass's
+        _start_thread() registers it, loky's)."""
         q = ref()
+        if isinstance(q, threading.Thread):
+            util.debug('joining queue thread')
+            q.join()
+            util.debug('... queue thread joined')
+            return
         if q is None:
             return
         if q._joincancelled:
@@ -175,19 +183,9 @@ class Queue(_core.Ring):
 
     # -- what code written against the stdlib's internals touches ----------
 
-    # The stdlib's finalizers, which a subclass's _start_thread() registers
-    # (loky's): join the feeder thread (a weak reference to it); tell it to
-    # stop once the buffer is written.
-    @staticmethod
-    def _finalize_join(twr):
-        util.debug('joining queue thread')
-        thread = twr()
-        if thread is not None:
-            thread.join()
-            util.debug('... queue thread joined')
-        else:
-            util.debug('... queue thread already dead')
-
+    # The stdlib's finalizer that a subclass's _start_thread() registers
+    # (loky's) to stop the feeder once the buffer is written; it registers
+    # _finalize_join (above) to wait for it.
     @staticmethod
     def _finalize_close(buffer, notempty):
         util.debug('telling queue thread to quit')
