@@ -133,6 +133,7 @@ def main():
     args = _cluster_option(args)
     from . import _alias
     _alias.install()
+    _alias.propagate()
     if os.environ.get('CMP_CLUSTER'):
         from . import cluster
         try:

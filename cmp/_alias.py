@@ -1,10 +1,12 @@
 """Make `import multiprocessing` (and every multiprocessing.X) resolve to cmp.
 
 Installed by the runner (`python -m cmp`) and, through the preparation data,
-in every child it starts. A submodule cmp does not have is an ImportError
+in every child it starts; propagate() extends it to any Python the program
+starts in other ways (see _boot/sitecustomize.py). A submodule cmp does not have is an ImportError
 that names it; nothing ever falls back to the stdlib's implementation.
 """
 import importlib
+import os
 import sys
 from importlib.machinery import ModuleSpec
 
@@ -59,3 +61,14 @@ def install():
     sys.meta_path.insert(0, _finder)
     import cmp
     sys.modules[_PREFIX] = cmp
+
+
+def propagate():
+    """Make every Python this process starts from now on (and their own
+    children) alias multiprocessing too: loky starts its workers as
+    `python -m ...`, which neither fork nor cmp's spawn handles."""
+    boot = os.path.join(os.path.dirname(os.path.abspath(__file__)), '_boot')
+    path = os.environ.get('PYTHONPATH')
+    if path is not None and boot in path.split(os.pathsep):
+        return
+    os.environ['PYTHONPATH'] = boot + (os.pathsep + path if path else '')

@@ -91,12 +91,29 @@ class Connection(_core.Connection):
                                     (reduction.DupFd(memfd), size, end, exact))
 
 
+class _ChannelConnection(Connection):
+    """A Pipe() end whose messages go through a shared-memory channel.
+
+    The stdlib's Connection is its descriptor alone, so other picklers
+    register reducers for Connection that send only that (loky does); such
+    an end would arrive without its channel and read end of file. Pickle
+    looks reducers up by exact type, so channel ends are this subclass and
+    keep Connection.__reduce__, which sends the channel too. Its name is
+    the stdlib's, for reprs and type(conn).__name__."""
+
+    __slots__ = ()
+
+
+_ChannelConnection.__name__ = _ChannelConnection.__qualname__ = 'Connection'
+
+
 def reduce_connection(conn):
     return conn.__reduce__()
 
 
 def rebuild_connection(df, readable, writable, chan=None):
-    conn = Connection(df.detach(), readable, writable)
+    cls = Connection if chan is None else _ChannelConnection
+    conn = cls(df.detach(), readable, writable)
     if chan is not None:
         mdf, size, end, exact = chan
         memfd = mdf.detach()
@@ -121,7 +138,7 @@ def Pipe(duplex=True):
     wake-ups, end of file and passed descriptors (see src/core/chan.h). When
     no channel is to be had (descriptors scarce, or no shared memory), the
     pair is a plain socketpair or pipe carrying the stdlib's frames."""
-    pair = _core._pipe(Connection, duplex)
+    pair = _core._pipe(_ChannelConnection, duplex)
     if pair is not None:
         return pair
     if duplex:

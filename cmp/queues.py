@@ -41,6 +41,10 @@ DEFAULT_RING_SIZE = 1 << 20
 
 _SEM_VALUE_MAX = 2147483647     # what the stdlib reports as an unbounded queue's _maxsize
 
+# The stdlib's feeder thread stops when it pops this from the buffer; code
+# that overrides Queue._feed (loky) imports it.
+_sentinel = object()
+
 _core._queue_setup(pickle.Pickler, reduction.ForkingPickler._dispatch,
                    reduction.DEFAULT_PROTOCOL, pickle.loads, Empty, Full)
 
@@ -68,6 +72,7 @@ class Queue(_core.Ring):
     """
 
     _JOINABLE = False
+    _STDLIB_FEEDER = False      # see _FeederQueue
 
     def __init__(self, maxsize=0, *, ctx=None, ring_size=None):
         if maxsize <= 0:
@@ -101,7 +106,10 @@ class Queue(_core.Ring):
     def __reduce__(self):
         context.assert_spawning(self)
         fd, size = self._share()
-        return _rebuild, (type(self), reduction.DupFd(fd), size)
+        # A subclass's __getstate__ (the stdlib's pickles the Queue's state
+        # with it) travels too, and its __setstate__ runs on arrival.
+        state = self.__getstate__() if _overrides(type(self), '__getstate__') else None
+        return _rebuild, (type(self), reduction.DupFd(fd), size), state
 
     # -- overflow ----------------------------------------------------------
 
@@ -153,7 +161,15 @@ class Queue(_core.Ring):
 
     @staticmethod
     def _finalize_join(ref):
+        """Wait for a feeder thread: cmp's, given a weak reference to its
+        Queue, or the stdlib's, given one to the Thread (as a subclass's
+        _start_thread() registers it, loky's)."""
         q = ref()
+        if isinstance(q, threading.Thread):
+            util.debug('joining queue thread')
+            q.join()
+            util.debug('... queue thread joined')
+            return
         if q is None:
             return
         if q._joincancelled:
@@ -172,6 +188,16 @@ class Queue(_core.Ring):
 
     # -- what code written against the stdlib's internals touches ----------
 
+    # The stdlib's finalizer that a subclass's _start_thread() registers
+    # (loky's) to stop the feeder once the buffer is written; it registers
+    # _finalize_join (above) to wait for it.
+    @staticmethod
+    def _finalize_close(buffer, notempty):
+        util.debug('telling queue thread to quit')
+        with notempty:
+            buffer.append(_sentinel)
+            notempty.notify()
+
     def _on_queue_feeder_error(self, e, obj):
         """Called for an item put() could not pickle, in place of raising,
         when a subclass overrides it (concurrent.futures does: its futures
@@ -181,7 +207,13 @@ class Queue(_core.Ring):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        if cls._on_queue_feeder_error is not Queue._on_queue_feeder_error:
+        if cls._STDLIB_FEEDER:
+            return                      # _FeederQueue and its subclasses
+        if _overrides(cls, '_start_thread') and Queue in cls.__bases__:
+            # It takes the stdlib's feeder thread over: it gets the stdlib's
+            # design, _FeederQueue, in place of Queue among its bases.
+            cls.__bases__ = tuple(_FeederQueue if b is Queue else b for b in cls.__bases__)
+        elif _overrides(cls, '_on_queue_feeder_error'):
             cls.put = Queue._put_reporting
 
     def _put_reporting(self, obj, block=True, timeout=None):
@@ -194,19 +226,21 @@ class Queue(_core.Ring):
                 raise           # closed: ValueError / OSError, as put() says
             self._on_queue_feeder_error(e, obj)
 
-    @property
-    def _reader(self):
-        return self._end('reader')
-
-    @property
-    def _writer(self):
-        return self._end('writer')
+    # Subclasses may replace the ends (torch wraps them; loky's __setstate__
+    # restores them).
+    _reader = property(lambda self: self._end('reader'),
+                       lambda self, end: self._set_end('reader', end))
+    _writer = property(lambda self: self._end('writer'),
+                       lambda self, end: self._set_end('writer', end))
 
     def _end(self, side):
         ends = self.__dict__.setdefault('_ends', {})
         if side not in ends:
             ends[side] = _QueueEnd(side)
         return ends[side]
+
+    def _set_end(self, side, end):
+        self.__dict__.setdefault('_ends', {})[side] = end
 
     # -- the stdlib's API beyond put/get -----------------------------------
 
@@ -259,6 +293,125 @@ class _QueueEnd:
         raise OSError('a cmp Queue has no %s descriptor: its items are in shared memory '
                       '(use get(timeout=...), or a SimpleQueue, whose _reader is a '
                       'Connection)' % self._side)
+
+
+def _overrides(cls, name):
+    """Whether a subclass of Queue defines name itself."""
+    return getattr(cls, name, None) is not getattr(Queue, name, None)
+
+
+class _FeederQueue(Queue):
+    """The stdlib's feeder-thread design, for subclasses that take it over.
+
+    loky's Queue overrides _start_thread() and _feed() to pickle items its
+    own way (cloudpickle, for functions defined in __main__) in the stdlib's
+    feeder thread. A direct subclass of Queue that overrides _start_thread()
+    gets this class as its base instead (Queue.__init_subclass__), and with
+    it the stdlib's put(): take a slot of _sem (a ctx.BoundedSemaphore),
+    append the item to _buffer and wake the feeder that _start_thread()
+    started. The feeder writes each pickled item with _send_bytes(), here
+    into the ring, and stops at the _sentinel that close() appends. get()
+    reads the ring and gives back the slot. The ring itself is unbounded:
+    _sem bounds the queue. Names, state tuple and finalizers are the
+    stdlib's.
+    """
+
+    _STDLIB_FEEDER = True
+    _maxsize = 0            # an attribute here, not Queue's property
+
+    def __init__(self, maxsize=0, *, ctx=None):
+        if maxsize <= 0:
+            maxsize = _SEM_VALUE_MAX
+        ctx = ctx if ctx is not None else context._default_context
+        self._create(_ring_size(None), 0, self._JOINABLE)
+        self._maxsize = maxsize
+        self._opid = os.getpid()
+        self._rlock = ctx.Lock()
+        self._wlock = ctx.Lock()
+        self._sem = ctx.BoundedSemaphore(maxsize)
+        self._ignore_epipe = False
+        self._reset()
+        util.register_after_fork(self, _FeederQueue._reset)
+
+    def __getstate__(self):
+        context.assert_spawning(self)
+        return (self._ignore_epipe, self._maxsize, self._reader, self._writer,
+                self._rlock, self._wlock, self._sem, self._opid)
+
+    def __setstate__(self, state):
+        (self._ignore_epipe, self._maxsize, self._reader, self._writer,
+         self._rlock, self._wlock, self._sem, self._opid) = state
+        self._reset()
+
+    def _reset(self):
+        self._notempty = threading.Condition(threading.Lock())
+        self._buffer = collections.deque()
+        self._thread = None
+        self._jointhread = None
+        self._joincancelled = False
+        self._closed = False
+        self._close = None
+
+    def _send_bytes(self, buf):
+        self._write([[buf]], False)
+
+    def put(self, obj, block=True, timeout=None):
+        if self._closed:
+            raise ValueError(f"Queue {self!r} is closed")
+        if not self._sem.acquire(block, timeout):
+            raise Full
+        with self._notempty:
+            if self._thread is None:
+                self._start_thread()
+            self._buffer.append(obj)
+            self._notempty.notify()
+
+    def put_nowait(self, obj):
+        return self.put(obj, False)
+
+    def put_many(self, items, block=True, timeout=None):
+        for obj in items:
+            self.put(obj, block, timeout)
+
+    def get(self, block=True, timeout=None):
+        obj = _core.Ring.get(self, block, timeout)
+        self._sem.release()
+        return obj
+
+    def get_nowait(self):
+        return self.get(False)
+
+    def get_many(self, max_items, block=True, timeout=None):
+        items = _core.Ring.get_many(self, max_items, block, timeout)
+        for _ in items:
+            self._sem.release()
+        return items
+
+    def qsize(self):
+        return self._maxsize - self._sem._semlock._get_value()
+
+    def full(self):
+        return self._sem._semlock._get_value() == 0
+
+    def close(self):
+        self._closed = True
+        close, self._close = self._close, None
+        if close:
+            close()
+
+    def join_thread(self):
+        util.debug('Queue.join_thread()')
+        assert self._closed, "Queue {0!r} not closed".format(self)
+        if self._jointhread:
+            self._jointhread()
+
+    def cancel_join_thread(self):
+        util.debug('Queue.cancel_join_thread()')
+        self._joincancelled = True
+        try:
+            self._jointhread.cancel()
+        except AttributeError:
+            pass
 
 
 class JoinableQueue(Queue):

@@ -123,6 +123,20 @@ def _take_passed_fd(index):
     return _PassedFd(index, _core._take_fd(index))
 
 
+def _token_for_child(popen, fd):
+    """popen.duplicate_for_child(fd), once per descriptor and child. Several
+    cmp objects share a descriptor (the locks of one arena, both ends of a
+    Pipe channel); a Popen not cmp's own (loky's) hands its list to
+    _posixsubprocess, which refuses a descriptor listed twice."""
+    try:
+        tokens = popen._cmp_fd_tokens
+    except AttributeError:
+        tokens = popen._cmp_fd_tokens = {}
+    if fd not in tokens:
+        tokens[fd] = popen.duplicate_for_child(fd)
+    return tokens[fd]
+
+
 def DupFd(fd):
     """An object whose detach(), in the process that unpickles it, returns
     that process's copy of fd. Use it in __reduce__ of objects that own a
@@ -133,7 +147,7 @@ def DupFd(fd):
     if popen is not None:
         # A Popen of another library (loky's) brings its own wrapper class.
         wrap = getattr(popen, 'DupFd', _DupFd)
-        return wrap(popen.duplicate_for_child(fd))
+        return wrap(_token_for_child(popen, fd))
     from . import _core
     try:
         return _PassedFd(_core._pass_fd(fd))

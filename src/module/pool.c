@@ -516,7 +516,10 @@ done:
 /* ------------------------------------------------------------------------ */
 /* Posting                                                                  */
 
-/* One bytes object from a list of bytes-like pieces. */
+/* One bytes object from a list of bytes-like pieces. A piece may be a
+ * PickleBuffer (protocol 5 writes large buffers so): it has no len(), and a
+ * Fortran-ordered one is contiguous but not C-contiguous, so both loops go
+ * through the buffer protocol and copy in memory order, as pickle does. */
 static PyObject *
 join_pieces(PyObject *pieces)
 {
@@ -524,20 +527,22 @@ join_pieces(PyObject *pieces)
     if (n == 1 && PyBytes_CheckExact(PyList_GET_ITEM(pieces, 0)))
         return Py_NewRef(PyList_GET_ITEM(pieces, 0));
     for (Py_ssize_t i = 0; i < n; i++) {
-        Py_ssize_t k = PyObject_Length(PyList_GET_ITEM(pieces, i));
-        if (k < 0)
+        Py_buffer v;
+        if (PyObject_GetBuffer(PyList_GET_ITEM(pieces, i), &v, PyBUF_FULL_RO) < 0)
             return NULL;
-        total += k;
+        total += v.len;
+        PyBuffer_Release(&v);
     }
     PyObject *out = PyBytes_FromStringAndSize(NULL, total);
     char *p = out ? PyBytes_AS_STRING(out) : NULL;
     for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
         Py_buffer v;
-        if (PyObject_GetBuffer(PyList_GET_ITEM(pieces, i), &v, PyBUF_SIMPLE) < 0) {
+        if (PyObject_GetBuffer(PyList_GET_ITEM(pieces, i), &v, PyBUF_FULL_RO) < 0) {
             Py_CLEAR(out);
             break;
         }
-        memcpy(p, v.buf, (size_t)v.len);
+        if (PyBuffer_ToContiguous(p, &v, v.len, 'A') < 0)
+            Py_CLEAR(out);
         p += v.len;
         PyBuffer_Release(&v);
     }

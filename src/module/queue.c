@@ -43,12 +43,37 @@ typedef struct {
     PyObject *pieces;           /* list */
 } CmpSinkObject;
 
+/* The pickler writes bytes and, with protocol 5, a PickleBuffer for a large
+ * contiguous buffer (numpy arrays), which has no len(). A C-contiguous one is
+ * kept as it is (msg_open() takes its memory without a copy); another (a
+ * Fortran-ordered array) is copied, in its memory order, as pickle would. */
 static PyObject *
 sink_write(CmpSinkObject *self, PyObject *data)
 {
-    if (PyList_Append(self->pieces, data) < 0)
+    Py_buffer view;
+    Py_ssize_t len;
+    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) == 0) {
+        len = view.len;
+        PyBuffer_Release(&view);
+        if (PyList_Append(self->pieces, data) < 0)
+            return NULL;
+        return PyLong_FromSsize_t(len);
+    }
+    PyErr_Clear();
+    if (PyObject_GetBuffer(data, &view, PyBUF_FULL_RO) < 0)
         return NULL;
-    return PyLong_FromSsize_t(PyObject_Length(data));
+    len = view.len;
+    PyObject *copy = PyBytes_FromStringAndSize(NULL, len);
+    if (copy != NULL && PyBuffer_ToContiguous(PyBytes_AS_STRING(copy), &view, len, 'A') < 0)
+        Py_CLEAR(copy);
+    PyBuffer_Release(&view);
+    if (copy == NULL)
+        return NULL;
+    int rc = PyList_Append(self->pieces, copy);
+    Py_DECREF(copy);
+    if (rc < 0)
+        return NULL;
+    return PyLong_FromSsize_t(len);
 }
 
 static int

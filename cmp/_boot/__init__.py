@@ -1,0 +1,1 @@
+"""The directory `python -m cmp` puts first on PYTHONPATH (see sitecustomize.py)."""
