@@ -379,3 +379,42 @@ def test_no_leaks_across_many_children(method):
             print(fds() - before, zombies(), len(mp.active_children()))
     ''', 'cmp', start_method=method, timeout=120)
     assert r.stdout.split() == ['0', '0', '0'], r.stdout + r.stderr
+
+
+def test_forkserver_refuses_strangers():
+    """The fork server forks only for requests that carry its key: a wrong
+    key, garbage or a silent connection is closed, and the server goes on
+    serving its program."""
+    r = run('''
+        import os, socket
+        from cmp import _core, forkserver
+        def f():
+            print('child ran')
+        if __name__ == '__main__':
+            p = mp.Process(target=f); p.start(); p.join()
+            fs = forkserver._forkserver
+            try:
+                _core.forkserver_request(fs._address, fs._listener_pid, bytes(32), b'x', [])
+            except EOFError:
+                print('wrong key refused')
+            silent = socket.socket(socket.AF_UNIX)
+            silent.connect(fs._address)
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(fs._address)
+                s.sendall(b'garbage' * 20)
+                try:
+                    print('garbage refused', s.recv(8) == b'')
+                except ConnectionResetError:
+                    print('garbage refused', True)
+            try:
+                _core.forkserver_request(fs._address, os.getpid() + 1, fs._key, b'x', [])
+            except ConnectionRefusedError:
+                print('wrong listener refused')
+            p = mp.Process(target=f); p.start(); p.join()
+            silent.close()
+            print(p.exitcode)
+    ''', 'cmp', start_method='forkserver')
+    # The children's lines and the parent's (buffered: a pipe) interleave.
+    assert sorted(r.stdout.splitlines()) == sorted([
+        'child ran', 'wrong key refused', 'garbage refused True',
+        'wrong listener refused', 'child ran', '0']), r.stdout + r.stderr

@@ -2,10 +2,14 @@
 #ifndef CMP_PROC_H
 #define CMP_PROC_H
 
+#include <poll.h>
+#include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "cmp_core.h"
+#include "wire.h"
 
 /* A pollable descriptor for `pid` (close-on-exec), or -1 with errno set. */
 int cmp_pidfd_open(pid_t pid);
@@ -43,5 +47,90 @@ int cmp_wait_readable(int fd, int64_t deadline);
 /* Reap `pid` if it has ended. CMP_OK with *exitcode set (the exit status, or
  * -signal), CMP_EEMPTY while it runs, CMP_ERRNO (ECHILD: reaped elsewhere). */
 int cmp_reap(pid_t pid, int *exitcode);
+
+/* ------------------------------------------------------------------------ */
+/* The fork server's protocol                                                */
+/*
+ * A request is one connection to the server's listening Unix stream socket.
+ * Its first bytes are a cmp_fs_header, sent with one sendmsg() that carries
+ * the descriptors the child gets (SCM_RIGHTS) and as much of the payload as
+ * fits; the rest of the payload follows. The server checks the header (the
+ * peer's uid, the magic, the key, compared in constant time), forks, and
+ * the child reads the payload from the connection itself, so the server
+ * never copies it. The server answers with the child's pid (or -errno if
+ * fork failed) and, once it has reaped the child, its exit code: 8-byte
+ * signed little-endian each.
+ */
+
+#define CMP_FS_KEY_LEN 32
+#define CMP_FS_MAGIC 0x31534d43u    /* "CMS1" */
+
+typedef struct {
+    uint32_t magic;
+    uint32_t reserved;
+    uint64_t size;                          /* payload bytes after the header */
+    unsigned char key[CMP_FS_KEY_LEN];
+} cmp_fs_header;
+
+/* Send a request on a new connection to `addr` (a sockaddr_un path of
+ * `addrlen` bytes, abstract if it starts with NUL) and wait for the pid.
+ * When `listener_pid` > 0 the socket must have been listened on by that
+ * process (SO_PEERCRED), so a stranger that took over the address after
+ * the server died learns nothing. On CMP_OK, *sock is the connection (the
+ * exit code arrives on it) and *pid the child's. CMP_EEOF: the server
+ * closed the connection (it refused or died); CMP_ERRNO otherwise (fork
+ * failing in the server is reported with its errno). EINTR is retried. */
+int cmp_fs_request(const char *addr, size_t addrlen, pid_t listener_pid,
+                   const unsigned char key[CMP_FS_KEY_LEN],
+                   const void *payload, size_t size, const int *fds, int nfds,
+                   int *sock, int64_t *pid);
+
+/* A request the server accepted: the connection, its descriptors, and the
+ * payload size the child reads from the connection. */
+typedef struct {
+    int conn;
+    int nfds;
+    uint64_t size;
+    int fds[CMP_WIRE_MAX_FDS];
+} cmp_fs_req;
+
+typedef struct {
+    pid_t pid;
+    int conn;
+} cmp_fs_child;
+
+/* The server's state: what it listens on and what it waits for. */
+typedef struct {
+    int listener, alive, sigfd;
+    unsigned char key[CMP_FS_KEY_LEN];
+    sigset_t oldmask;           /* the mask before SIGCHLD was blocked */
+    int *pending;               /* accepted, header not yet read */
+    size_t npending, cap_pending;
+    cmp_fs_child *kids;         /* forked, not yet reaped */
+    size_t nkids, cap_kids;
+    struct pollfd *pfds;
+    size_t cap_pfds;
+} cmp_fs_server;
+
+/* Take over `listener` and `alive` (EOF on it: the program is gone) and block
+ * SIGCHLD into a signalfd. CMP_OK or CMP_ERRNO. */
+int cmp_fs_server_init(cmp_fs_server *s, int listener, int alive,
+                       const unsigned char key[CMP_FS_KEY_LEN]);
+
+/* Serve until a valid request arrives (CMP_OK, *req filled: fork now), the
+ * program is gone (CMP_EEOF), a signal arrives (CMP_EINTR) or an error
+ * (CMP_ERRNO). Children that ended meanwhile are reaped and reported. */
+int cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req);
+
+/* In the server after fork(): answer the request with `pid` (or -errno when
+ * pid < 0), keep its connection for the exit code, close its descriptors. */
+void cmp_fs_forked(cmp_fs_server *s, cmp_fs_req *req, pid_t pid, int err);
+
+/* In the child: close everything of the server's (not req's descriptors)
+ * and restore the signal mask. */
+void cmp_fs_in_child(cmp_fs_server *s);
+
+/* Read exactly n bytes from fd (EINTR retried). CMP_OK, CMP_EEOF, CMP_ERRNO. */
+int cmp_read_exact(int fd, void *buf, size_t n);
 
 #endif /* CMP_PROC_H */
