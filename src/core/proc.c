@@ -10,7 +10,10 @@
 #include <spawn.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/personality.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -147,6 +150,159 @@ done:
     return pid;
 }
 
+pid_t
+cmp_spawn_clean(const char *path, char *const argv[], char *const envp[],
+                const int *keep, size_t nkeep)
+{
+    posix_spawn_file_actions_t fa;
+    pid_t pid;
+    int rc;
+
+    if ((rc = posix_spawn_file_actions_init(&fa)) != 0) {
+        errno = rc;
+        return CMP_ERRNO;
+    }
+    /* Move the kept descriptors above every target first, so placing one
+     * never overwrites another still to be placed. */
+    int high = 3 + (int)nkeep;
+    for (size_t i = 0; i < nkeep; i++)
+        if (keep[i] >= high)
+            high = keep[i] + 1;
+    for (size_t i = 0; i < nkeep && rc == 0; i++)
+        rc = posix_spawn_file_actions_adddup2(&fa, keep[i], high + (int)i);
+    for (size_t i = 0; i < nkeep && rc == 0; i++)
+        rc = posix_spawn_file_actions_adddup2(&fa, high + (int)i, 3 + (int)i);
+    if (rc == 0)
+        rc = posix_spawn_file_actions_addclosefrom_np(&fa, 3 + (int)nkeep);
+    if (rc == 0)
+        rc = posix_spawn(&pid, path, &fa, NULL, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) {
+        errno = rc;
+        return CMP_ERRNO;
+    }
+    return pid;
+}
+
+/* ------------------------------------------------------------------------ */
+/* What a spawned process inherits                                           */
+
+static unsigned char *
+put(unsigned char *p, const unsigned char *end, const void *v, size_t n)
+{
+    if (p == NULL || (size_t)(end - p) < n)
+        return NULL;
+    memcpy(p, v, n);
+    return p + n;
+}
+
+static int
+read_umask(void)
+{
+    char buf[2048];
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    const char *u = strstr(buf, "\nUmask:");
+    return u ? (int)strtol(u + 7, NULL, 8) : -1;
+}
+
+int
+cmp_proc_state(unsigned char *buf)
+{
+    unsigned char *p = buf, *end = buf + CMP_PROC_STATE_MAX;
+    uid_t uids[3];
+    gid_t gids[3], groups[64];
+    if (getresuid(&uids[0], &uids[1], &uids[2]) < 0 ||
+        getresgid(&gids[0], &gids[1], &gids[2]) < 0)
+        return CMP_ERRNO;
+    p = put(p, end, uids, sizeof(uids));
+    p = put(p, end, gids, sizeof(gids));
+    int ng = getgroups(64, groups);
+    if (ng >= 0)
+        p = put(p, end, groups, sizeof(gid_t) * (size_t)ng);
+    int v = read_umask();
+    p = put(p, end, &v, sizeof(v));
+    for (int r = 0; r < RLIM_NLIMITS; r++) {
+        struct rlimit rl = {0, 0};
+        getrlimit(r, &rl);
+        p = put(p, end, &rl, sizeof(rl));
+    }
+    errno = 0;
+    v = getpriority(PRIO_PROCESS, 0);
+    p = put(p, end, &v, sizeof(v));
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    sched_getaffinity(0, sizeof(cpus), &cpus);
+    p = put(p, end, &cpus, sizeof(cpus));
+    sigset_t mask;
+    sigemptyset(&mask);
+    pthread_sigmask(SIG_BLOCK, NULL, &mask);
+    uint64_t blocked = 0, ignored = 0;     /* (glibc's sigset_t has slack) */
+    for (int sig = 1; sig < 64; sig++) {
+        struct sigaction sa;
+        if (sigismember(&mask, sig) == 1)
+            blocked |= (uint64_t)1 << sig;
+        if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN)
+            ignored |= (uint64_t)1 << sig;
+    }
+    p = put(p, end, &blocked, sizeof(blocked));
+    p = put(p, end, &ignored, sizeof(ignored));
+    v = prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0);
+    p = put(p, end, &v, sizeof(v));
+    v = personality(0xffffffff);
+    p = put(p, end, &v, sizeof(v));
+    for (int fd = 0; fd < 3; fd++) {
+        v = fcntl(fd, F_GETFD) < 0 ? -1 : isatty(fd);
+        p = put(p, end, &v, sizeof(v));
+    }
+    if (p == NULL) {
+        errno = ENOBUFS;
+        return CMP_ERRNO;
+    }
+    return (int)(p - buf);
+}
+
+int
+cmp_place_fds(const int *fds, const int *targets, int n)
+{
+    int high = 3, moved[CMP_WIRE_MAX_FDS];
+    if (n > CMP_WIRE_MAX_FDS) {
+        errno = EINVAL;
+        return CMP_ERRNO;
+    }
+    for (int i = 0; i < n; i++)
+        if (targets[i] >= high)
+            high = targets[i] + 1;
+    /* Out of the way of every target first, then onto the targets. */
+    for (int i = 0; i < n; i++) {
+        moved[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, high);
+        if (moved[i] < 0) {
+            int saved = errno;
+            while (i-- > 0)
+                close(moved[i]);
+            errno = saved;
+            return CMP_ERRNO;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+    int st = CMP_OK;
+    for (int i = 0; i < n; i++) {
+        if (st == CMP_OK && dup2(moved[i], targets[i]) < 0)
+            st = CMP_ERRNO;
+        int saved = errno;
+        close(moved[i]);
+        errno = saved;
+    }
+    return st;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Waiting                                                                  */
 
@@ -255,17 +411,11 @@ fail:;
 }
 
 int
-cmp_fs_request(const char *addr, size_t addrlen, pid_t listener_pid,
-               const unsigned char key[CMP_FS_KEY_LEN],
-               const void *payload, size_t size, const int *fds, int nfds,
-               int *sock, int64_t *pid)
+cmp_fs_send(int fd, const unsigned char key[CMP_FS_KEY_LEN],
+            const void *payload, size_t size, const int *fds, int nfds)
 {
     cmp_fs_header h = {.magic = CMP_FS_MAGIC, .size = size};
     memcpy(h.key, key, CMP_FS_KEY_LEN);
-    int fd = fs_connect(addr, addrlen, listener_pid);
-    if (fd < 0)
-        return CMP_ERRNO;
-
     /* Header, descriptors and the first part of the payload in one call. */
     struct iovec iov[2] = {{&h, sizeof(h)}, {(void *)payload, size}};
     struct msghdr m = {.msg_iov = iov, .msg_iovlen = size > 0 ? 2 : 1};
@@ -276,23 +426,68 @@ cmp_fs_request(const char *addr, size_t addrlen, pid_t listener_pid,
     do {
         w = sendmsg(fd, &m, MSG_NOSIGNAL);
     } while (w < 0 && errno == EINTR);
-    int st = CMP_OK;
     if (w < 0)
-        st = errno == EPIPE || errno == ECONNRESET ? CMP_EEOF : CMP_ERRNO;
-    else if ((size_t)w < sizeof(h))
+        return errno == EPIPE || errno == ECONNRESET ? CMP_EEOF : CMP_ERRNO;
+    int st = CMP_OK;
+    if ((size_t)w < sizeof(h))
         st = send_all(fd, (const unsigned char *)&h + w, sizeof(h) - (size_t)w);
     if (st == CMP_OK) {
         size_t done = (size_t)w > sizeof(h) ? (size_t)w - sizeof(h) : 0;
         st = send_all(fd, (const unsigned char *)payload + done, size - done);
     }
+    return st;
+}
+
+int
+cmp_fs_recv(int fd, cmp_fs_req *req)
+{
+    cmp_fs_header h;
+    size_t have = 0;
+    req->conn = fd;
+    req->nfds = 0;
+    while (have < sizeof(h)) {
+        struct iovec iov = {(unsigned char *)&h + have, sizeof(h) - have};
+        cmp_cmsg_space cmsg;
+        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1,
+                           .msg_control = cmsg.buf, .msg_controllen = sizeof(cmsg.buf)};
+        ssize_t n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            for (int i = 0; i < req->nfds; i++)
+                close(req->fds[i]);
+            req->nfds = 0;
+            return n == 0 ? CMP_EEOF : CMP_ERRNO;
+        }
+        cmp_wire_take_fds(&m, req->fds, &req->nfds, CMP_WIRE_MAX_FDS);
+        have += (size_t)n;
+    }
+    if (h.magic != CMP_FS_MAGIC) {
+        for (int i = 0; i < req->nfds; i++)
+            close(req->fds[i]);
+        req->nfds = 0;
+        return CMP_EBADMSG;
+    }
+    req->size = h.size;
+    return CMP_OK;
+}
+
+int
+cmp_fs_request(const char *addr, size_t addrlen, pid_t listener_pid,
+               const unsigned char key[CMP_FS_KEY_LEN],
+               const void *payload, size_t size, const int *fds, int nfds,
+               int *sock, int64_t *pid)
+{
+    int fd = fs_connect(addr, addrlen, listener_pid);
+    if (fd < 0)
+        return CMP_ERRNO;
+    int st = cmp_fs_send(fd, key, payload, size, fds, nfds);
     /* Even when the child stopped reading early, the pid comes. */
     unsigned char buf[8];
     if (st == CMP_OK || st == CMP_EEOF) {
-        int rst = cmp_read_exact(fd, buf, sizeof(buf));
-        if (rst == CMP_ERRNO && errno == ECONNRESET)
-            rst = CMP_EEOF;     /* closed with our bytes unread: refused */
-        if (rst != CMP_OK)
-            st = rst;
+        st = cmp_read_exact(fd, buf, sizeof(buf));
+        if (st == CMP_ERRNO && errno == ECONNRESET)
+            st = CMP_EEOF;      /* closed with our bytes unread: refused */
     }
     if (st != CMP_OK) {
         int saved = errno;

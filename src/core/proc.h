@@ -40,6 +40,24 @@ int cmp_die_with_parent(pid_t expected_ppid);
 pid_t cmp_spawn(const char *path, char *const argv[], char *const envp[],
                 const int *keep, size_t nkeep);
 
+/* Spawn like cmp_spawn, but with exactly 0, 1, 2 and keep[i] as 3 + i open
+ * in the child (the stdlib's close_fds): for a spare interpreter. */
+pid_t cmp_spawn_clean(const char *path, char *const argv[], char *const envp[],
+                      const int *keep, size_t nkeep);
+
+/* What a process started now inherits besides its environment and working
+ * directory, as bytes to compare: credentials, umask, rlimits, nice value,
+ * CPU affinity, the calling thread's signal mask, the ignored signals,
+ * no_new_privs, personality, and which of 0, 1, 2 are open and terminals.
+ * Fills buf (CMP_PROC_STATE_MAX bytes); returns the length or CMP_ERRNO. */
+#define CMP_PROC_STATE_MAX 4096
+int cmp_proc_state(unsigned char *buf);
+
+/* Make descriptor targets[i] refer to what fds[i] refers to (inheritable, as
+ * after exec), for i < n, and close fds[]; a descriptor already at a target
+ * number is replaced. CMP_OK or CMP_ERRNO. */
+int cmp_place_fds(const int *fds, const int *targets, int n);
+
 /* Wait until `fd` is readable or `deadline` passes: CMP_OK, CMP_ETIMEDOUT,
  * CMP_EINTR or CMP_ERRNO. */
 int cmp_wait_readable(int fd, int64_t deadline);
@@ -72,6 +90,25 @@ typedef struct {
     unsigned char key[CMP_FS_KEY_LEN];
 } cmp_fs_header;
 
+/* A request the server accepted: the connection, its descriptors, and the
+ * payload size the child reads from the connection. */
+typedef struct {
+    int conn;
+    int nfds;
+    uint64_t size;
+    int fds[CMP_WIRE_MAX_FDS];
+} cmp_fs_req;
+
+/* Send header, descriptors and payload on connected socket fd (blocking;
+ * EINTR retried). CMP_OK, CMP_EEOF (the peer is gone), CMP_ERRNO. */
+int cmp_fs_send(int fd, const unsigned char key[CMP_FS_KEY_LEN],
+                const void *payload, size_t size, const int *fds, int nfds);
+
+/* Receive a header and its descriptors from fd, blocking: CMP_OK with
+ * req->size, req->fds set (req->conn = fd), CMP_EEOF, CMP_EBADMSG, CMP_ERRNO.
+ * The payload follows on fd (cmp_read_exact). */
+int cmp_fs_recv(int fd, cmp_fs_req *req);
+
 /* Send a request on a new connection to `addr` (a sockaddr_un path of
  * `addrlen` bytes, abstract if it starts with NUL) and wait for the pid.
  * When `listener_pid` > 0 the socket must have been listened on by that
@@ -84,15 +121,6 @@ int cmp_fs_request(const char *addr, size_t addrlen, pid_t listener_pid,
                    const unsigned char key[CMP_FS_KEY_LEN],
                    const void *payload, size_t size, const int *fds, int nfds,
                    int *sock, int64_t *pid);
-
-/* A request the server accepted: the connection, its descriptors, and the
- * payload size the child reads from the connection. */
-typedef struct {
-    int conn;
-    int nfds;
-    uint64_t size;
-    int fds[CMP_WIRE_MAX_FDS];
-} cmp_fs_req;
 
 typedef struct {
     pid_t pid;

@@ -169,9 +169,10 @@ fail:
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn(path, argv, env, keep_fds) -> pid\n\n"
+"spawn(path, argv, env, keep_fds, clean=False) -> pid\n\n"
 "posix_spawn path with argv and env (sequences of str); the descriptors in\n"
-"keep_fds stay open in the child under the same numbers.");
+"keep_fds stay open in the child under the same numbers. With clean, the\n"
+"child has only 0, 1, 2 and keep_fds[i] as 3 + i.");
 
 static PyObject *
 cmp_py_spawn(PyObject *Py_UNUSED(module), PyObject *args)
@@ -179,10 +180,10 @@ cmp_py_spawn(PyObject *Py_UNUSED(module), PyObject *args)
     PyObject *path = NULL, *argv_o, *env_o, *fds_o, *result = NULL;
     PyObject *argv_keep = NULL, *env_keep = NULL, *fds = NULL;
     char **argv = NULL, **envp = NULL;
-    int *keep = NULL;
+    int *keep = NULL, clean = 0;
 
-    if (!PyArg_ParseTuple(args, "O&OOO:spawn", PyUnicode_FSConverter, &path,
-                          &argv_o, &env_o, &fds_o))
+    if (!PyArg_ParseTuple(args, "O&OOO|p:spawn", PyUnicode_FSConverter, &path,
+                          &argv_o, &env_o, &fds_o, &clean))
         return NULL;
     if ((argv = to_cstring_array(argv_o, &argv_keep)) == NULL)
         goto done;
@@ -205,7 +206,8 @@ cmp_py_spawn(PyObject *Py_UNUSED(module), PyObject *args)
         }
         keep[i] = (int)fd;
     }
-    pid_t pid = cmp_spawn(PyBytes_AS_STRING(path), argv, envp, keep, (size_t)n);
+    pid_t pid = (clean ? cmp_spawn_clean : cmp_spawn)(PyBytes_AS_STRING(path), argv, envp,
+                                                      keep, (size_t)n);
     if (pid < 0)
         cmp_set_error(CMP_ERRNO);
     else
@@ -371,6 +373,104 @@ done:
     return r;
 }
 
+PyDoc_STRVAR(send_request_doc,
+"send_request(sock, payload, fds)\n\n"
+"Send payload with descriptors fds on a connected Unix socket, as a fork\n"
+"server request (for a spare interpreter). BrokenPipeError if the peer is gone.");
+
+static PyObject *
+cmp_py_send_request(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int sock, nfds = 0, st;
+    PyObject *fds_o;
+    Py_buffer payload;
+    int fds[CMP_WIRE_MAX_FDS];
+    static const unsigned char nokey[CMP_FS_KEY_LEN];
+
+    if (!PyArg_ParseTuple(args, "iy*O:send_request", &sock, &payload, &fds_o))
+        return NULL;
+    if (fd_array(fds_o, fds, CMP_WIRE_MAX_FDS, &nfds) < 0) {
+        PyBuffer_Release(&payload);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    st = cmp_fs_send(sock, nokey, payload.buf, (size_t)payload.len, fds, nfds);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&payload);
+    if (st == CMP_EEOF) {
+        errno = EPIPE;
+        st = CMP_ERRNO;
+    }
+    if (st != CMP_OK)
+        return cmp_set_error(st);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(recv_request_doc,
+"recv_request(sock) -> (payload, fds) or None\n\n"
+"Wait for a request sent with send_request; None once the peer is gone.\n"
+"Closes sock.");
+
+static PyObject *
+cmp_py_recv_request(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    cmp_fs_req req;
+    int st;
+    int sock = PyObject_AsFileDescriptor(arg);
+    if (sock < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = cmp_fs_recv(sock, &req);
+    Py_END_ALLOW_THREADS
+    if (st != CMP_OK) {
+        close(sock);
+        if (st == CMP_EEOF)
+            Py_RETURN_NONE;
+        return cmp_set_error(st);
+    }
+    return child_request(&req);
+}
+
+PyDoc_STRVAR(place_fds_doc,
+"place_fds(fds, targets)\n\n"
+"Make descriptor targets[i] (inheritable) refer to what fds[i] refers to,\n"
+"replacing whatever was there, and close fds.");
+
+static PyObject *
+cmp_py_place_fds(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *fds_o, *targets_o;
+    int fds[CMP_WIRE_MAX_FDS], targets[CMP_WIRE_MAX_FDS], n, nt;
+    if (!PyArg_ParseTuple(args, "OO:place_fds", &fds_o, &targets_o))
+        return NULL;
+    if (fd_array(fds_o, fds, CMP_WIRE_MAX_FDS, &n) < 0 ||
+        fd_array(targets_o, targets, CMP_WIRE_MAX_FDS, &nt) < 0)
+        return NULL;
+    if (n != nt) {
+        PyErr_SetString(PyExc_ValueError, "fds and targets differ in length");
+        return NULL;
+    }
+    if (cmp_place_fds(fds, targets, n) != CMP_OK)
+        return cmp_set_error(CMP_ERRNO);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+cmp_py_proc_state(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(arg))
+{
+    unsigned char buf[CMP_PROC_STATE_MAX];
+    int n = cmp_proc_state(buf);
+    if (n < 0)
+        return cmp_set_error(CMP_ERRNO);
+    return PyBytes_FromStringAndSize((const char *)buf, n);
+}
+
+PyDoc_STRVAR(proc_state_doc,
+"proc_state() -> bytes\n\n"
+"What a process spawned now would inherit besides environment and working\n"
+"directory (credentials, umask, rlimits, nice, affinity, signal mask and\n"
+"ignored signals, which of 0-2 are open and terminals), to compare.");
+
 PyDoc_STRVAR(forkserver_serve_doc,
 "forkserver_serve(listener, alive, key) -> (payload, fds) or None\n\n"
 "The fork server's loop: accept requests on listener, fork a child for\n"
@@ -417,6 +517,10 @@ cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 static PyMethodDef proc_methods[] = {
+    {"send_request", cmp_py_send_request, METH_VARARGS, send_request_doc},
+    {"recv_request", cmp_py_recv_request, METH_O, recv_request_doc},
+    {"place_fds", cmp_py_place_fds, METH_VARARGS, place_fds_doc},
+    {"proc_state", cmp_py_proc_state, METH_NOARGS, proc_state_doc},
     {"forkserver_request", cmp_py_forkserver_request, METH_VARARGS, forkserver_request_doc},
     {"forkserver_serve", cmp_py_forkserver_serve, METH_VARARGS, forkserver_serve_doc},
     {"fork", cmp_py_fork, METH_VARARGS, fork_doc},
