@@ -420,3 +420,40 @@ def test_forkserver_refuses_strangers():
     assert sorted(r.stdout.splitlines()) == sorted([
         'child ran', 'wrong key refused', 'garbage refused True',
         'wrong listener refused', 'child ran', '0']), r.stdout + r.stderr
+
+
+def test_spawn_sees_the_state_at_start(tmp_path):
+    """A spawned child starts from what the parent is at start(), also when
+    a spare interpreter was waiting: environment, working directory, umask,
+    ignored signals, and descriptor 1 redirected between starts."""
+    out = tmp_path / 'out.txt'
+    assert_same('''
+        import os, signal, sys
+        def f(tag):
+            print(tag, os.environ.get('CMP_T'), os.path.basename(os.getcwd()) == 'sub',
+                  oct(os.umask(0)), signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN,
+                  os.path.basename(sys.argv[0]), flush=True)
+        if __name__ == '__main__':
+            ctx = mp.get_context('spawn')
+            def start(tag):
+                p = ctx.Process(target=f, args=(tag,)); p.start(); p.join()
+            start('plain')
+            start('again')                  # a spare may be waiting by now
+            os.environ['CMP_T'] = 'set'
+            start('env')
+            os.mkdir('sub'); os.chdir('sub')
+            start('cwd')
+            os.umask(0o077)
+            start('umask')
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+            start('sigign')
+            sys.stdout.flush()
+            saved = os.dup(1)
+            fd = os.open(%r, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 1)
+            start('redirected')
+            os.dup2(saved, 1)
+            start('back')
+            with open(%r) as fh:
+                print('file:', fh.read().split())
+    ''' % (str(out), str(out)))
