@@ -8,6 +8,22 @@ rate is that of a program that starts children steadily.
 import time
 
 
+def _compile_cmp():
+    """Byte-compile cmp as installing it would. A source checkout run with
+    PYTHONDONTWRITEBYTECODE (or -B) has no bytecode for cmp, so every spawned
+    child would compile cmp from source, while the stdlib's bytecode comes
+    installed: that measures the checkout, not cmp."""
+    import compileall
+    import importlib.util
+    spec = importlib.util.find_spec('cmp')
+    if spec is not None and spec.submodule_search_locations:
+        for folder in spec.submodule_search_locations:
+            compileall.compile_dir(folder, maxlevels=0, quiet=2)
+
+
+_compile_cmp()
+
+
 def _noop():
     pass
 

@@ -1,18 +1,28 @@
 """The fork server (mirrors multiprocessing.forkserver).
 
 A server process is spawned once; it imports the preload modules (by default
-the main module) and then forks a child for every request. A request is a
-connection on the server's abstract unix socket carrying, by SCM_RIGHTS, the
-read end of a pipe with the child's preparation data and Process object, a
-pidfd of the requesting process, and the descriptors the Process object
-refers to. The server answers with the child's pid and, once the child has
-ended, its exit code (8-byte signed little-endian each).
+the main module), freezes what it has so its children's garbage collector
+leaves those pages shared, and then runs a loop in C (cmp._core) that forks
+a child for every request. A request is one connection to the server's
+abstract unix socket: one sendmsg() carries a header with the server's key,
+the descriptors the child gets (SCM_RIGHTS: a pidfd of the requesting
+process, then those the Process object refers to) and the start of the
+payload (preparation data and Process object); the child reads the rest of
+the payload from the connection itself. The server answers with the child's
+pid and, once the child has ended, its exit code (8-byte signed
+little-endian each). See src/core/proc.h.
+
+Authentication (what 3.14's stdlib does with an HMAC challenge, here without
+a round trip): any process in the network namespace can connect to an
+abstract socket, so the server forks only for a peer of its own uid whose
+request carries the 32-byte key the server was started with; the requester
+checks that the socket it reached was listened on by the process that
+started the server, so a stranger that took over the address of a dead
+server gets no key.
 """
+import gc
 import os
-import selectors
 import signal
-import socket
-import struct
 import sys
 import threading
 
@@ -25,14 +35,17 @@ __all__ = ['ensure_running', 'get_inherited_fds', 'connect_to_new_process',
 MAXFDS_TO_SEND = 256
 _INT = struct.Struct('<q')
 SIGNED_STRUCT = struct.Struct('q')    # the stdlib's name; the same 8 bytes on Linux
+_KEY_LEN = 32
 
 
 class ForkServer:
 
     def __init__(self):
-        self._address = None
+        self._address = None        # bytes: an abstract unix socket address
         self._alive_w = None
         self._server_pid = None
+        self._listener_pid = None   # the process that listens on _address
+        self._key = None
         self._lock = threading.Lock()
         self._preload_modules = ['__main__']
 
@@ -44,20 +57,14 @@ class ForkServer:
     def get_inherited_fds(self):
         return context._inherited_fds
 
-    def connect_to_new_process(self, fds):
-        """Ask the server for a child that inherits fds; returns the socket
-        the pid and then the exit code arrive on."""
+    def connect_to_new_process(self, fds, payload=b''):
+        """Ask the server for a child that inherits fds and reads payload;
+        returns (the descriptor its exit code arrives on, its pid)."""
         if len(fds) + 4 >= MAXFDS_TO_SEND:
             raise ValueError('too many fds')
         self.ensure_running()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.connect(self._address)
-            socket.send_fds(sock, [b'F'], fds)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return _core.forkserver_request(self._address, self._listener_pid, self._key,
+                                        payload, fds)
 
     def ensure_running(self):
         """Start the server if this process has none running."""
@@ -68,16 +75,19 @@ class ForkServer:
                 os.close(self._alive_w)
                 self._address = self._alive_w = self._server_pid = None
 
+            import socket
             listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            address = '\0cmp-forkserver-%d-%s' % (os.getpid(), os.urandom(8).hex())
+            address = b'\0cmp-forkserver-%d-%s' % (os.getpid(), os.urandom(8).hex().encode())
             listener.bind(address)
             listener.listen()
+            key = os.urandom(_KEY_LEN)
             alive_r, alive_w = os.pipe()
             data_r, data_w = os.pipe()
             try:
                 prep = spawn.get_preparation_data('ForkServer')
                 prep.pop('name')
                 prep['preload'] = list(self._preload_modules)
+                prep['key'] = key
                 payload = bytearray()
                 spawn.dump_prefixed(prep, payload)
                 prog = 'from cmp.forkserver import main; main()'
@@ -101,6 +111,8 @@ class ForkServer:
             self._address = address
             self._alive_w = alive_w
             self._server_pid = pid
+            self._listener_pid = os.getpid()
+            self._key = key
 
 
 # A child forked from a process that started a server shares that server;
@@ -132,6 +144,7 @@ def main():
     with open(data_r, 'rb') as f:
         prep, _ = spawn._load_prefixed(f.read(), 0)
     preload = prep.pop('preload')
+    key = prep.pop('key')
     prep.pop('authkey', None)
     if '__main__' in preload:
         preload = [m for m in preload if m != '__main__']
@@ -149,94 +162,27 @@ def main():
         except ImportError:
             pass
     util._close_stdin()
-    _serve(socket.socket(fileno=listener_fd), alive_r)
+    old_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    util._flush_std_streams()
+    # What the server holds now is shared with every child; frozen, no
+    # collection in a child touches (and so copies) its pages.
+    gc.collect()
+    gc.freeze()
+    request = _core.forkserver_serve(listener_fd, alive_r, key)
+    if request is None:
+        os._exit(0)                 # the main process is gone: so are we
+    code = 1
+    try:
+        signal.signal(signal.SIGINT, old_sigint)
+        code = _run_child(*request)
+    finally:
+        os._exit(code)
 
 
-def _serve(listener, alive_r):
-    sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    handlers = {
-        signal.SIGCHLD: signal.signal(signal.SIGCHLD, lambda *a: None),
-        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
-    }
-    signal.set_wakeup_fd(sig_w)
-    children = {}           # pid -> connection to the requester
-    sel = selectors.DefaultSelector()
-    sel.register(listener, selectors.EVENT_READ, 'listener')
-    sel.register(alive_r, selectors.EVENT_READ, 'alive')
-    sel.register(sig_r, selectors.EVENT_READ, 'signal')
-    while True:
-        for key, _ in sel.select():
-            what = key.data
-            if what == 'alive':
-                os._exit(0)         # the main process is gone: so are we
-            if what == 'signal':
-                try:
-                    while os.read(sig_r, 512):
-                        pass
-                except BlockingIOError:
-                    pass
-                _reap(children)
-            elif what == 'listener':
-                conn, _ = listener.accept()
-                try:
-                    _, fds, _, _ = socket.recv_fds(conn, 1, MAXFDS_TO_SEND + 1)
-                except OSError:
-                    conn.close()
-                    continue
-                if len(fds) < 2:
-                    for fd in fds:
-                        os.close(fd)
-                    conn.close()
-                    continue
-                pid = _core.fork(False, -1)
-                if pid == 0:
-                    code = 1
-                    try:
-                        signal.set_wakeup_fd(-1)
-                        for sig, old in handlers.items():
-                            signal.signal(sig, old)
-                        sel.close()
-                        listener.close()
-                        for fd in (alive_r, sig_r, sig_w):
-                            os.close(fd)
-                        for c in children.values():
-                            c.close()
-                        conn.close()
-                        code = _run_child(fds)
-                    finally:
-                        os._exit(code)
-                for fd in fds:
-                    os.close(fd)
-                try:
-                    conn.sendall(_INT.pack(pid))
-                    children[pid] = conn
-                except OSError:
-                    conn.close()
-
-
-def _reap(children):
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        conn = children.pop(pid, None)
-        if conn is not None:
-            try:
-                conn.sendall(_INT.pack(os.waitstatus_to_exitcode(status)))
-            except OSError:
-                pass
-            conn.close()
-
-
-def _run_child(fds):
+def _run_child(data, fds):
     """In a child of the server: become the requested process."""
-    data_r, requester_pidfd, *inherited = fds
+    requester_pidfd, *inherited = fds
     context._inherited_fds = inherited
-    with open(data_r, 'rb') as f:
-        data = f.read()
     process.current_process()._inheriting = True
     try:
         prep, offset = spawn._load_prefixed(data, 0)
@@ -244,6 +190,7 @@ def _run_child(fds):
         process_obj, _ = spawn._load_prefixed(data, offset)
     finally:
         del process.current_process()._inheriting
+    del data
     if process_obj.daemon:
         # Our parent is the server; a daemon dies with the requester.
         _core.die_with_parent(0, os.dup(requester_pidfd))

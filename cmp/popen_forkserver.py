@@ -9,8 +9,8 @@ __all__ = ['Popen']
 
 
 class Popen(popen_fork.Popen):
-    """A child forked by the fork server. Its sentinel is the request
-    socket, which becomes readable when the server reports the exit code."""
+    """A child forked by the fork server. Its sentinel is the request's
+    connection, which becomes readable when the server reports the exit code."""
     method = 'forkserver'
 
     def __init__(self, process_obj):
@@ -23,22 +23,10 @@ class Popen(popen_fork.Popen):
 
     def _launch(self, process_obj):
         data = spawn.pickle_for_child(self, process_obj)
-
-        child_r, parent_w = os.pipe()
-        try:
-            sock = forkserver.connect_to_new_process(
-                [child_r, popen_fork.self_pidfd(), *self._fds])
-        finally:
-            os.close(child_r)
-        self._sock = sock
-        self.finalizer = util.Finalize(self, sock.close)
-        with open(parent_w, 'wb', closefd=True) as f:
-            try:
-                f.write(data)
-            except BrokenPipeError:
-                pass
-        self.pid = forkserver.read_signed(sock)
-        self.sentinel = sock.fileno()
+        sock, self.pid = forkserver.connect_to_new_process(
+            [popen_fork.self_pidfd(), *self._fds], data)
+        self.sentinel = sock
+        self.finalizer = util.Finalize(self, util.close_fds, (sock,))
 
     def poll(self, flag=os.WNOHANG):
         if self.returncode is None:
@@ -46,7 +34,7 @@ class Popen(popen_fork.Popen):
             if not _core.wait_readable(self.sentinel, timeout):
                 return None
             try:
-                self.returncode = forkserver.read_signed(self._sock)
+                self.returncode = forkserver.read_signed(self.sentinel)
             except (OSError, EOFError):
                 self.returncode = 255   # the server died: the status is lost
         return self.returncode

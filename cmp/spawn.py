@@ -166,13 +166,46 @@ def _read_all(fd):
         chunks.append(b)
 
 
+def get_spare_command_line():
+    """The argv of a spare interpreter: one started ahead of time that waits,
+    on descriptor 3, for the child it is to become (see popen_spawn_posix)."""
+    import subprocess
+    opts = subprocess._args_from_interpreter_flags()
+    prog = 'from cmp.spawn import spawn_main; spawn_main()'
+    return [_executable, *opts, '-c', prog, '--cmp-spawn', 'spare=3']
+
+
 def spawn_main():
-    """Entry point of a spawned child (see get_command_line)."""
+    """Entry point of a spawned child (see get_command_line) or of a spare
+    (see get_spare_command_line)."""
     assert is_forking(sys.argv), 'spawn_main() is run by cmp in a spawned child'
     kw = dict(arg.split('=', 1) for arg in sys.argv[2:])
-    fd, ppid = int(kw['fd']), int(kw['ppid'])
-    main_thread_spawned = kw.get('main') == '1'
+    if 'spare' in kw:
+        sock = int(kw['spare'])
+        try:
+            os.write(sock, b'r')    # ready (the parent starts more if it waited)
+        except OSError:
+            pass                    # the parent already sent its request and closed
 
+        try:
+            request = _core.recv_request(sock)
+        except OSError:
+            request = None
+        if request is None:
+            os._exit(0)         # not needed after all: the parent is gone or done
+        data, fds = request
+        (targets, main), offset = _load_prefixed(data, 0)
+        _core.place_fds(fds, targets)
+        for fd in {0, 1, 2}.difference(targets):
+            os.close(fd)        # closed in the parent when it started us
+        _run(memoryview(data)[offset:], os.getppid(), main)
+    fd = int(kw['fd'])
+    data = _read_all(fd)
+    os.close(fd)
+    _run(data, int(kw['ppid']), kw.get('main') == '1')
+
+
+def _run(data, ppid, main_thread_spawned):
     # The parent's sentinel: a pidfd, valid only if the parent is still ours.
     try:
         parent_sentinel = _core.pidfd_open(ppid)
@@ -185,14 +218,18 @@ def spawn_main():
     def before_run(process_obj):
         if process_obj.daemon:
             _die_with_parent(ppid, parent_sentinel, main_thread_spawned)
-    sys.exit(_main(fd, parent_sentinel, before_run))
+    sys.exit(_prepare_and_run(data, parent_sentinel, before_run))
 
 
 def _main(fd, parent_sentinel, before_run=None):
     """Read the preparation data and the Process object from fd (closing
-    it), prepare, and run the process; its exit code."""
+    it), prepare, and run the process; its exit code (the stdlib's name)."""
     data = _read_all(fd)
     os.close(fd)
+    return _prepare_and_run(data, parent_sentinel, before_run)
+
+
+def _prepare_and_run(data, parent_sentinel, before_run=None):
     process.current_process()._inheriting = True
     try:
         preparation, size = _load_prefixed(data, 0)
@@ -200,6 +237,7 @@ def _main(fd, parent_sentinel, before_run=None):
         process_obj, _ = _load_prefixed(data, size)
     finally:
         del process.current_process()._inheriting
+    del data
     if before_run is not None:
         before_run(process_obj)
     return process_obj._bootstrap(parent_sentinel=parent_sentinel)

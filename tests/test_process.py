@@ -349,7 +349,9 @@ def test_no_leaks_across_many_children(method):
         def f():
             pass
         def fds():
-            return len(os.listdir('/proc/self/fd'))
+            # A spawn spare (a waiting interpreter) holds two descriptors.
+            from cmp.popen_spawn_posix import _spare
+            return len(os.listdir('/proc/self/fd')) - 2 * len(_spare._spares)
         def zombies():
             n = 0
             for pid in os.listdir('/proc'):
@@ -379,3 +381,79 @@ def test_no_leaks_across_many_children(method):
             print(fds() - before, zombies(), len(mp.active_children()))
     ''', 'cmp', start_method=method, timeout=120)
     assert r.stdout.split() == ['0', '0', '0'], r.stdout + r.stderr
+
+
+def test_forkserver_refuses_strangers():
+    """The fork server forks only for requests that carry its key: a wrong
+    key, garbage or a silent connection is closed, and the server goes on
+    serving its program."""
+    r = run('''
+        import os, socket
+        from cmp import _core, forkserver
+        def f():
+            print('child ran')
+        if __name__ == '__main__':
+            p = mp.Process(target=f); p.start(); p.join()
+            fs = forkserver._forkserver
+            try:
+                _core.forkserver_request(fs._address, fs._listener_pid, bytes(32), b'x', [])
+            except EOFError:
+                print('wrong key refused')
+            silent = socket.socket(socket.AF_UNIX)
+            silent.connect(fs._address)
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(fs._address)
+                s.sendall(b'garbage' * 20)
+                try:
+                    print('garbage refused', s.recv(8) == b'')
+                except ConnectionResetError:
+                    print('garbage refused', True)
+            try:
+                _core.forkserver_request(fs._address, os.getpid() + 1, fs._key, b'x', [])
+            except ConnectionRefusedError:
+                print('wrong listener refused')
+            p = mp.Process(target=f); p.start(); p.join()
+            silent.close()
+            print(p.exitcode)
+    ''', 'cmp', start_method='forkserver')
+    # The children's lines and the parent's (buffered: a pipe) interleave.
+    assert sorted(r.stdout.splitlines()) == sorted([
+        'child ran', 'wrong key refused', 'garbage refused True',
+        'wrong listener refused', 'child ran', '0']), r.stdout + r.stderr
+
+
+def test_spawn_sees_the_state_at_start(tmp_path):
+    """A spawned child starts from what the parent is at start(), also when
+    a spare interpreter was waiting: environment, working directory, umask,
+    ignored signals, and descriptor 1 redirected between starts."""
+    out = tmp_path / 'out.txt'
+    assert_same('''
+        import os, signal, sys
+        def f(tag):
+            print(tag, os.environ.get('CMP_T'), os.path.basename(os.getcwd()) == 'sub',
+                  oct(os.umask(0)), signal.getsignal(signal.SIGUSR1) == signal.SIG_IGN,
+                  os.path.basename(sys.argv[0]), flush=True)
+        if __name__ == '__main__':
+            ctx = mp.get_context('spawn')
+            def start(tag):
+                p = ctx.Process(target=f, args=(tag,)); p.start(); p.join()
+            start('plain')
+            start('again')                  # a spare may be waiting by now
+            os.environ['CMP_T'] = 'set'
+            start('env')
+            os.mkdir('sub'); os.chdir('sub')
+            start('cwd')
+            os.umask(0o077)
+            start('umask')
+            signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+            start('sigign')
+            sys.stdout.flush()
+            saved = os.dup(1)
+            fd = os.open(%r, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(fd, 1)
+            start('redirected')
+            os.dup2(saved, 1)
+            start('back')
+            with open(%r) as fh:
+                print('file:', fh.read().split())
+    ''' % (str(out), str(out)))

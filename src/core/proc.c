@@ -2,12 +2,21 @@
 #include "proc.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sched.h>
+#include <sys/personality.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -141,6 +150,159 @@ done:
     return pid;
 }
 
+pid_t
+cmp_spawn_clean(const char *path, char *const argv[], char *const envp[],
+                const int *keep, size_t nkeep)
+{
+    posix_spawn_file_actions_t fa;
+    pid_t pid;
+    int rc;
+
+    if ((rc = posix_spawn_file_actions_init(&fa)) != 0) {
+        errno = rc;
+        return CMP_ERRNO;
+    }
+    /* Move the kept descriptors above every target first, so placing one
+     * never overwrites another still to be placed. */
+    int high = 3 + (int)nkeep;
+    for (size_t i = 0; i < nkeep; i++)
+        if (keep[i] >= high)
+            high = keep[i] + 1;
+    for (size_t i = 0; i < nkeep && rc == 0; i++)
+        rc = posix_spawn_file_actions_adddup2(&fa, keep[i], high + (int)i);
+    for (size_t i = 0; i < nkeep && rc == 0; i++)
+        rc = posix_spawn_file_actions_adddup2(&fa, high + (int)i, 3 + (int)i);
+    if (rc == 0)
+        rc = posix_spawn_file_actions_addclosefrom_np(&fa, 3 + (int)nkeep);
+    if (rc == 0)
+        rc = posix_spawn(&pid, path, &fa, NULL, argv, envp);
+    posix_spawn_file_actions_destroy(&fa);
+    if (rc != 0) {
+        errno = rc;
+        return CMP_ERRNO;
+    }
+    return pid;
+}
+
+/* ------------------------------------------------------------------------ */
+/* What a spawned process inherits                                           */
+
+static unsigned char *
+put(unsigned char *p, const unsigned char *end, const void *v, size_t n)
+{
+    if (p == NULL || (size_t)(end - p) < n)
+        return NULL;
+    memcpy(p, v, n);
+    return p + n;
+}
+
+static int
+read_umask(void)
+{
+    char buf[2048];
+    int fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -1;
+    ssize_t n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    if (n <= 0)
+        return -1;
+    buf[n] = '\0';
+    const char *u = strstr(buf, "\nUmask:");
+    return u ? (int)strtol(u + 7, NULL, 8) : -1;
+}
+
+int
+cmp_proc_state(unsigned char *buf)
+{
+    unsigned char *p = buf, *end = buf + CMP_PROC_STATE_MAX;
+    uid_t uids[3];
+    gid_t gids[3], groups[64];
+    if (getresuid(&uids[0], &uids[1], &uids[2]) < 0 ||
+        getresgid(&gids[0], &gids[1], &gids[2]) < 0)
+        return CMP_ERRNO;
+    p = put(p, end, uids, sizeof(uids));
+    p = put(p, end, gids, sizeof(gids));
+    int ng = getgroups(64, groups);
+    if (ng >= 0)
+        p = put(p, end, groups, sizeof(gid_t) * (size_t)ng);
+    int v = read_umask();
+    p = put(p, end, &v, sizeof(v));
+    for (int r = 0; r < RLIM_NLIMITS; r++) {
+        struct rlimit rl = {0, 0};
+        getrlimit(r, &rl);
+        p = put(p, end, &rl, sizeof(rl));
+    }
+    errno = 0;
+    v = getpriority(PRIO_PROCESS, 0);
+    p = put(p, end, &v, sizeof(v));
+    cpu_set_t cpus;
+    CPU_ZERO(&cpus);
+    sched_getaffinity(0, sizeof(cpus), &cpus);
+    p = put(p, end, &cpus, sizeof(cpus));
+    sigset_t mask;
+    sigemptyset(&mask);
+    pthread_sigmask(SIG_BLOCK, NULL, &mask);
+    uint64_t blocked = 0, ignored = 0;     /* (glibc's sigset_t has slack) */
+    for (int sig = 1; sig < 64; sig++) {
+        struct sigaction sa;
+        if (sigismember(&mask, sig) == 1)
+            blocked |= (uint64_t)1 << sig;
+        if (sigaction(sig, NULL, &sa) == 0 && sa.sa_handler == SIG_IGN)
+            ignored |= (uint64_t)1 << sig;
+    }
+    p = put(p, end, &blocked, sizeof(blocked));
+    p = put(p, end, &ignored, sizeof(ignored));
+    v = prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0);
+    p = put(p, end, &v, sizeof(v));
+    v = personality(0xffffffff);
+    p = put(p, end, &v, sizeof(v));
+    for (int fd = 0; fd < 3; fd++) {
+        v = fcntl(fd, F_GETFD) < 0 ? -1 : isatty(fd);
+        p = put(p, end, &v, sizeof(v));
+    }
+    if (p == NULL) {
+        errno = ENOBUFS;
+        return CMP_ERRNO;
+    }
+    return (int)(p - buf);
+}
+
+int
+cmp_place_fds(const int *fds, const int *targets, int n)
+{
+    int high = 3, moved[CMP_WIRE_MAX_FDS];
+    if (n > CMP_WIRE_MAX_FDS) {
+        errno = EINVAL;
+        return CMP_ERRNO;
+    }
+    for (int i = 0; i < n; i++)
+        if (targets[i] >= high)
+            high = targets[i] + 1;
+    /* Out of the way of every target first, then onto the targets. */
+    for (int i = 0; i < n; i++) {
+        moved[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, high);
+        if (moved[i] < 0) {
+            int saved = errno;
+            while (i-- > 0)
+                close(moved[i]);
+            errno = saved;
+            return CMP_ERRNO;
+        }
+    }
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+    int st = CMP_OK;
+    for (int i = 0; i < n; i++) {
+        if (st == CMP_OK && dup2(moved[i], targets[i]) < 0)
+            st = CMP_ERRNO;
+        int saved = errno;
+        close(moved[i]);
+        errno = saved;
+    }
+    return st;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Waiting                                                                  */
 
@@ -173,4 +335,390 @@ cmp_reap(pid_t pid, int *exitcode)
     else
         *exitcode = WEXITSTATUS(status);
     return CMP_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Fork server: the requesting side                                         */
+
+int
+cmp_read_exact(int fd, void *buf, size_t n)
+{
+    unsigned char *p = buf;
+    while (n > 0) {
+        ssize_t r = read(fd, p, n);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0)
+            return CMP_ERRNO;
+        if (r == 0)
+            return CMP_EEOF;
+        p += r;
+        n -= (size_t)r;
+    }
+    return CMP_OK;
+}
+
+static int
+send_all(int fd, const unsigned char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return errno == EPIPE || errno == ECONNRESET ? CMP_EEOF : CMP_ERRNO;
+        p += w;
+        n -= (size_t)w;
+    }
+    return CMP_OK;
+}
+
+static int
+fs_connect(const char *addr, size_t addrlen, pid_t listener_pid)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (addrlen > sizeof(sa.sun_path)) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    memcpy(sa.sun_path, addr, addrlen);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -1;
+    socklen_t len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + addrlen);
+    int r;
+    do {
+        r = connect(fd, (struct sockaddr *)&sa, len);
+    } while (r < 0 && errno == EINTR);
+    if (r < 0 && errno != EISCONN)
+        goto fail;
+    if (listener_pid > 0) {
+        struct ucred cred;
+        socklen_t clen = sizeof(cred);
+        if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0)
+            goto fail;
+        if (cred.pid != listener_pid || cred.uid != geteuid()) {
+            errno = ECONNREFUSED;
+            goto fail;
+        }
+    }
+    return fd;
+fail:;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return -1;
+}
+
+int
+cmp_fs_send(int fd, const unsigned char key[CMP_FS_KEY_LEN],
+            const void *payload, size_t size, const int *fds, int nfds)
+{
+    cmp_fs_header h = {.magic = CMP_FS_MAGIC, .size = size};
+    memcpy(h.key, key, CMP_FS_KEY_LEN);
+    /* Header, descriptors and the first part of the payload in one call. */
+    struct iovec iov[2] = {{&h, sizeof(h)}, {(void *)payload, size}};
+    struct msghdr m = {.msg_iov = iov, .msg_iovlen = size > 0 ? 2 : 1};
+    cmp_cmsg_space cmsg;
+    if (nfds > 0)
+        cmp_wire_put_fds(&m, &cmsg, fds, nfds);
+    ssize_t w;
+    do {
+        w = sendmsg(fd, &m, MSG_NOSIGNAL);
+    } while (w < 0 && errno == EINTR);
+    if (w < 0)
+        return errno == EPIPE || errno == ECONNRESET ? CMP_EEOF : CMP_ERRNO;
+    int st = CMP_OK;
+    if ((size_t)w < sizeof(h))
+        st = send_all(fd, (const unsigned char *)&h + w, sizeof(h) - (size_t)w);
+    if (st == CMP_OK) {
+        size_t done = (size_t)w > sizeof(h) ? (size_t)w - sizeof(h) : 0;
+        st = send_all(fd, (const unsigned char *)payload + done, size - done);
+    }
+    return st;
+}
+
+int
+cmp_fs_recv(int fd, cmp_fs_req *req)
+{
+    cmp_fs_header h;
+    size_t have = 0;
+    req->conn = fd;
+    req->nfds = 0;
+    while (have < sizeof(h)) {
+        struct iovec iov = {(unsigned char *)&h + have, sizeof(h) - have};
+        cmp_cmsg_space cmsg;
+        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1,
+                           .msg_control = cmsg.buf, .msg_controllen = sizeof(cmsg.buf)};
+        ssize_t n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            for (int i = 0; i < req->nfds; i++)
+                close(req->fds[i]);
+            req->nfds = 0;
+            return n == 0 ? CMP_EEOF : CMP_ERRNO;
+        }
+        cmp_wire_take_fds(&m, req->fds, &req->nfds, CMP_WIRE_MAX_FDS);
+        have += (size_t)n;
+    }
+    if (h.magic != CMP_FS_MAGIC) {
+        for (int i = 0; i < req->nfds; i++)
+            close(req->fds[i]);
+        req->nfds = 0;
+        return CMP_EBADMSG;
+    }
+    req->size = h.size;
+    return CMP_OK;
+}
+
+int
+cmp_fs_request(const char *addr, size_t addrlen, pid_t listener_pid,
+               const unsigned char key[CMP_FS_KEY_LEN],
+               const void *payload, size_t size, const int *fds, int nfds,
+               int *sock, int64_t *pid)
+{
+    int fd = fs_connect(addr, addrlen, listener_pid);
+    if (fd < 0)
+        return CMP_ERRNO;
+    int st = cmp_fs_send(fd, key, payload, size, fds, nfds);
+    /* Even when the child stopped reading early, the pid comes. */
+    unsigned char buf[8];
+    if (st == CMP_OK || st == CMP_EEOF) {
+        st = cmp_read_exact(fd, buf, sizeof(buf));
+        if (st == CMP_ERRNO && errno == ECONNRESET)
+            st = CMP_EEOF;      /* closed with our bytes unread: refused */
+    }
+    if (st != CMP_OK) {
+        int saved = errno;
+        close(fd);
+        errno = saved;
+        return st;
+    }
+    int64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | buf[i];
+    if (v <= 0) {
+        close(fd);
+        errno = v < 0 ? (int)-v : EAGAIN;
+        return CMP_ERRNO;
+    }
+    *sock = fd;
+    *pid = v;
+    return CMP_OK;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Fork server: the server                                                  */
+
+static int
+grow(void **arr, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap)
+        return CMP_OK;
+    size_t n = *cap ? *cap * 2 : 16;
+    while (n < need)
+        n *= 2;
+    void *p = realloc(*arr, n * elem);
+    if (p == NULL) {
+        errno = ENOMEM;
+        return CMP_ERRNO;
+    }
+    *arr = p;
+    *cap = n;
+    return CMP_OK;
+}
+
+int
+cmp_fs_server_init(cmp_fs_server *s, int listener, int alive,
+                   const unsigned char key[CMP_FS_KEY_LEN])
+{
+    memset(s, 0, sizeof(*s));
+    s->listener = listener;
+    s->alive = alive;
+    memcpy(s->key, key, CMP_FS_KEY_LEN);
+    sigset_t chld;
+    sigemptyset(&chld);
+    sigaddset(&chld, SIGCHLD);
+    int rc = pthread_sigmask(SIG_BLOCK, &chld, &s->oldmask);
+    if (rc != 0) {
+        errno = rc;
+        return CMP_ERRNO;
+    }
+    s->sigfd = signalfd(-1, &chld, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (s->sigfd < 0) {
+        int saved = errno;
+        pthread_sigmask(SIG_SETMASK, &s->oldmask, NULL);
+        errno = saved;
+        return CMP_ERRNO;
+    }
+    return CMP_OK;
+}
+
+static void
+put_int64(unsigned char out[8], int64_t v)
+{
+    uint64_t u = (uint64_t)v;
+    for (int i = 0; i < 8; i++)
+        out[i] = (unsigned char)(u >> (8 * i));
+}
+
+/* A best-effort 8-byte answer: a requester that went away misses it. */
+static void
+answer(int conn, int64_t v)
+{
+    unsigned char buf[8];
+    put_int64(buf, v);
+    ssize_t w;
+    do {
+        w = send(conn, buf, sizeof(buf), MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (w < 0 && errno == EINTR);
+}
+
+static void
+reap_children(cmp_fs_server *s)
+{
+    struct signalfd_siginfo si;
+    while (read(s->sigfd, &si, sizeof(si)) > 0)
+        ;
+    for (;;) {
+        int status;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid <= 0)
+            return;
+        int code = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+        for (size_t i = 0; i < s->nkids; i++) {
+            if (s->kids[i].pid == pid) {
+                answer(s->kids[i].conn, code);
+                close(s->kids[i].conn);
+                s->kids[i] = s->kids[--s->nkids];
+                break;
+            }
+        }
+    }
+}
+
+static int
+keys_equal(const unsigned char *a, const unsigned char *b)
+{
+    unsigned char diff = 0;     /* constant time: no early exit */
+    for (size_t i = 0; i < CMP_FS_KEY_LEN; i++)
+        diff |= (unsigned char)(a[i] ^ b[i]);
+    return diff == 0;
+}
+
+/* Read the header of pending connection `conn`: CMP_OK and *req filled, or
+ * CMP_EBADMSG (refused: the caller closes it). Never blocks. */
+static int
+read_request(cmp_fs_server *s, int conn, cmp_fs_req *req)
+{
+    struct ucred cred;
+    socklen_t clen = sizeof(cred);
+    if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0 ||
+        cred.uid != geteuid())
+        return CMP_EBADMSG;
+    cmp_fs_header h;
+    struct iovec iov = {&h, sizeof(h)};
+    cmp_cmsg_space cmsg;
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1,
+                       .msg_control = cmsg.buf, .msg_controllen = sizeof(cmsg.buf)};
+    ssize_t n;
+    do {
+        n = recvmsg(conn, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+    } while (n < 0 && errno == EINTR);
+    req->conn = conn;
+    req->nfds = 0;
+    if (n > 0)
+        cmp_wire_take_fds(&m, req->fds, &req->nfds, CMP_WIRE_MAX_FDS);
+    if (n == (ssize_t)sizeof(h) && !(m.msg_flags & MSG_CTRUNC) &&
+        h.magic == CMP_FS_MAGIC && keys_equal(h.key, s->key)) {
+        req->size = h.size;
+        return CMP_OK;
+    }
+    for (int i = 0; i < req->nfds; i++)
+        close(req->fds[i]);
+    req->nfds = 0;
+    return CMP_EBADMSG;
+}
+
+int
+cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req)
+{
+    for (;;) {
+        size_t n = 3 + s->npending;
+        if (grow((void **)&s->pfds, &s->cap_pfds, n, sizeof(*s->pfds)) != CMP_OK ||
+            grow((void **)&s->kids, &s->cap_kids, s->nkids + 1, sizeof(*s->kids)) != CMP_OK)
+            return CMP_ERRNO;
+        struct pollfd *p = s->pfds;
+        p[0] = (struct pollfd){.fd = s->alive, .events = POLLIN};
+        p[1] = (struct pollfd){.fd = s->sigfd, .events = POLLIN};
+        p[2] = (struct pollfd){.fd = s->listener, .events = POLLIN};
+        for (size_t i = 0; i < s->npending; i++)
+            p[3 + i] = (struct pollfd){.fd = s->pending[i], .events = POLLIN};
+        int r = poll(p, (nfds_t)n, -1);
+        if (r < 0)
+            return errno == EINTR ? CMP_EINTR : CMP_ERRNO;
+        if (p[0].revents)
+            return CMP_EEOF;
+        if (p[1].revents)
+            reap_children(s);
+        /* Pending connections first: their requesters are already waiting. */
+        for (size_t i = s->npending; i-- > 0;) {
+            if (!p[3 + i].revents)
+                continue;
+            int conn = s->pending[i];
+            s->pending[i] = s->pending[--s->npending];
+            if (read_request(s, conn, req) == CMP_OK)
+                return CMP_OK;      /* cmp_fs_forked has room to record it */
+            close(conn);
+        }
+        if (p[2].revents) {
+            int conn = accept4(s->listener, NULL, NULL, SOCK_CLOEXEC);
+            if (conn >= 0) {
+                if (grow((void **)&s->pending, &s->cap_pending, s->npending + 1,
+                         sizeof(int)) != CMP_OK) {
+                    close(conn);
+                    return CMP_ERRNO;
+                }
+                s->pending[s->npending++] = conn;
+            }
+            else if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED &&
+                     errno != EMFILE && errno != ENFILE && errno != ENOBUFS &&
+                     errno != ENOMEM && errno != EPROTO)
+                return CMP_ERRNO;
+        }
+    }
+}
+
+void
+cmp_fs_forked(cmp_fs_server *s, cmp_fs_req *req, pid_t pid, int err)
+{
+    for (int i = 0; i < req->nfds; i++)
+        close(req->fds[i]);
+    req->nfds = 0;
+    if (pid < 0) {
+        answer(req->conn, -(int64_t)err);
+        close(req->conn);
+        return;
+    }
+    answer(req->conn, pid);
+    CMP_ASSERT(s->nkids < s->cap_kids);     /* cmp_fs_next made room */
+    s->kids[s->nkids++] = (cmp_fs_child){.pid = pid, .conn = req->conn};
+}
+
+void
+cmp_fs_in_child(cmp_fs_server *s)
+{
+    close(s->listener);
+    close(s->alive);
+    close(s->sigfd);
+    for (size_t i = 0; i < s->npending; i++)
+        close(s->pending[i]);
+    for (size_t i = 0; i < s->nkids; i++)
+        close(s->kids[i].conn);
+    free(s->pending);
+    free(s->kids);
+    free(s->pfds);
+    pthread_sigmask(SIG_SETMASK, &s->oldmask, NULL);
+    memset(s, 0, sizeof(*s));
 }

@@ -2,10 +2,14 @@
 #ifndef CMP_PROC_H
 #define CMP_PROC_H
 
+#include <poll.h>
+#include <signal.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
 
 #include "cmp_core.h"
+#include "wire.h"
 
 /* A pollable descriptor for `pid` (close-on-exec), or -1 with errno set. */
 int cmp_pidfd_open(pid_t pid);
@@ -36,6 +40,24 @@ int cmp_die_with_parent(pid_t expected_ppid);
 pid_t cmp_spawn(const char *path, char *const argv[], char *const envp[],
                 const int *keep, size_t nkeep);
 
+/* Spawn like cmp_spawn, but with exactly 0, 1, 2 and keep[i] as 3 + i open
+ * in the child (the stdlib's close_fds): for a spare interpreter. */
+pid_t cmp_spawn_clean(const char *path, char *const argv[], char *const envp[],
+                      const int *keep, size_t nkeep);
+
+/* What a process started now inherits besides its environment and working
+ * directory, as bytes to compare: credentials, umask, rlimits, nice value,
+ * CPU affinity, the calling thread's signal mask, the ignored signals,
+ * no_new_privs, personality, and which of 0, 1, 2 are open and terminals.
+ * Fills buf (CMP_PROC_STATE_MAX bytes); returns the length or CMP_ERRNO. */
+#define CMP_PROC_STATE_MAX 4096
+int cmp_proc_state(unsigned char *buf);
+
+/* Make descriptor targets[i] refer to what fds[i] refers to (inheritable, as
+ * after exec), for i < n, and close fds[]; a descriptor already at a target
+ * number is replaced. CMP_OK or CMP_ERRNO. */
+int cmp_place_fds(const int *fds, const int *targets, int n);
+
 /* Wait until `fd` is readable or `deadline` passes: CMP_OK, CMP_ETIMEDOUT,
  * CMP_EINTR or CMP_ERRNO. */
 int cmp_wait_readable(int fd, int64_t deadline);
@@ -43,5 +65,100 @@ int cmp_wait_readable(int fd, int64_t deadline);
 /* Reap `pid` if it has ended. CMP_OK with *exitcode set (the exit status, or
  * -signal), CMP_EEMPTY while it runs, CMP_ERRNO (ECHILD: reaped elsewhere). */
 int cmp_reap(pid_t pid, int *exitcode);
+
+/* ------------------------------------------------------------------------ */
+/* The fork server's protocol                                                */
+/*
+ * A request is one connection to the server's listening Unix stream socket.
+ * Its first bytes are a cmp_fs_header, sent with one sendmsg() that carries
+ * the descriptors the child gets (SCM_RIGHTS) and as much of the payload as
+ * fits; the rest of the payload follows. The server checks the header (the
+ * peer's uid, the magic, the key, compared in constant time), forks, and
+ * the child reads the payload from the connection itself, so the server
+ * never copies it. The server answers with the child's pid (or -errno if
+ * fork failed) and, once it has reaped the child, its exit code: 8-byte
+ * signed little-endian each.
+ */
+
+#define CMP_FS_KEY_LEN 32
+#define CMP_FS_MAGIC 0x31534d43u    /* "CMS1" */
+
+typedef struct {
+    uint32_t magic;
+    uint32_t reserved;
+    uint64_t size;                          /* payload bytes after the header */
+    unsigned char key[CMP_FS_KEY_LEN];
+} cmp_fs_header;
+
+/* A request the server accepted: the connection, its descriptors, and the
+ * payload size the child reads from the connection. */
+typedef struct {
+    int conn;
+    int nfds;
+    uint64_t size;
+    int fds[CMP_WIRE_MAX_FDS];
+} cmp_fs_req;
+
+/* Send header, descriptors and payload on connected socket fd (blocking;
+ * EINTR retried). CMP_OK, CMP_EEOF (the peer is gone), CMP_ERRNO. */
+int cmp_fs_send(int fd, const unsigned char key[CMP_FS_KEY_LEN],
+                const void *payload, size_t size, const int *fds, int nfds);
+
+/* Receive a header and its descriptors from fd, blocking: CMP_OK with
+ * req->size, req->fds set (req->conn = fd), CMP_EEOF, CMP_EBADMSG, CMP_ERRNO.
+ * The payload follows on fd (cmp_read_exact). */
+int cmp_fs_recv(int fd, cmp_fs_req *req);
+
+/* Send a request on a new connection to `addr` (a sockaddr_un path of
+ * `addrlen` bytes, abstract if it starts with NUL) and wait for the pid.
+ * When `listener_pid` > 0 the socket must have been listened on by that
+ * process (SO_PEERCRED), so a stranger that took over the address after
+ * the server died learns nothing. On CMP_OK, *sock is the connection (the
+ * exit code arrives on it) and *pid the child's. CMP_EEOF: the server
+ * closed the connection (it refused or died); CMP_ERRNO otherwise (fork
+ * failing in the server is reported with its errno). EINTR is retried. */
+int cmp_fs_request(const char *addr, size_t addrlen, pid_t listener_pid,
+                   const unsigned char key[CMP_FS_KEY_LEN],
+                   const void *payload, size_t size, const int *fds, int nfds,
+                   int *sock, int64_t *pid);
+
+typedef struct {
+    pid_t pid;
+    int conn;
+} cmp_fs_child;
+
+/* The server's state: what it listens on and what it waits for. */
+typedef struct {
+    int listener, alive, sigfd;
+    unsigned char key[CMP_FS_KEY_LEN];
+    sigset_t oldmask;           /* the mask before SIGCHLD was blocked */
+    int *pending;               /* accepted, header not yet read */
+    size_t npending, cap_pending;
+    cmp_fs_child *kids;         /* forked, not yet reaped */
+    size_t nkids, cap_kids;
+    struct pollfd *pfds;
+    size_t cap_pfds;
+} cmp_fs_server;
+
+/* Take over `listener` and `alive` (EOF on it: the program is gone) and block
+ * SIGCHLD into a signalfd. CMP_OK or CMP_ERRNO. */
+int cmp_fs_server_init(cmp_fs_server *s, int listener, int alive,
+                       const unsigned char key[CMP_FS_KEY_LEN]);
+
+/* Serve until a valid request arrives (CMP_OK, *req filled: fork now), the
+ * program is gone (CMP_EEOF), a signal arrives (CMP_EINTR) or an error
+ * (CMP_ERRNO). Children that ended meanwhile are reaped and reported. */
+int cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req);
+
+/* In the server after fork(): answer the request with `pid` (or -errno when
+ * pid < 0), keep its connection for the exit code, close its descriptors. */
+void cmp_fs_forked(cmp_fs_server *s, cmp_fs_req *req, pid_t pid, int err);
+
+/* In the child: close everything of the server's (not req's descriptors)
+ * and restore the signal mask. */
+void cmp_fs_in_child(cmp_fs_server *s);
+
+/* Read exactly n bytes from fd (EINTR retried). CMP_OK, CMP_EEOF, CMP_ERRNO. */
+int cmp_read_exact(int fd, void *buf, size_t n);
 
 #endif /* CMP_PROC_H */

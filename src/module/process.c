@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <string.h>
 #include <unistd.h>
 
 /* Flush sys.stdout and sys.stderr so nothing buffered prints twice after a
@@ -168,9 +169,10 @@ fail:
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn(path, argv, env, keep_fds) -> pid\n\n"
+"spawn(path, argv, env, keep_fds, clean=False) -> pid\n\n"
 "posix_spawn path with argv and env (sequences of str); the descriptors in\n"
-"keep_fds stay open in the child under the same numbers.");
+"keep_fds stay open in the child under the same numbers. With clean, the\n"
+"child has only 0, 1, 2 and keep_fds[i] as 3 + i.");
 
 static PyObject *
 cmp_py_spawn(PyObject *Py_UNUSED(module), PyObject *args)
@@ -178,10 +180,10 @@ cmp_py_spawn(PyObject *Py_UNUSED(module), PyObject *args)
     PyObject *path = NULL, *argv_o, *env_o, *fds_o, *result = NULL;
     PyObject *argv_keep = NULL, *env_keep = NULL, *fds = NULL;
     char **argv = NULL, **envp = NULL;
-    int *keep = NULL;
+    int *keep = NULL, clean = 0;
 
-    if (!PyArg_ParseTuple(args, "O&OOO:spawn", PyUnicode_FSConverter, &path,
-                          &argv_o, &env_o, &fds_o))
+    if (!PyArg_ParseTuple(args, "O&OOO|p:spawn", PyUnicode_FSConverter, &path,
+                          &argv_o, &env_o, &fds_o, &clean))
         return NULL;
     if ((argv = to_cstring_array(argv_o, &argv_keep)) == NULL)
         goto done;
@@ -204,7 +206,8 @@ cmp_py_spawn(PyObject *Py_UNUSED(module), PyObject *args)
         }
         keep[i] = (int)fd;
     }
-    pid_t pid = cmp_spawn(PyBytes_AS_STRING(path), argv, envp, keep, (size_t)n);
+    pid_t pid = (clean ? cmp_spawn_clean : cmp_spawn)(PyBytes_AS_STRING(path), argv, envp,
+                                                      keep, (size_t)n);
     if (pid < 0)
         cmp_set_error(CMP_ERRNO);
     else
@@ -237,7 +240,289 @@ cmp_py_die_with_parent(PyObject *Py_UNUSED(module), PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* ------------------------------------------------------------------------ */
+/* Fork server                                                              */
+
+/* fds: a sequence of descriptors -> out[0..*n); 0, or -1 with an error set. */
+static int
+fd_array(PyObject *seq, int *out, int room, int *n)
+{
+    PyObject *fast = PySequence_Fast(seq, "fds must be a sequence");
+    if (fast == NULL)
+        return -1;
+    Py_ssize_t len = PySequence_Fast_GET_SIZE(fast);
+    if (len > room) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "too many fds");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < len; i++) {
+        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(fast, i));
+        if (fd == -1 && PyErr_Occurred()) {
+            Py_DECREF(fast);
+            return -1;
+        }
+        if (fd < 0 || fd > INT_MAX) {
+            Py_DECREF(fast);
+            PyErr_Format(PyExc_ValueError, "bad file descriptor %ld", fd);
+            return -1;
+        }
+        out[i] = (int)fd;
+    }
+    *n = (int)len;
+    Py_DECREF(fast);
+    return 0;
+}
+
+static int
+key_arg(PyObject *obj, void *out)
+{
+    char *buf;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(obj, &buf, &len) < 0)
+        return 0;
+    if (len != CMP_FS_KEY_LEN) {
+        PyErr_Format(PyExc_ValueError, "the key must be %d bytes", CMP_FS_KEY_LEN);
+        return 0;
+    }
+    memcpy(out, buf, CMP_FS_KEY_LEN);
+    return 1;
+}
+
+PyDoc_STRVAR(forkserver_request_doc,
+"forkserver_request(address, listener_pid, key, payload, fds) -> (sock, pid)\n\n"
+"Ask the fork server at address (bytes) for a child that gets fds and\n"
+"reads payload; returns the connection (a descriptor: the exit code\n"
+"arrives on it) and the child's pid. EOFError if the server refused or\n"
+"is gone.");
+
+static PyObject *
+cmp_py_forkserver_request(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    const char *addr;
+    Py_ssize_t addrlen;
+    int listener_pid, nfds = 0, sock = -1, st;
+    unsigned char key[CMP_FS_KEY_LEN];
+    PyObject *fds_o;
+    Py_buffer payload;
+    int fds[CMP_WIRE_MAX_FDS];
+    int64_t pid = 0;
+
+    if (!PyArg_ParseTuple(args, "y#iO&y*O:forkserver_request", &addr, &addrlen,
+                          &listener_pid, key_arg, key, &payload, &fds_o))
+        return NULL;
+    if (fd_array(fds_o, fds, CMP_WIRE_MAX_FDS, &nfds) < 0) {
+        PyBuffer_Release(&payload);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    st = cmp_fs_request(addr, (size_t)addrlen, (pid_t)listener_pid, key, payload.buf,
+                        (size_t)payload.len, fds, nfds, &sock, &pid);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&payload);
+    if (st == CMP_EEOF) {
+        PyErr_SetString(PyExc_EOFError, "the fork server closed the connection");
+        return NULL;
+    }
+    if (st != CMP_OK)
+        return cmp_set_error(st);
+    return Py_BuildValue("iL", sock, (long long)pid);
+}
+
+/* In a child of the server: its payload, read from the connection, and its
+ * descriptors. */
+static PyObject *
+child_request(cmp_fs_req *req)
+{
+    PyObject *fds = NULL, *payload = NULL;
+    if (req->size > (uint64_t)PY_SSIZE_T_MAX) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    payload = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)req->size);
+    if (payload == NULL)
+        goto done;
+    int st = cmp_read_exact(req->conn, PyBytes_AS_STRING(payload), (size_t)req->size);
+    if (st != CMP_OK) {
+        Py_CLEAR(payload);
+        if (st == CMP_EEOF)
+            PyErr_SetString(PyExc_EOFError, "the requester went away");
+        else
+            cmp_set_error(st);
+        goto done;
+    }
+    if ((fds = PyList_New(req->nfds)) == NULL)
+        goto done;
+    for (int i = 0; i < req->nfds; i++) {
+        PyObject *fd = PyLong_FromLong(req->fds[i]);
+        if (fd == NULL) {
+            Py_CLEAR(fds);
+            goto done;
+        }
+        PyList_SET_ITEM(fds, i, fd);
+    }
+done:
+    close(req->conn);
+    if (fds == NULL) {
+        Py_XDECREF(payload);
+        return NULL;
+    }
+    PyObject *r = PyTuple_Pack(2, payload, fds);
+    Py_DECREF(payload);
+    Py_DECREF(fds);
+    return r;
+}
+
+PyDoc_STRVAR(send_request_doc,
+"send_request(sock, payload, fds)\n\n"
+"Send payload with descriptors fds on a connected Unix socket, as a fork\n"
+"server request (for a spare interpreter). BrokenPipeError if the peer is gone.");
+
+static PyObject *
+cmp_py_send_request(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int sock, nfds = 0, st;
+    PyObject *fds_o;
+    Py_buffer payload;
+    int fds[CMP_WIRE_MAX_FDS];
+    static const unsigned char nokey[CMP_FS_KEY_LEN];
+
+    if (!PyArg_ParseTuple(args, "iy*O:send_request", &sock, &payload, &fds_o))
+        return NULL;
+    if (fd_array(fds_o, fds, CMP_WIRE_MAX_FDS, &nfds) < 0) {
+        PyBuffer_Release(&payload);
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    st = cmp_fs_send(sock, nokey, payload.buf, (size_t)payload.len, fds, nfds);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&payload);
+    if (st == CMP_EEOF) {
+        errno = EPIPE;
+        st = CMP_ERRNO;
+    }
+    if (st != CMP_OK)
+        return cmp_set_error(st);
+    Py_RETURN_NONE;
+}
+
+PyDoc_STRVAR(recv_request_doc,
+"recv_request(sock) -> (payload, fds) or None\n\n"
+"Wait for a request sent with send_request; None once the peer is gone.\n"
+"Closes sock.");
+
+static PyObject *
+cmp_py_recv_request(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    cmp_fs_req req;
+    int st;
+    int sock = PyObject_AsFileDescriptor(arg);
+    if (sock < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = cmp_fs_recv(sock, &req);
+    Py_END_ALLOW_THREADS
+    if (st != CMP_OK) {
+        close(sock);
+        if (st == CMP_EEOF)
+            Py_RETURN_NONE;
+        return cmp_set_error(st);
+    }
+    return child_request(&req);
+}
+
+PyDoc_STRVAR(place_fds_doc,
+"place_fds(fds, targets)\n\n"
+"Make descriptor targets[i] (inheritable) refer to what fds[i] refers to,\n"
+"replacing whatever was there, and close fds.");
+
+static PyObject *
+cmp_py_place_fds(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *fds_o, *targets_o;
+    int fds[CMP_WIRE_MAX_FDS], targets[CMP_WIRE_MAX_FDS], n, nt;
+    if (!PyArg_ParseTuple(args, "OO:place_fds", &fds_o, &targets_o))
+        return NULL;
+    if (fd_array(fds_o, fds, CMP_WIRE_MAX_FDS, &n) < 0 ||
+        fd_array(targets_o, targets, CMP_WIRE_MAX_FDS, &nt) < 0)
+        return NULL;
+    if (n != nt) {
+        PyErr_SetString(PyExc_ValueError, "fds and targets differ in length");
+        return NULL;
+    }
+    if (cmp_place_fds(fds, targets, n) != CMP_OK)
+        return cmp_set_error(CMP_ERRNO);
+    Py_RETURN_NONE;
+}
+
+static PyObject *
+cmp_py_proc_state(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(arg))
+{
+    unsigned char buf[CMP_PROC_STATE_MAX];
+    int n = cmp_proc_state(buf);
+    if (n < 0)
+        return cmp_set_error(CMP_ERRNO);
+    return PyBytes_FromStringAndSize((const char *)buf, n);
+}
+
+PyDoc_STRVAR(proc_state_doc,
+"proc_state() -> bytes\n\n"
+"What a process spawned now would inherit besides environment and working\n"
+"directory (credentials, umask, rlimits, nice, affinity, signal mask and\n"
+"ignored signals, which of 0-2 are open and terminals), to compare.");
+
+PyDoc_STRVAR(forkserver_serve_doc,
+"forkserver_serve(listener, alive, key) -> (payload, fds) or None\n\n"
+"The fork server's loop: accept requests on listener, fork a child for\n"
+"each, report pids and exit codes. Returns in each child, with its payload\n"
+"and descriptors; returns None in the server once alive reaches EOF.");
+
+static PyObject *
+cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int listener, alive;
+    unsigned char key[CMP_FS_KEY_LEN];
+    cmp_fs_server s;
+    cmp_fs_req req;
+
+    if (!PyArg_ParseTuple(args, "iiO&:forkserver_serve", &listener, &alive, key_arg, key))
+        return NULL;
+    if (cmp_fs_server_init(&s, listener, alive, key) != CMP_OK)
+        return cmp_set_error(CMP_ERRNO);
+    for (;;) {
+        int st;
+        Py_BEGIN_ALLOW_THREADS
+        st = cmp_fs_next(&s, &req);
+        Py_END_ALLOW_THREADS
+        if (st == CMP_EINTR) {
+            if (PyErr_CheckSignals() < 0)
+                return NULL;
+            continue;
+        }
+        if (st == CMP_EEOF)
+            Py_RETURN_NONE;
+        if (st != CMP_OK)
+            return cmp_set_error(st);
+        PyOS_BeforeFork();
+        pid_t pid = fork();
+        int saved = errno;
+        if (pid == 0) {
+            PyOS_AfterFork_Child();
+            cmp_fs_in_child(&s);
+            return child_request(&req);
+        }
+        PyOS_AfterFork_Parent();
+        cmp_fs_forked(&s, &req, pid, saved);
+    }
+}
+
 static PyMethodDef proc_methods[] = {
+    {"send_request", cmp_py_send_request, METH_VARARGS, send_request_doc},
+    {"recv_request", cmp_py_recv_request, METH_O, recv_request_doc},
+    {"place_fds", cmp_py_place_fds, METH_VARARGS, place_fds_doc},
+    {"proc_state", cmp_py_proc_state, METH_NOARGS, proc_state_doc},
+    {"forkserver_request", cmp_py_forkserver_request, METH_VARARGS, forkserver_request_doc},
+    {"forkserver_serve", cmp_py_forkserver_serve, METH_VARARGS, forkserver_serve_doc},
     {"fork", cmp_py_fork, METH_VARARGS, fork_doc},
     {"pidfd_open", cmp_py_pidfd_open, METH_O, "pidfd_open(pid) -> fd"},
     {"pidfd_kill", cmp_py_pidfd_kill, METH_VARARGS, "pidfd_kill(pidfd, sig)"},

@@ -5,6 +5,9 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -106,6 +109,82 @@ CTEST(spawn_keeps_only_listed_fds)
     CHECK(waitpid(pid, &st, 0) == pid);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     close(p[0]);
+}
+
+
+CTEST(fs_send_recv_carries_payload_and_fds)
+{
+    int sv[2], p[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    CHECK_EQ(pipe(p), 0);
+    unsigned char key[CMP_FS_KEY_LEN] = {1, 2, 3};
+    static char payload[300000];            /* more than a socket buffer */
+    for (size_t i = 0; i < sizeof(payload); i++)
+        payload[i] = (char)(i * 7);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        close(sv[0]);
+        _exit(cmp_fs_send(sv[1], key, payload, sizeof(payload), &p[1], 1) == CMP_OK ? 0 : 1);
+    }
+    close(sv[1]);
+    cmp_fs_req req;
+    CHECK_EQ(cmp_fs_recv(sv[0], &req), CMP_OK);
+    CHECK_EQ(req.size, sizeof(payload));
+    CHECK_EQ(req.nfds, 1);
+    static char got[sizeof(payload)];
+    CHECK_EQ(cmp_read_exact(sv[0], got, sizeof(got)), CMP_OK);
+    CHECK(memcmp(got, payload, sizeof(got)) == 0);
+    /* The descriptor works: write through it, read from the pipe. */
+    CHECK_EQ(write(req.fds[0], "x", 1), 1);
+    char c = 0;
+    CHECK_EQ(read(p[0], &c, 1), 1);
+    CHECK_EQ(c, 'x');
+    CHECK_EQ(cmp_fs_recv(sv[0], &req), CMP_EEOF);
+    int status;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    close(req.fds[0]);
+    close(sv[0]);
+    close(p[0]);
+    close(p[1]);
+}
+
+CTEST(place_fds_swaps_and_clears_cloexec)
+{
+    int a[2], b[2];
+    CHECK_EQ(pipe2(a, O_CLOEXEC), 0);
+    CHECK_EQ(pipe2(b, O_CLOEXEC), 0);
+    /* Put a's write end where b's is and the other way round. */
+    int fds[2] = {a[1], b[1]}, targets[2] = {b[1], a[1]};
+    int ta = b[1], tb = a[1];
+    CHECK_EQ(cmp_place_fds(fds, targets, 2), CMP_OK);
+    CHECK_EQ(fcntl(ta, F_GETFD) & FD_CLOEXEC, 0);
+    CHECK_EQ(fcntl(tb, F_GETFD) & FD_CLOEXEC, 0);
+    CHECK_EQ(write(ta, "a", 1), 1);
+    CHECK_EQ(write(tb, "b", 1), 1);
+    char c = 0;
+    CHECK_EQ(read(a[0], &c, 1), 1);
+    CHECK_EQ(c, 'a');
+    CHECK_EQ(read(b[0], &c, 1), 1);
+    CHECK_EQ(c, 'b');
+    close(a[0]);
+    close(b[0]);
+    close(ta);
+    close(tb);
+}
+
+CTEST(proc_state_is_stable_and_sees_umask)
+{
+    unsigned char s1[CMP_PROC_STATE_MAX], s2[CMP_PROC_STATE_MAX];
+    int n1 = cmp_proc_state(s1), n2 = cmp_proc_state(s2);
+    CHECK(n1 > 0);
+    CHECK_EQ(n1, n2);
+    CHECK(memcmp(s1, s2, (size_t)n1) == 0);
+    mode_t old = umask(077);
+    n2 = cmp_proc_state(s2);
+    umask(old);
+    CHECK(n2 == n1 && memcmp(s1, s2, (size_t)n1) != 0);
 }
 
 int
