@@ -23,6 +23,7 @@ server gets no key.
 import gc
 import os
 import signal
+import struct
 import sys
 import threading
 
