@@ -818,7 +818,7 @@ cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline)
                 if (len > op->cap - used) {
                     if (n == 0) {
                         op->need = len;
-                        result = CMP_RING_NEED;
+                        result = CMP_NEED;
                     }
                     break;
                 }
@@ -840,7 +840,7 @@ cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline)
             copy_out(r, POS(h) + REC_HDR, &total, sizeof(total));
             if (total > op->cap) {
                 op->need = (size_t)total;
-                result = CMP_RING_NEED;
+                result = CMP_NEED;
                 break;
             }
             size_t part = len - sizeof(total);
@@ -867,7 +867,7 @@ cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline)
                 wake_consumers(r, 1);
             return CMP_OK;
         }
-        if (result == CMP_RING_NEED)
+        if (result == CMP_NEED)
             return result;
         if (deadline_passed(deadline))
             return CMP_EEMPTY;
@@ -877,11 +877,19 @@ stream:
     for (;;) {
         uint64_t h = LOAD(&r->head, relaxed);
         if (!has_data_after(r, h)) {
-            int64_t until = cmp_monotonic_ns() + CMP_RING_PROBE_NS;
+            /* Wake up every PROBE_NS to see whether the producer is still
+             * there, and give up (still locked, resumable) at the deadline. */
+            int64_t dl = op->stream_deadline != 0 ? op->stream_deadline : deadline;
+            int64_t now = cmp_monotonic_ns();
+            int64_t until = dl - now > CMP_RING_PROBE_NS ? now + CMP_RING_PROBE_NS : dl;
             st = wait_until(r, has_data_after, h, &r->data_seq, &r->stream_waiters, BIT_STREAM,
-                            until, SPIN_WAIT);
+                            until, until > now ? SPIN_WAIT : 0);
             if (st == CMP_ETIMEDOUT) {
-                probe_producer(r);
+                int late = deadline_passed(dl);
+                if (!(late && dl == CMP_RING_NOW))
+                    probe_producer(r);
+                if (late && !has_data_after(r, h))
+                    return CMP_ETIMEDOUT;
                 continue;
             }
             if (st != CMP_OK)

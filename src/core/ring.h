@@ -47,9 +47,6 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-/* Non-error results. */
-#define CMP_RING_NEED 2         /* take: op->need bytes of buffer needed */
-
 #define CMP_RING_MIN_CAPACITY ((size_t)4096)
 #define CMP_RING_MAX_CAPACITY ((size_t)1 << 27)
 #define CMP_RING_HEADER ((size_t)512)       /* bytes before the data */
@@ -157,8 +154,11 @@ typedef struct {
     size_t *lens;               /* in: room for max_items lengths */
     size_t n;                   /* out: messages taken, back to back in buf */
     int mark;                   /* out: the first message's wop.mark */
-    size_t need;                /* out with CMP_RING_NEED: buffer size needed */
+    size_t need;                /* out with CMP_NEED: buffer size needed */
     _Atomic uint64_t *claim;    /* in, optional (set after rop_init): see below */
+    int64_t stream_deadline;    /* in, optional: the deadline for the rest of a
+                                   streamed message once its first chunk is
+                                   taken; 0 (rop_init): take's deadline */
     /* private */
     int locked;
     size_t total, got;
@@ -167,11 +167,17 @@ typedef struct {
 void cmp_ring_rop_init(cmp_ring_rop *op, unsigned char *buf, size_t cap,
                        size_t *lens, size_t max_items);
 
-/* Take 1..max_items messages, waiting until `deadline` for the first.
- * CMP_OK, CMP_EEMPTY (none by the deadline), CMP_RING_NEED (the next message
- * needs op->need bytes of buffer: nothing was taken), CMP_EINTR (call again
- * to resume, or cmp_ring_take_abandon, which loses a large message being
- * received), CMP_ERRNO. */
+/* Take 1..max_items messages, waiting until `deadline` for the first (and,
+ * for a streamed message, for each of its chunks: see stream_deadline).
+ * With deadline CMP_RING_NOW it never sleeps, in any phase. CMP_OK,
+ * CMP_EEMPTY (none by the deadline), CMP_NEED (the next message needs
+ * op->need bytes of buffer: nothing was taken), CMP_ETIMEDOUT (a streamed
+ * message is partly received and its next chunk did not come by the
+ * deadline) or CMP_EINTR: call again with the same op (and buffer) to
+ * resume, or cmp_ring_take_abandon, which loses a message partly received
+ * (op->locked: one is); CMP_ERRNO. Until then this process holds the get
+ * lock: other consumers wait. */
+#define CMP_RING_NOW 0
 int cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline);
 
 /* Claims (for cmp.pool's workers). When op->claim is set and the first

@@ -35,7 +35,7 @@ offer1(cmp_ring *r, const void *data, size_t len, int64_t deadline)
     size_t accepted, written;
     int st = cmp_ring_offer(r, &m, 1, 0, deadline, CMP_RING_WAIT_LOCK, &accepted, &written);
     if (st == CMP_OK && written == 0)
-        return CMP_RING_NEED;   /* deferred: not expected in these tests */
+        return CMP_NEED;   /* deferred: not expected in these tests */
     return st;
 }
 
@@ -58,7 +58,7 @@ take1(cmp_ring *r, void *buf, size_t cap, int64_t deadline)
     cmp_ring_rop_init(&op, buf, cap, &len, 1);
     int st = cmp_ring_take(r, &op, deadline);
     if (st != CMP_OK)
-        return st == CMP_RING_NEED ? -1000 - (long)op.need : st;
+        return st == CMP_NEED ? -1000 - (long)op.need : st;
     return (long)len;
 }
 
@@ -273,6 +273,38 @@ CTEST(claim_of_a_streamed_message)
     CHECK(memcmp(out, big, sizeof(big)) == 0);
     CHECK_EQ(claim[0], 100);
     CHECK_EQ(claim[2], 102);
+    int status;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    free_ring(r);
+}
+
+CTEST(stalled_stream_honours_the_deadline_and_resumes)
+{
+    cmp_ring *r = new_ring(4096, 0, 0);
+    static unsigned char big[16384], out[sizeof(big)];
+    for (size_t i = 0; i < sizeof(big); i++)
+        big[i] = (unsigned char)(i * 7);
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(write1(r, big, sizeof(big), 0) == CMP_OK ? 0 : 1);
+    size_t len;
+    cmp_ring_rop op;
+    cmp_ring_rop_init(&op, out, sizeof(out), &len, 1);
+    /* wait for the first chunk, then stop the producer mid-stream */
+    while (cmp_ring_empty(r))
+        usleep(100);
+    kill(pid, SIGSTOP);
+    int64_t t0 = cmp_monotonic_ns();
+    CHECK_EQ(cmp_ring_take(r, &op, cmp_deadline_after(0.05)), CMP_ETIMEDOUT);
+    CHECK(op.locked);
+    CHECK(cmp_monotonic_ns() - t0 < 2 * CMP_RING_PROBE_NS);
+    /* never waits: returns at once, still partial */
+    CHECK_EQ(cmp_ring_take(r, &op, CMP_RING_NOW), CMP_ETIMEDOUT);
+    kill(pid, SIGCONT);
+    CHECK_EQ(cmp_ring_take(r, &op, cmp_deadline_after(10)), CMP_OK);
+    CHECK_EQ(len, sizeof(big));
+    CHECK(memcmp(out, big, sizeof(big)) == 0);
     int status;
     waitpid(pid, &status, 0);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
