@@ -186,7 +186,7 @@ cmp_shm_alloc(size_t size, size_t align, cmp_shm_block *out)
         size = 1;
     if (size > CMP_SHM_SMALL_MAX || align > CMP_SHM_BLOCK) {
         long page = sysconf(_SC_PAGESIZE);
-        if (align > (size_t)page) {
+        if (align > (size_t)page && align != CMP_SHM_OWN_SEGMENT) {
             errno = EINVAL;
             return CMP_ERRNO;
         }

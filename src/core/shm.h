@@ -48,6 +48,8 @@ typedef struct {
  * CMP_SHM_BLOCK for small blocks, page-aligned for large). CMP_OK or
  * CMP_ERRNO. */
 int cmp_shm_alloc(size_t size, size_t align, cmp_shm_block *out);
+/* align for a page-aligned block in a segment of its own (any size). */
+#define CMP_SHM_OWN_SEGMENT ((size_t)-1)
 
 /* Release a block (see "Reuse" above); the struct is cleared. */
 void cmp_shm_free(cmp_shm_block *b);
