@@ -10,11 +10,16 @@
 PyObject *
 cmp_set_error(int status)
 {
-    switch (status) {
-    case CMP_PYERR:
+    switch ((cmp_status)status) {
+    case CMP_EREPORTED:
         assert(PyErr_Occurred());
         break;
     case CMP_ERRNO:
+        PyErr_SetFromErrno(PyExc_OSError);
+        break;
+    case CMP_EINTR:
+        /* Only when a caller did not retry (PEP 475 retries elsewhere). */
+        errno = EINTR;
         PyErr_SetFromErrno(PyExc_OSError);
         break;
     case CMP_ETIMEDOUT:
@@ -32,11 +37,26 @@ cmp_set_error(int status)
     case CMP_EFULL:
         PyErr_SetString(PyExc_OSError, "table full");
         break;
+    case CMP_EEMPTY:
+        errno = EAGAIN;
+        PyErr_SetFromErrno(PyExc_OSError);
+        break;
     case CMP_EOVERFLOW:
         PyErr_SetString(PyExc_OverflowError, "counter overflow");
         break;
+    case CMP_ENOTOWNER:
+        PyErr_SetString(PyExc_AssertionError, "attempt to release a lock not owned by the caller");
+        break;
+    case CMP_EBROKEN:
+        /* threading.BrokenBarrierError is a RuntimeError */
+        PyErr_SetString(PyExc_RuntimeError, "the barrier is broken");
+        break;
+    case CMP_OK:
+    case CMP_NEED:
+        PyErr_Format(PyExc_SystemError, "cmp: status %d is not an error", status);
+        break;
     default:
-        PyErr_Format(PyExc_SystemError, "cmp: unexpected status %d", status);
+        PyErr_Format(PyExc_SystemError, "cmp: unknown status %d", status);
         break;
     }
     return NULL;

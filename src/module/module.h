@@ -25,8 +25,9 @@ Py_NewRef(PyObject *o)
 #define Py_TPFLAGS_DISALLOW_INSTANTIATION 0
 #endif
 
-/* Binding-level status: a Python exception is already set. */
-#define CMP_PYERR (-1000)
+/* The core's CMP_EREPORTED, as the binding reads it: a Python exception
+ * is already set. */
+#define CMP_PYERR CMP_EREPORTED
 
 /* Module state; every type and exception lives here (see module.c). */
 typedef struct {
