@@ -43,10 +43,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Binding-level statuses of a receive, besides the core's. */
-#define CONN_ETRUNC (-1001)     /* end of file inside a frame */
-#define CONN_EBADLEN (-1002)    /* longer than maxlength, or unrepresentable */
-
 /* Bytes objects cannot be larger than this (header and slack excluded). */
 #define CONN_MAX_FRAME ((uint64_t)PY_SSIZE_T_MAX - 4096)
 
@@ -939,7 +935,9 @@ static int
 ring_rx_fn(void *p)
 {
     struct ring_rx *a = p;
-    return cmp_ring_take(a->ring, &a->op, 0);
+    /* Never waits for a message (cmp_chan_wait does, watching the peer);
+     * waits for the rest of one as op->stream_deadline says. */
+    return cmp_ring_take(a->ring, &a->op, CMP_RING_NOW);
 }
 
 struct chan_wait_call {
@@ -1033,11 +1031,11 @@ conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
         if (cap > sizeof(first))
             cap = sizeof(first);
         cmp_ring_rop_init(&a.op, dst, cap, a.lens, 1);
-        st = cmp_ring_take(a.ring, &a.op, 0);
+        st = cmp_ring_take(a.ring, &a.op, CMP_RING_NOW);
         if (st == CMP_OK) {
             if (dst == first) {
                 if (maxlength >= 0 && a.lens[0] > (size_t)maxlength) {
-                    st = CONN_EBADLEN;
+                    st = CMP_EBADMSG;
                     goto fail;
                 }
                 buf = PyBytes_FromStringAndSize((char *)first, (Py_ssize_t)a.lens[0]);
@@ -1048,10 +1046,10 @@ conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
             }
             goto taken;
         }
-        if (st == CMP_RING_NEED) {
+        if (st == CMP_NEED) {
             size_t need = a.op.need;
             if ((maxlength >= 0 && need > (size_t)maxlength) || need > CONN_MAX_FRAME) {
-                st = CONN_EBADLEN;
+                st = CMP_EBADMSG;
                 goto fail;
             }
             if (into != NULL && need <= (size_t)room) {
@@ -1066,6 +1064,7 @@ conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
                 dst = (unsigned char *)PyBytes_AS_STRING(buf);
             }
             cmp_ring_rop_init(&a.op, dst, need, a.lens, 1);
+            a.op.stream_deadline = CMP_FOREVER;     /* recv() has no timeout */
             st = cmp_run_blocking(ring_rx_fn, &a);
             if (st == CMP_OK) {
                 if (buf != NULL && a.lens[0] < need
@@ -1075,10 +1074,10 @@ conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
                 }
                 goto taken;
             }
-            Py_CLEAR(buf);
-            if (st == CMP_EEMPTY || st == CMP_RING_NEED)
-                continue;       /* another process took it first */
-            goto fail;
+            if (st != CMP_EEMPTY && st != CMP_NEED)
+                goto fail;      /* (a partly received message is in buf) */
+            Py_CLEAR(buf);      /* another process took it first */
+            continue;
         }
         if (st != CMP_EEMPTY)
             goto fail;
@@ -1117,7 +1116,7 @@ fail:
     }
     chan_release(ch);
     Py_XDECREF(buf);
-    if (st == CONN_EBADLEN)
+    if (st == CMP_EBADMSG)
         bad_message_length(self);
     else if (st != CMP_PYERR)
         cmp_set_error(st);
@@ -1153,7 +1152,7 @@ conn_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
             goto fail;
     }
     if ((maxlength >= 0 && rx->len > (uint64_t)maxlength) || rx->len > CONN_MAX_FRAME) {
-        st = CONN_EBADLEN;
+        st = CMP_EBADMSG;
         goto fail;
     }
     if (rx->body == NULL) {
@@ -1189,7 +1188,7 @@ fail:
     Py_XDECREF(buf);
     if (st == CMP_EEOF && started)
         PyErr_SetString(PyExc_OSError, "got end of file during message");
-    else if (st == CMP_EBADMSG || st == CONN_EBADLEN)
+    else if (st == CMP_EBADMSG)
         bad_message_length(self);
     else
         cmp_set_error(st);

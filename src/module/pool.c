@@ -161,10 +161,11 @@ take(cmp_ring *ring, pool_buf *b, size_t *lens, size_t max, _Atomic uint64_t *cl
             return -1;
         cmp_ring_rop_init(&c.op, b->buf, b->cap, lens, max);
         c.op.claim = claim;
-        st = cmp_ring_take(ring, &c.op, 0);
-        if (st == CMP_EEMPTY)
+        /* Try with the GIL, never sleeping; then wait without it. */
+        st = cmp_ring_take(ring, &c.op, CMP_RING_NOW);
+        if (st == CMP_EEMPTY || st == CMP_ETIMEDOUT)
             st = cmp_run_blocking(take_blocking, &c);
-        if (st != CMP_RING_NEED)
+        if (st != CMP_NEED)
             break;
         if (buf_grow(b, c.op.need) < 0)
             return -1;

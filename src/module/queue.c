@@ -33,6 +33,12 @@ typedef struct {
     char closed;                /* _closed */
     char pending;               /* _pending: this process has an overflow */
     char simple;                /* SimpleQueue: put blocks, no overflow */
+    /* see "get" below */
+    cmp_ring_rop part;          /* a streamed message partly received */
+    unsigned char *part_buf;    /* its buffer (malloc'd); NULL: none */
+    size_t part_len;
+    pid_t part_pid;             /* the process that holds the get lock */
+    PyObject *backlog;          /* list: raw messages and exceptions, or NULL */
 } CmpRingObject;
 
 /* ------------------------------------------------------------------------ */
@@ -542,12 +548,17 @@ ring_traverse(CmpRingObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(Py_TYPE(self));
     Py_VISIT(self->module);
+    Py_VISIT(self->backlog);
     return 0;
 }
+
+static void part_drop(CmpRingObject *self);
 
 static void
 ring_release(CmpRingObject *self)
 {
+    part_drop(self);
+    Py_CLEAR(self->backlog);
     if (self->ring != NULL) {
         cmp_shm_free(&self->block);
         self->ring = NULL;
@@ -595,8 +606,7 @@ ring_create(CmpRingObject *self, PyObject *args)
         return NULL;
     }
     size_t size = cmp_ring_segment_size((size_t)capacity);
-    long page = sysconf(_SC_PAGESIZE);
-    if (cmp_shm_alloc(size, (size_t)page, &self->block) != CMP_OK)
+    if (cmp_shm_alloc(size, CMP_SHM_OWN_SEGMENT, &self->block) != CMP_OK)
         return cmp_set_error(CMP_ERRNO);
     if (cmp_ring_init(self->block.addr, (size_t)capacity, maxsize,
                       joinable ? CMP_RING_JOINABLE : 0) != CMP_OK) {
@@ -957,7 +967,15 @@ ring_unreserve(CmpRingObject *self, PyObject *arg)
 }
 
 /* ------------------------------------------------------------------------ */
-/* get                                                                      */
+/* get                                                                      *
+ *
+ * Nothing is lost on an error that belongs to one item:
+ *  - a streamed message whose next chunk does not come by the deadline, or
+ *    whose receive a signal handler interrupts, stays with this object
+ *    (`part`), still holding the ring's get lock: the next get() resumes it;
+ *  - when an item of a batch cannot be unpickled, the items before it are
+ *    returned, and its error and the items after it wait in `backlog`,
+ *    served (in order) before the ring by the next get()s. */
 
 struct take_call {
     cmp_ring *ring;
@@ -972,23 +990,217 @@ take_blocking(void *arg)
     return cmp_ring_take(c->ring, &c->op, c->deadline);
 }
 
-/* Take up to max messages into a buffer and unpickle them: a new list.
+/* Let go of a partly received message: this process's, the ring's get lock
+ * is released (the message is lost); a parent's (forked), left alone. */
+static void
+part_drop(CmpRingObject *self)
+{
+    if (self->part_buf == NULL)
+        return;
+    if (self->part_pid == getpid() && self->ring != NULL)
+        cmp_ring_take_abandon(self->ring, &self->part);
+    free(self->part_buf);
+    self->part_buf = NULL;
+}
+
+/* Keep c's partly received message (in buf, malloc'd, ours now). */
+static void
+part_keep(CmpRingObject *self, struct take_call *c, unsigned char *buf)
+{
+    self->part = c->op;
+    self->part.buf = buf;
+    self->part.lens = &self->part_len;
+    self->part_buf = buf;
+    self->part_pid = getpid();
+}
+
+/* The partly received message to resume, if there is one this process may
+ * resume: moved into c (and its buffer returned), so one thread resumes it. */
+static unsigned char *
+part_take(CmpRingObject *self, struct take_call *c, size_t *lens)
+{
+    if (self->part_buf == NULL)
+        return NULL;
+    if (self->part_pid != getpid()) {
+        part_drop(self);
+        return NULL;
+    }
+    unsigned char *buf = self->part_buf;
+    c->op = self->part;
+    c->op.lens = lens;
+    self->part_buf = NULL;
+    return buf;
+}
+
+/* The exception being raised as one object (PyErr_GetRaisedException is
+ * 3.12+); NULL if none. */
+static PyObject *
+fetch_exception(void)
+{
+    PyObject *et, *ev, *tb;
+    PyErr_Fetch(&et, &ev, &tb);
+    if (et == NULL)
+        return NULL;
+    PyErr_NormalizeException(&et, &ev, &tb);
+    if (tb != NULL && ev != NULL)
+        PyException_SetTraceback(ev, tb);
+    Py_XDECREF(et);
+    Py_XDECREF(tb);
+    return ev;
+}
+
+static void
+raise_exception(PyObject *exc)
+{
+    PyObject *tb = PyException_GetTraceback(exc);
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, tb);
+}
+
+/* Put the exception being raised, or messages, at the front of the
+ * backlog. 0, or -1 (out of memory: they are lost, a MemoryError set). */
+static int
+backlog_push(CmpRingObject *self, PyObject *entries)
+{
+    if (self->backlog == NULL && (self->backlog = PyList_New(0)) == NULL)
+        return -1;
+    return PyList_SetSlice(self->backlog, 0, 0, entries);
+}
+
+static int
+backlog_push_error(CmpRingObject *self)
+{
+    PyObject *exc = fetch_exception();
+    if (exc == NULL)
+        return 0;
+    PyObject *one = PyList_New(1);
+    if (one == NULL) {
+        Py_DECREF(exc);
+        return -1;
+    }
+    PyList_SET_ITEM(one, 0, exc);
+    int rc = backlog_push(self, one);
+    Py_DECREF(one);
+    return rc;
+}
+
+static Py_ssize_t
+backlog_len(CmpRingObject *self)
+{
+    return self->backlog == NULL ? 0 : PyList_GET_SIZE(self->backlog);
+}
+
+/* Up to max items from the backlog: a new list (not empty), or NULL with
+ * the error of the first entry. */
+static PyObject *
+backlog_serve(CmpRingObject *self, size_t max)
+{
+    PyObject *list = PyList_New(0);
+    while (list != NULL && (size_t)PyList_GET_SIZE(list) < max && backlog_len(self) > 0) {
+        PyObject *e = Py_NewRef(PyList_GET_ITEM(self->backlog, 0));
+        if (PySequence_DelItem(self->backlog, 0) < 0) {
+            Py_DECREF(e);
+            Py_CLEAR(list);
+            break;
+        }
+        PyObject *obj = NULL;
+        if (PyExceptionInstance_Check(e))
+            raise_exception(e);     /* steals e */
+        else {
+            obj = load_msg(self->st, (unsigned char *)PyBytes_AS_STRING(e),
+                           (size_t)PyBytes_GET_SIZE(e));
+            Py_DECREF(e);
+        }
+        if (obj == NULL) {
+            if (PyList_GET_SIZE(list) > 0 && backlog_push_error(self) == 0)
+                break;          /* for the next get() */
+            Py_CLEAR(list);
+            break;
+        }
+        int rc = PyList_Append(list, obj);
+        Py_DECREF(obj);
+        if (rc < 0)
+            Py_CLEAR(list);
+    }
+    return list;
+}
+
+/* Unpickle the n messages in buf: a new list. When one fails, the list of
+ * those before it, the error and the messages after it going to the
+ * backlog; if it is the first, NULL with its error. */
+static PyObject *
+load_batch(CmpRingObject *self, unsigned char *buf, const size_t *lens, size_t n)
+{
+    PyObject *list = PyList_New(0);
+    size_t off = 0, i;
+    for (i = 0; list != NULL && i < n; off += lens[i++]) {
+        PyObject *obj = load_msg(self->st, buf + off, lens[i]);
+        if (obj == NULL)
+            break;
+        int rc = PyList_Append(list, obj);
+        Py_DECREF(obj);
+        if (rc < 0)
+            Py_CLEAR(list);
+    }
+    if (list == NULL || i == n)
+        return list;
+    /* Item i failed: keep the rest, raw, then the error in front. */
+    PyObject *exc = fetch_exception();
+    PyObject *rest = PyList_New(0);
+    off += lens[i];
+    for (size_t j = i + 1; rest != NULL && j < n; off += lens[j++]) {
+        PyObject *raw = PyBytes_FromStringAndSize((const char *)buf + off, (Py_ssize_t)lens[j]);
+        if (raw == NULL || PyList_Append(rest, raw) < 0)
+            Py_CLEAR(rest);
+        Py_XDECREF(raw);
+    }
+    if (rest == NULL || backlog_push(self, rest) < 0) {
+        /* Out of memory as well: the rest is lost with the item. */
+        Py_XDECREF(rest);
+        Py_DECREF(list);
+        Py_XDECREF(exc);
+        return NULL;
+    }
+    Py_DECREF(rest);
+    if (PyList_GET_SIZE(list) == 0) {
+        Py_DECREF(list);
+        if (exc != NULL)
+            raise_exception(exc);
+        return NULL;
+    }
+    if (exc != NULL) {
+        raise_exception(exc);
+        if (backlog_push_error(self) < 0)
+            Py_CLEAR(list);
+    }
+    return list;
+}
+
+/* Take up to max messages and unpickle them: a new list (see load_batch).
  * Empty (or an empty list when !raise_empty). */
 static PyObject *
 take_and_load(CmpRingObject *self, size_t max, int blocking, int64_t deadline, int raise_empty)
 {
+    if (backlog_len(self) > 0)
+        return backlog_serve(self, max);
     size_t lens1[1];
     size_t *lens = lens1;
     unsigned char *buf;
     size_t cap;
-    int own = self->scratch_busy;       /* re-entered (from an unpickler): own buffer */
     PyObject *list = NULL;
+    struct take_call c = {self->ring};
     if (max > 1) {
         lens = PyMem_New(size_t, max);
         if (lens == NULL)
             return PyErr_NoMemory();
     }
-    if (own) {
+    /* A buffer of our own when resuming, or re-entered (from an unpickler). */
+    unsigned char *part = part_take(self, &c, lens);
+    int own = part != NULL || self->scratch_busy;
+    if (part != NULL) {
+        buf = part;
+        cap = c.op.cap;
+    }
+    else if (own) {
         cap = SCRATCH_MIN;
         buf = malloc(cap);
     }
@@ -1005,17 +1217,17 @@ take_and_load(CmpRingObject *self, size_t max, int blocking, int64_t deadline, i
         PyErr_NoMemory();
         goto done;
     }
-    struct take_call c = {self->ring};
+    if (part == NULL)
+        cmp_ring_rop_init(&c.op, buf, cap, lens, max);
     int st;
     for (;;) {
-        cmp_ring_rop_init(&c.op, buf, cap, lens, max);
-        c.deadline = 0;
-        st = cmp_ring_take(self->ring, &c.op, 0);
-        if (st == CMP_EEMPTY && blocking && deadline != 0) {
+        /* Try with the GIL, never sleeping; then wait without it. */
+        st = cmp_ring_take(self->ring, &c.op, CMP_RING_NOW);
+        if ((st == CMP_EEMPTY || st == CMP_ETIMEDOUT) && blocking && deadline != 0) {
             c.deadline = deadline;
             st = cmp_run_blocking(take_blocking, &c);
         }
-        if (st != CMP_RING_NEED)
+        if (st != CMP_NEED)
             break;
         size_t want = c.op.need > cap * 2 ? c.op.need : cap * 2;
         unsigned char *nb = realloc(buf, want);
@@ -1029,38 +1241,28 @@ take_and_load(CmpRingObject *self, size_t max, int blocking, int64_t deadline, i
             self->scratch = buf;
             self->scratch_cap = cap;
         }
+        cmp_ring_rop_init(&c.op, buf, cap, lens, max);
     }
-    if (st == CMP_PYERR || st == CMP_EINTR) {
-        cmp_ring_take_abandon(self->ring, &c.op);
-        if (st == CMP_EINTR)
-            cmp_set_error(st);
-        goto done;
+    if (st != CMP_OK && c.op.locked) {
+        /* Partly received: keep it for the next get(), in a buffer of its own. */
+        if (!own) {
+            self->scratch = NULL;
+            self->scratch_cap = 0;
+            own = 1;
+        }
+        part_keep(self, &c, buf);
+        buf = NULL;
     }
-    if (st == CMP_EEMPTY) {
+    if (st == CMP_EEMPTY || st == CMP_ETIMEDOUT) {
         if (raise_empty)
             PyErr_SetNone(self->st->q_empty);
         else
             list = PyList_New(0);
-        goto done;
     }
-    if (st != CMP_OK) {
+    else if (st != CMP_OK)
         cmp_set_error(st);
-        goto done;
-    }
-    list = PyList_New((Py_ssize_t)c.op.n);
-    if (list == NULL)
-        goto done;
-    size_t off = 0;
-    for (size_t i = 0; i < c.op.n; i++) {
-        PyObject *obj = load_msg(self->st, buf + off, lens[i]);
-        if (obj == NULL) {
-            /* The rest of the batch is lost with the error, as for one get(). */
-            Py_CLEAR(list);
-            goto done;
-        }
-        PyList_SET_ITEM(list, (Py_ssize_t)i, obj);
-        off += lens[i];
-    }
+    else
+        list = load_batch(self, buf, lens, c.op.n);
 done:
     if (lens != lens1)
         PyMem_Free(lens);
@@ -1127,20 +1329,23 @@ ring_get_many(CmpRingObject *self, PyObject *const *args, Py_ssize_t nargs, PyOb
     /* The first batch may wait; more are taken while there are more. */
     PyObject *list = take_and_load(self, max > MANY_MAX ? MANY_MAX : (size_t)max, blocking,
                                    deadline, 1);
-    while (list != NULL && PyList_GET_SIZE(list) < max && cmp_ring_qsize(self->ring) != 0) {
+    while (list != NULL && PyList_GET_SIZE(list) < max && backlog_len(self) == 0
+           && cmp_ring_qsize(self->ring) != 0) {
         Py_ssize_t left = max - PyList_GET_SIZE(list);
         PyObject *more = take_and_load(self, left > MANY_MAX ? MANY_MAX : (size_t)left, 0, 0, 0);
-        if (more == NULL || PyList_GET_SIZE(more) == 0) {
-            if (more == NULL)
+        if (more == NULL) {
+            /* That error is for the next get(); these items are returned. */
+            if (backlog_push_error(self) < 0)
                 Py_CLEAR(list);
-            Py_XDECREF(more);
             break;
         }
         Py_ssize_t len = PyList_GET_SIZE(list);
-        int rc = PyList_SetSlice(list, len, len, more);
+        int rc = PyList_GET_SIZE(more) == 0 ? 1 : PyList_SetSlice(list, len, len, more);
         Py_DECREF(more);
         if (rc < 0)
             Py_CLEAR(list);
+        if (rc != 0)
+            break;
     }
     return list;
 }
@@ -1153,7 +1358,7 @@ ring_qsize(CmpRingObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (ring_ready(self) < 0)
         return NULL;
-    return PyLong_FromUnsignedLongLong(cmp_ring_qsize(self->ring));
+    return PyLong_FromUnsignedLongLong(cmp_ring_qsize(self->ring) + (uint64_t)backlog_len(self));
 }
 
 static PyObject *
@@ -1165,7 +1370,7 @@ ring_empty(CmpRingObject *self, PyObject *Py_UNUSED(ignored))
         PyErr_SetString(PyExc_OSError, "handle is closed");
         return NULL;
     }
-    return PyBool_FromLong(cmp_ring_qsize(self->ring) == 0);
+    return PyBool_FromLong(cmp_ring_qsize(self->ring) == 0 && backlog_len(self) == 0);
 }
 
 static PyObject *
