@@ -4,8 +4,12 @@
 #include "wire.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -358,4 +362,110 @@ cmp_chan_recv_fds(int fd, int *fds, int *nfds)
         for (int i = 0; i < *nfds; i++)     /* a bell never carries any */
             close(fds[i]);
     }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Segments                                                                 */
+
+static cmp_chan_seg *
+seg_map(int memfd, size_t size)
+{
+    cmp_chan_seg *seg = calloc(1, sizeof(*seg));
+    if (seg == NULL)
+        return NULL;
+    seg->base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    if (seg->base == MAP_FAILED) {
+        free(seg);
+        return NULL;
+    }
+    seg->size = size;
+    seg->memfd = memfd;
+    seg->refs = 1;
+    return seg;
+}
+
+static void
+seg_unmap(cmp_chan_seg *seg)
+{
+    int saved = errno;
+    munmap(seg->base, seg->size);
+    free(seg);
+    errno = saved;
+}
+
+int
+cmp_chan_create(int nrings, cmp_chan_seg **out)
+{
+    size_t size = cmp_chan_size(nrings, CMP_CHAN_CAPACITY);
+    int memfd = memfd_create("cmp-pipe", MFD_CLOEXEC);
+    if (memfd < 0)
+        return CMP_ERRNO;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+            && (rlim_t)memfd >= rl.rlim_cur / 4) {
+        close(memfd);
+        return CMP_EFULL;
+    }
+    cmp_chan_seg *seg = NULL;
+    if (ftruncate(memfd, (off_t)size) < 0 || (seg = seg_map(memfd, size)) == NULL) {
+        int saved = errno;
+        close(memfd);
+        errno = saved;
+        return CMP_ERRNO;
+    }
+    if (cmp_chan_init(seg->base, nrings, CMP_CHAN_CAPACITY, &seg->c) != CMP_OK) {
+        cmp_chan_release(seg);
+        return CMP_ERRNO;
+    }
+    *out = seg;
+    return CMP_OK;
+}
+
+int
+cmp_chan_attach(int memfd, size_t size, int end, int reads, cmp_chan_seg **out)
+{
+    if (size == 0 || end < 0 || end > 1) {
+        errno = EINVAL;
+        return CMP_ERRNO;
+    }
+    cmp_chan_seg *seg = seg_map(memfd, size);
+    if (seg == NULL)
+        return CMP_ERRNO;
+    if (cmp_chan_open(seg->base, seg->size, &seg->c) != CMP_OK
+            || (seg->c.nrings == 1 && (end == 0) != (reads != 0))) {
+        seg_unmap(seg);         /* the caller still owns memfd */
+        errno = EINVAL;
+        return CMP_ERRNO;
+    }
+    *out = seg;
+    return CMP_OK;
+}
+
+cmp_chan_seg *
+cmp_chan_hold(cmp_chan_seg *seg)
+{
+    seg->refs++;
+    return seg;
+}
+
+void
+cmp_chan_release(cmp_chan_seg *seg)
+{
+    if (--seg->refs > 0)
+        return;
+    int memfd = seg->memfd;
+    seg_unmap(seg);
+    close(memfd);
+}
+
+int
+cmp_chan_pair(int duplex, int fds[2])
+{
+    int ok = duplex ? socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) == 0
+                    : pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0;
+    if (!ok) {
+        fds[0] = fds[1] = -1;
+        return CMP_ERRNO;
+    }
+    return CMP_OK;
 }

@@ -306,3 +306,19 @@ cmp_tracker_remove(int slot)
     if ((uint32_t)slot < hint)
         atomic_store_explicit(&tracker_table->head.hint, (uint32_t)slot, memory_order_relaxed);
 }
+
+void *
+cmp_pshm_map_and_close(int fd, size_t size)
+{
+    void *addr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return addr == MAP_FAILED ? NULL : addr;
+}
+
+void
+cmp_pshm_unmap(void *addr, size_t size)
+{
+    munmap(addr, size);
+}

@@ -38,8 +38,6 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -51,16 +49,6 @@ typedef struct {
     cmp_wire_rx rx;
     PyObject *buf;          /* the bytes object rx.body points into */
 } conn_parked;
-
-/* A Pipe()'s channel (chan.h) as mapped in this process, shared by the
- * Connections on it here: unmapped, and its descriptor closed, with the last. */
-typedef struct {
-    Py_ssize_t refs;
-    void *base;
-    size_t size;
-    int memfd;
-    cmp_chan c;
-} conn_chan;
 
 /* A streamed message whose receive a signal handler interrupted. */
 typedef struct {
@@ -89,7 +77,7 @@ typedef struct {
     PyObject *tx_rest;      /* the unsent rest of an interrupted frame, or NULL */
     cmp_spin_budget spin_ns;    /* busy-wait before blocking in recv (spin.h) */
     /* A Pipe() end: messages travel through the channel, not the descriptor */
-    conn_chan *chan;
+    cmp_chan_seg *chan;
     int end;                /* 0 or 1: it receives from ring `end` */
     char exact;             /* fileno() was asked: keep its readiness exact */
     uint32_t closes_seen;
@@ -109,24 +97,8 @@ chan_tx(const CmpConnection *self)
     return self->chan->c.nrings == 2 ? 1 - self->end : 0;
 }
 
-/* A call that releases the GIL holds its own reference: another thread may
- * close the Connection meanwhile. */
-static conn_chan *
-chan_hold(conn_chan *ch)
-{
-    ch->refs++;
-    return ch;
-}
-
-static void
-chan_release(conn_chan *ch)
-{
-    if (--ch->refs > 0)
-        return;
-    munmap(ch->base, ch->size);
-    close(ch->memfd);
-    PyMem_Free(ch);
-}
+/* A call that releases the GIL holds its own reference to the channel
+ * (cmp_chan_hold): another thread may close the Connection meanwhile. */
 
 /* Descriptors handed out while this thread pickles (send) or unpickles
  * (recv) a frame; NULL outside of those. */
@@ -200,7 +172,7 @@ drop_parked(CmpConnection *self)
 static void
 drop_chan(CmpConnection *self)
 {
-    conn_chan *ch = self->chan;
+    cmp_chan_seg *ch = self->chan;
     if (ch == NULL)
         return;
     self->chan = NULL;
@@ -212,7 +184,7 @@ drop_chan(CmpConnection *self)
         PyMem_Free(rp);
     }
     cmp_chan_note_close(&ch->c);
-    chan_release(ch);
+    cmp_chan_release(ch);
 }
 
 /* Let go of the descriptor (returned, -1 if closed already) and of all that
@@ -442,7 +414,7 @@ conn_flush_rest(CmpConnection *self)
 /* Sending on a channel */
 
 struct ring_tx {
-    conn_chan *ch;
+    cmp_chan_seg *ch;
     int fd;
     int is_socket;
     cmp_ring *ring;
@@ -512,7 +484,7 @@ conn_ring_send(CmpConnection *self, const struct iovec *iov, int niov, size_t to
         return CMP_ERRNO;
     }
     cmp_ring_msg msg = {iov, niov, total};
-    struct ring_tx a = {.ch = chan_hold(self->chan), .fd = self->fd,
+    struct ring_tx a = {.ch = cmp_chan_hold(self->chan), .fd = self->fd,
                         .is_socket = self->is_socket, .k = chan_tx(self),
                         .fds = fds, .nfds = nfds};
     a.ring = a.ch->c.ring[a.k];
@@ -531,7 +503,7 @@ conn_ring_send(CmpConnection *self, const struct iovec *iov, int niov, size_t to
         errno = a.bell_errno;
         st = CMP_ERRNO;
     }
-    chan_release(a.ch);
+    cmp_chan_release(a.ch);
     return st;
 }
 
@@ -941,14 +913,14 @@ ring_rx_fn(void *p)
 }
 
 struct chan_wait_call {
-    conn_chan *ch;
+    cmp_chan_seg *ch;
     int k, fd, is_socket;
     int64_t deadline;
     cmp_spin_budget *spin_ns;
 };
 
 static void
-chan_wait_init(struct chan_wait_call *w, CmpConnection *self, conn_chan *ch,
+chan_wait_init(struct chan_wait_call *w, CmpConnection *self, cmp_chan_seg *ch,
                int64_t deadline)
 {
     *w = (struct chan_wait_call){ch, chan_rx(self), self->fd, self->is_socket, deadline,
@@ -1003,7 +975,7 @@ conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
                      char *into, Py_ssize_t room, PyObject **bufp)
 {
     struct ring_rx a;
-    conn_chan *ch = chan_hold(self->chan);
+    cmp_chan_seg *ch = cmp_chan_hold(self->chan);
     int fd = self->fd, is_socket = self->is_socket;
     a.ring = ch->c.ring[chan_rx(self)];
     PyObject *buf = NULL;
@@ -1100,7 +1072,7 @@ taken:
     }
     if (self->exact && cmp_ring_empty(a.ring))
         cmp_chan_quiesce(&ch->c, chan_rx(self), fd, is_socket);
-    chan_release(ch);
+    cmp_chan_release(ch);
     *bufp = buf;
     return CMP_OK;
 
@@ -1111,10 +1083,10 @@ fail:
         else            /* closed by another thread meanwhile */
             cmp_ring_take_abandon(a.ring, &a.op);
         Py_XDECREF(buf);
-        chan_release(ch);
+        cmp_chan_release(ch);
         return st;
     }
-    chan_release(ch);
+    cmp_chan_release(ch);
     Py_XDECREF(buf);
     if (st == CMP_EBADMSG)
         bad_message_length(self);
@@ -1424,10 +1396,10 @@ conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
         if (!cmp_ring_empty(self->chan->c.ring[chan_rx(self)]))
             Py_RETURN_TRUE;
         struct chan_wait_call w;
-        chan_wait_init(&w, self, chan_hold(self->chan), deadline);
+        chan_wait_init(&w, self, cmp_chan_hold(self->chan), deadline);
         int st = deadline <= cmp_monotonic_ns() ? chan_wait_fn(&w)
                                                 : cmp_run_blocking(chan_wait_fn, &w);
-        chan_release(w.ch);
+        cmp_chan_release(w.ch);
         if (st == CMP_ETIMEDOUT)
             Py_RETURN_FALSE;
         if (st == CMP_OK || st == CMP_EEOF)
@@ -1564,55 +1536,8 @@ done:
 /* ------------------------------------------------------------------------ */
 /* Pipe() channels                                                          */
 
-static conn_chan *
-chan_map(int memfd, size_t size)
-{
-    conn_chan *ch = PyMem_Calloc(1, sizeof(*ch));
-    if (ch == NULL) {
-        errno = ENOMEM;
-        return NULL;
-    }
-    ch->base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
-    if (ch->base == MAP_FAILED) {
-        PyMem_Free(ch);
-        return NULL;
-    }
-    ch->size = size;
-    ch->memfd = memfd;
-    ch->refs = 1;
-    return ch;
-}
-
-/* A new channel of nrings rings in a memfd of its own, or NULL when none
- * is to be had -- or should be: a channel costs a third descriptor, so one is
- * made only while descriptors are plentiful (the lowest free one is in the
- * first quarter of the limit), and cmp's Pipes never use more than a
- * twelfth of the limit beyond what the stdlib's would. */
-static conn_chan *
-chan_create(int nrings, size_t size)
-{
-    int memfd = memfd_create("cmp-pipe", MFD_CLOEXEC);
-    if (memfd < 0)
-        return NULL;
-    struct rlimit rl;
-    conn_chan *ch = NULL;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
-            && (rlim_t)memfd >= rl.rlim_cur / 4)
-        goto fail;
-    if (ftruncate(memfd, (off_t)size) < 0 || (ch = chan_map(memfd, size)) == NULL)
-        goto fail;
-    if (cmp_chan_init(ch->base, nrings, CMP_CHAN_CAPACITY, &ch->c) != CMP_OK) {
-        chan_release(ch);       /* closes memfd */
-        return NULL;
-    }
-    return ch;
-fail:
-    close(memfd);
-    return NULL;
-}
-
 static void
-chan_attach(CmpConnection *self, conn_chan *ch, int end)
+chan_attach(CmpConnection *self, cmp_chan_seg *ch, int end)
 {
     ch->refs++;
     self->chan = ch;
@@ -1639,16 +1564,12 @@ cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int duplex = PyObject_IsTrue(args[1]);
     if (duplex < 0)
         return NULL;
-    int fds[2] = {-1, -1}, nrings = duplex ? 2 : 1;
-    size_t size = cmp_chan_size(nrings, CMP_CHAN_CAPACITY);
+    int fds[2] = {-1, -1};
     PyObject *c1 = NULL, *c2 = NULL, *ret = NULL;
-    conn_chan *ch = chan_create(nrings, size);
-    if (ch == NULL)
+    cmp_chan_seg *ch;
+    if (cmp_chan_create(duplex ? 2 : 1, &ch) != CMP_OK)
         Py_RETURN_NONE;     /* no shared memory to be had: a plain pipe */
-    int ok = duplex ? socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) == 0
-                    : pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0;
-    if (!ok) {
-        fds[0] = fds[1] = -1;
+    if (cmp_chan_pair(duplex, fds) != CMP_OK) {
         cmp_set_error(CMP_ERRNO);
         goto done;
     }
@@ -1670,7 +1591,7 @@ cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     chan_attach((CmpConnection *)c2, ch, 1);
     ret = PyTuple_Pack(2, c1, c2);
 done:
-    chan_release(ch);
+    cmp_chan_release(ch);
     for (int i = 0; i < 2; i++) {
         if (fds[i] >= 0)
             close(fds[i]);
@@ -1702,17 +1623,9 @@ conn_ring_attach(PyObject *op, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "_ring_attach: bad arguments");
         return NULL;
     }
-    conn_chan *ch = chan_map(memfd, (size_t)size);
-    if (ch == NULL)
+    cmp_chan_seg *ch;
+    if (cmp_chan_attach(memfd, (size_t)size, end, self->readable, &ch) != CMP_OK)
         return cmp_set_error(CMP_ERRNO);
-    if (cmp_chan_open(ch->base, ch->size, &ch->c) != CMP_OK
-            || (ch->c.nrings == 1 && (end == 0) != (self->readable != 0))) {
-        ch->memfd = -1;         /* the caller still owns it */
-        munmap(ch->base, ch->size);
-        PyMem_Free(ch);
-        errno = EINVAL;
-        return cmp_set_error(CMP_ERRNO);
-    }
     chan_attach(self, ch, end);
     ch->refs--;                 /* the Connection holds the only reference */
     self->exact = (char)(exact != 0);

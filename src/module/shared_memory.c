@@ -3,7 +3,6 @@
 #include "module.h"
 #include "pshm.h"
 
-#include <sys/mman.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------------------ */
@@ -41,7 +40,7 @@ static void
 mapping_unmap(CmpMapping *self)
 {
     if (self->addr != NULL) {
-        munmap(self->addr, (size_t)self->size);
+        cmp_pshm_unmap(self->addr, (size_t)self->size);
         self->addr = NULL;
     }
 }
@@ -103,21 +102,21 @@ map_and_close(PyObject *module, int fd, size_t size)
     CmpMapping *m = NULL;
     if (size == 0) {
         PyErr_SetString(PyExc_ValueError, "cannot mmap an empty file");
-        goto done;
+        close(fd);
+        return NULL;
     }
     m = PyObject_New(CmpMapping, st->mapping_type);
-    if (m == NULL)
-        goto done;
+    if (m == NULL) {
+        close(fd);
+        return NULL;
+    }
     m->exports = 0;
     m->size = (Py_ssize_t)size;
-    m->addr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (m->addr == MAP_FAILED) {
-        m->addr = NULL;
+    m->addr = cmp_pshm_map_and_close(fd, size);
+    if (m->addr == NULL) {
         Py_CLEAR(m);
         cmp_set_error(CMP_ERRNO);
     }
-done:
-    close(fd);
     return (PyObject *)m;
 }
 
@@ -167,7 +166,7 @@ cmp_py_shm_create(PyObject *module, PyObject *args)
         cname = random_name;
         name = PyUnicode_FromString(random_name);
         if (name == NULL) {
-            shm_unlink(random_name);
+            cmp_pshm_unlink(random_name);
             close(fd);
             return NULL;
         }
@@ -208,7 +207,7 @@ fail:
     /* Nothing half-made survives: no block, no registration. */
     if (slot >= 0)
         cmp_tracker_remove(slot);
-    shm_unlink(cname);
+    cmp_pshm_unlink(cname);
 done:
     Py_XDECREF(slot_o);
     Py_XDECREF(mapping);
