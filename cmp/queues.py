@@ -13,7 +13,6 @@ as the stdlib's join_thread does, unless cancel_join_thread() was called.
 import collections
 import operator
 import os
-import pickle
 import threading
 import weakref
 from queue import Empty, Full
@@ -35,9 +34,6 @@ __all__ = ['Queue', 'SimpleQueue', 'JoinableQueue']
 DEFAULT_RING_SIZE = 1 << 20
 
 _SEM_VALUE_MAX = 2147483647     # what the stdlib reports as an unbounded queue's _maxsize
-
-_core._queue_setup(pickle.Pickler, reduction.ForkingPickler._dispatch,
-                   reduction.DEFAULT_PROTOCOL, pickle.loads, Empty, Full)
 
 
 def _ring_size(ring_size):

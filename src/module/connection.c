@@ -32,6 +32,7 @@
  * closes those nobody took.
  */
 #include "module.h"
+#include "codec.h"
 #include "chan.h"
 #include "wire.h"
 
@@ -581,73 +582,6 @@ done:
     return ret;
 }
 
-/* A pickler from reduction._new_pickler(chunks): its dump and clear_memo
- * (bound methods, keeping it alive) and the list its file appends to. */
-typedef struct {
-    PyObject *dump;
-    PyObject *clear_memo;
-    PyObject *chunks;
-} conn_pickler;
-
-static void
-pickler_clear(conn_pickler *p)
-{
-    Py_CLEAR(p->dump);
-    Py_CLEAR(p->clear_memo);
-    Py_CLEAR(p->chunks);
-}
-
-static int
-pickler_new(cmp_state *st, conn_pickler *out)
-{
-    PyObject *red = NULL, *pickler = NULL;
-    conn_pickler p = {NULL, NULL, NULL};
-    int ret = -1;
-    red = PyImport_ImportModule("cmp.reduction");
-    if (red == NULL)
-        goto done;
-    if (st->conn_loads == NULL) {
-        st->conn_loads = PyObject_GetAttrString(red, "_loads");
-        if (st->conn_loads == NULL)
-            goto done;
-    }
-    p.chunks = PyList_New(0);
-    if (p.chunks == NULL)
-        goto done;
-    pickler = PyObject_CallMethod(red, "_new_pickler", "O", p.chunks);
-    if (pickler == NULL)
-        goto done;
-    p.dump = PyObject_GetAttrString(pickler, "dump");
-    if (p.dump == NULL)
-        goto done;
-    p.clear_memo = PyObject_GetAttrString(pickler, "clear_memo");
-    if (p.clear_memo == NULL)
-        goto done;
-    *out = p;
-    p.dump = p.clear_memo = p.chunks = NULL;
-    ret = 0;
-done:
-    pickler_clear(&p);
-    Py_XDECREF(pickler);
-    Py_XDECREF(red);
-    return ret;
-}
-
-/* The interpreter's cached pickler (and unpickler), made on first use. */
-static int
-pickler_ensure(cmp_state *st)
-{
-    if (st->conn_dump != NULL)
-        return 0;
-    conn_pickler p;
-    if (pickler_new(st, &p) < 0)
-        return -1;
-    st->conn_dump = p.dump;
-    st->conn_clear_memo = p.clear_memo;
-    st->conn_chunks = p.chunks;
-    return 0;
-}
-
 #define CONN_STACK_CHUNKS 8
 
 static PyObject *
@@ -658,14 +592,12 @@ conn_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
     CmpConnection *self = (CmpConnection *)op;
     cmp_state *state = PyType_GetModuleState(defining_class);
     PyObject *argv[1] = {NULL};
-    PyObject *r = NULL, *ret = NULL;
-    conn_pickler p = {NULL, NULL, NULL};
+    PyObject *ret = NULL;
     PyObject *chunks = NULL;
     conn_fd_batch batch, *outer_batch = conn_tx_batch;
     Py_buffer stack_views[CONN_STACK_CHUNKS], *views = stack_views;
     struct iovec stack_iov[CONN_STACK_CHUNKS + 1], *iov = stack_iov;
     Py_ssize_t nviews = 0;
-    int own_pickler = 0;
     batch.nfds = 0;
 
     if (state == NULL)
@@ -675,47 +607,14 @@ conn_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
     if (check_writable(self) < 0)
         return NULL;
 
-    /* Pickle. The cached pickler is reused unless it is busy (a __reduce__
-     * that sends, or another thread while a reducer released the GIL). */
-    if (pickler_ensure(state) < 0)
-        return NULL;
-    if (!state->conn_pickler_busy) {
-        state->conn_pickler_busy = 1;
-        own_pickler = 1;
-        p.dump = state->conn_dump;
-        p.clear_memo = state->conn_clear_memo;
-        p.chunks = state->conn_chunks;
-        Py_INCREF(p.dump);
-        Py_INCREF(p.clear_memo);
-        Py_INCREF(p.chunks);
-    }
-    else if (pickler_new(state, &p) < 0) {
-        return NULL;
-    }
-    chunks = p.chunks;
+    /* Pickle (with the interpreter's cached pickler: codec.c). */
     conn_tx_batch = self->is_unix ? &batch : NULL;
-    r = PyObject_CallOneArg(p.dump, argv[0]);
+    chunks = cmp_codec_dump(state, argv[0]);
     conn_tx_batch = outer_batch;
-    {
-        /* Drop the memo (and its references) whether or not dump failed. */
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        PyObject *c = PyObject_CallNoArgs(p.clear_memo);
-        if (c == NULL) {
-            if (et != NULL)
-                PyErr_Clear();
-            else
-                Py_CLEAR(r);
-        }
-        Py_XDECREF(c);
-        if (et != NULL)
-            PyErr_Restore(et, ev, tb);
-    }
-    if (r == NULL)
+    if (chunks == NULL)
         goto done;
-    Py_DECREF(r);
 
-    /* Pin every piece, then free the pickler for the next sender. */
+    /* Pin every piece. */
     Py_ssize_t n = PyList_GET_SIZE(chunks);
     if (n > CONN_STACK_CHUNKS) {
         views = PyMem_New(Py_buffer, (size_t)n);
@@ -733,12 +632,6 @@ conn_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
         iov[i + 1].iov_base = views[i].buf;
         iov[i + 1].iov_len = (size_t)views[i].len;
         total += (uint64_t)views[i].len;
-    }
-    if (PyList_SetSlice(chunks, 0, n, NULL) < 0)
-        goto done;
-    if (own_pickler) {
-        state->conn_pickler_busy = 0;
-        own_pickler = 0;
     }
 
     int st;
@@ -764,17 +657,8 @@ done:
         PyMem_Free(views);
     if (iov != stack_iov)
         PyMem_Free(iov);
-    if (ret == NULL && chunks != NULL && PyList_GET_SIZE(chunks) > 0) {
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        if (PyList_SetSlice(chunks, 0, PyList_GET_SIZE(chunks), NULL) < 0)
-            PyErr_Clear();
-        PyErr_Restore(et, ev, tb);
-    }
-    if (own_pickler)
-        state->conn_pickler_busy = 0;
+    Py_XDECREF(chunks);
     close_fds(batch.fds, batch.nfds);   /* our dups: the kernel holds its own */
-    pickler_clear(&p);
     return ret;
 }
 
@@ -1203,24 +1087,19 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject 
 }
 
 static PyObject *
-buffer_too_short(PyObject *msg)
+buffer_too_short(cmp_state *state, PyObject *msg)
 {
-    PyObject *ctx = PyImport_ImportModule("cmp.context");
-    if (ctx == NULL)
-        return NULL;
-    PyObject *cls = PyObject_GetAttrString(ctx, "BufferTooShort");
-    Py_DECREF(ctx);
-    if (cls == NULL)
-        return NULL;
-    PyErr_SetObject(cls, msg);
-    Py_DECREF(cls);
+    PyErr_SetObject(state->buffer_too_short, msg);
     return NULL;
 }
 
 static PyObject *
-conn_recv_bytes_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
-                     PyObject *kwnames)
+conn_recv_bytes_into(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
+                     Py_ssize_t nargs, PyObject *kwnames)
 {
+    cmp_state *state = PyType_GetModuleState(defining_class);
+    if (state == NULL)
+        return NULL;
     static const char *const names[] = {"buf", "offset"};
     CmpConnection *self = (CmpConnection *)op;
     PyObject *argv[2] = {NULL, NULL}, *buf = NULL, *ret = NULL;
@@ -1271,7 +1150,7 @@ conn_recv_bytes_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     close_fds(rx.fds, rx.nfds);
     if (buf != NULL) {
         if (rx.len > (uint64_t)(bytesize - offset)) {
-            buffer_too_short(buf);
+            buffer_too_short(state, buf);
             goto done;
         }
         memcpy((char *)view.buf + offset, PyBytes_AS_STRING(buf), (size_t)rx.len);
@@ -1299,19 +1178,17 @@ conn_recv(PyObject *op, PyTypeObject *defining_class, PyObject *const *Py_UNUSED
     }
     if (check_readable(self) < 0)
         return NULL;
-    if (pickler_ensure(state) < 0)
-        return NULL;
     if (conn_recv_frame(self, &rx, -1, NULL, 0, &buf) != CMP_OK)
         return NULL;
     if (rx.nfds == 0) {
-        obj = PyObject_CallOneArg(state->conn_loads, buf);
+        obj = cmp_codec_loads(state, buf);
     }
     else {
         conn_fd_batch batch, *outer = conn_rx_batch;
         memcpy(batch.fds, rx.fds, sizeof(int) * (size_t)rx.nfds);
         batch.nfds = rx.nfds;
         conn_rx_batch = &batch;
-        obj = PyObject_CallOneArg(state->conn_loads, buf);
+        obj = cmp_codec_loads(state, buf);
         conn_rx_batch = outer;
         close_fds(batch.fds, batch.nfds);   /* the ones nobody took */
     }
@@ -1657,7 +1534,7 @@ static PyMethodDef conn_methods[] = {
     {"recv_bytes", (PyCFunction)(void (*)(void))conn_recv_bytes,
      METH_FASTCALL | METH_KEYWORDS, recv_bytes_doc},
     {"recv_bytes_into", (PyCFunction)(void (*)(void))conn_recv_bytes_into,
-     METH_FASTCALL | METH_KEYWORDS, recv_bytes_into_doc},
+     METH_METHOD | METH_FASTCALL | METH_KEYWORDS, recv_bytes_into_doc},
     {"poll", (PyCFunction)(void (*)(void))conn_poll,
      METH_FASTCALL | METH_KEYWORDS, poll_doc},
     {"fileno", conn_fileno, METH_NOARGS, "File descriptor of the connection."},

@@ -29,6 +29,7 @@
  * claim and the removal of the task leaves the task in the ring as well:
  * it is failed, and the result of its other run is dropped.) */
 #include "module.h"
+#include "codec.h"
 #include "ring.h"
 
 #include <stdatomic.h>
@@ -53,8 +54,6 @@ enum { TASK_APPLY = 0, TASK_MAP = 1, TASK_STARMAP = 2, TASK_STOP = 3 };
 #define RES_STOP 4u     /* the dispatcher returns */
 
 #define DISPATCH_BATCH 256
-#define BUF_MIN (64 * 1024)
-#define BUF_KEEP (4 * 1024 * 1024)
 
 /* ------------------------------------------------------------------------ */
 /* Exceptions as objects (PyErr_GetRaisedException is 3.12+)                */
@@ -92,7 +91,7 @@ head_bytes(uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3)
 static PyObject *
 frame(cmp_state *st, uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3, PyObject *obj)
 {
-    PyObject *pieces = cmp_queue_encode(st, obj);
+    PyObject *pieces = cmp_codec_encode(st, obj);
     if (pieces == NULL)
         return NULL;
     PyObject *head = head_bytes(w0, w1, w2, w3);
@@ -105,78 +104,32 @@ frame(cmp_state *st, uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3, PyObjec
     return pieces;
 }
 
-/* A growable receive buffer. */
-typedef struct {
-    unsigned char *buf;
-    size_t cap;
-} pool_buf;
-
-static int
-buf_grow(pool_buf *b, size_t need)
-{
-    size_t want = need > b->cap * 2 ? need : b->cap * 2;
-    if (want < BUF_MIN)
-        want = BUF_MIN;
-    unsigned char *nb = realloc(b->buf, want);
-    if (nb == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->buf = nb;
-    b->cap = want;
-    return 0;
-}
-
-static void
-buf_trim(pool_buf *b)
-{
-    if (b->cap > BUF_KEEP) {
-        free(b->buf);
-        b->buf = NULL;
-        b->cap = 0;
-    }
-}
-
-struct take_call {
-    cmp_ring *ring;
-    cmp_ring_rop op;
-};
-
-static int
-take_blocking(void *arg)
-{
-    struct take_call *c = arg;
-    return cmp_ring_take(c->ring, &c->op, CMP_FOREVER);
-}
-
 /* Take 1..max messages into b (lens[]), waiting as long as it takes. The
  * number taken, or -1 with an exception. */
 static Py_ssize_t
-take(cmp_ring *ring, pool_buf *b, size_t *lens, size_t max, _Atomic uint64_t *claim)
+take(cmp_ring *ring, cmp_rxbuf *b, size_t *lens, size_t max, _Atomic uint64_t *claim)
 {
-    struct take_call c = {ring};
+    cmp_ring_rop op;
     int st;
     for (;;) {
-        if (b->buf == NULL && buf_grow(b, BUF_MIN) < 0)
+        if (cmp_rxbuf_grow(b, CMP_RXBUF_MIN) < 0)
             return -1;
-        cmp_ring_rop_init(&c.op, b->buf, b->cap, lens, max);
-        c.op.claim = claim;
-        /* Try with the GIL, never sleeping; then wait without it. */
-        st = cmp_ring_take(ring, &c.op, CMP_RING_NOW);
-        if (st == CMP_EEMPTY || st == CMP_ETIMEDOUT)
-            st = cmp_run_blocking(take_blocking, &c);
+        cmp_ring_rop_init(&op, b->buf, b->cap, lens, max);
+        op.claim = claim;
+        st = cmp_codec_take(ring, &op, CMP_FOREVER);
         if (st != CMP_NEED)
             break;
-        if (buf_grow(b, c.op.need) < 0)
+        if (cmp_rxbuf_grow(b, op.need) < 0)
             return -1;
     }
     if (st != CMP_OK) {
-        cmp_ring_take_abandon(ring, &c.op);
+        /* A signal's handler raised (in a worker: it is going away) */
+        cmp_ring_take_abandon(ring, &op);
         if (st != CMP_PYERR)
             cmp_set_error(st);
         return -1;
     }
-    return (Py_ssize_t)c.op.n;
+    return (Py_ssize_t)op.n;
 }
 
 static void
@@ -246,7 +199,7 @@ static PyObject *
 task_func(cmp_state *st, PyObject *cache, unsigned char *p, size_t flen, int cached)
 {
     if (!cached)
-        return cmp_queue_decode(st, p, flen);
+        return cmp_codec_load(st, p, flen);
     PyObject *key = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)flen);
     if (key == NULL)
         return NULL;
@@ -254,7 +207,7 @@ task_func(cmp_state *st, PyObject *cache, unsigned char *p, size_t flen, int cac
     if (func != NULL) {
         Py_INCREF(func);
     }
-    else if (!PyErr_Occurred() && (func = cmp_queue_decode(st, p, flen)) != NULL) {
+    else if (!PyErr_Occurred() && (func = cmp_codec_load(st, p, flen)) != NULL) {
         if (PyDict_GET_SIZE(cache) >= FUNC_CACHE_MAX)
             PyDict_Clear(cache);
         if (PyDict_SetItem(cache, key, func) < 0)
@@ -308,7 +261,7 @@ pool_worker(PyObject *module, PyObject *args)
     if (PyObject_GetBuffer(slots, &view, PyBUF_WRITABLE) < 0)
         return NULL;
     PyObject *ret = NULL, *fcache = PyDict_New();
-    pool_buf b = {NULL, 0};
+    cmp_rxbuf b = {NULL, 0};
     Py_ssize_t done = 0;
     if (fcache == NULL)
         goto done;
@@ -342,10 +295,10 @@ pool_worker(PyObject *module, PyObject *args)
             func = task_func(st, fcache, b.buf + POOL_HEAD, flen,
                              (h[3] >> 8) & TASK_CACHED);
             if (func != NULL)
-                payload = cmp_queue_decode(st, b.buf + POOL_HEAD + flen,
+                payload = cmp_codec_load(st, b.buf + POOL_HEAD + flen,
                                            len - POOL_HEAD - flen);
         }
-        buf_trim(&b);
+        cmp_rxbuf_trim(&b);
         if (payload != NULL)
             value = run_task(kind, func, payload);
         Py_XDECREF(func);
@@ -375,7 +328,7 @@ pool_worker(PyObject *module, PyObject *args)
     }
     ret = PyLong_FromSsize_t(done);
 done:
-    free(b.buf);
+    cmp_rxbuf_free(&b);
     Py_XDECREF(fcache);
     PyBuffer_Release(&view);
     return ret;
@@ -444,7 +397,7 @@ pool_dispatch(PyObject *module, PyObject *args)
     PyObject *set_name = PyUnicode_InternFromString("_set");
     uint64_t *last = PyMem_Calloc((size_t)nslots + 1, sizeof(uint64_t));
     size_t lens[DISPATCH_BATCH];
-    pool_buf b = {NULL, 0};
+    cmp_rxbuf b = {NULL, 0};
     int stop = 0;
     if (set_name == NULL || last == NULL) {
         if (last == NULL)
@@ -493,7 +446,7 @@ pool_dispatch(PyObject *module, PyObject *args)
                     last[slot] = h[0];
             }
             int success = !(flags & (RES_ERROR | RES_DEAD));
-            PyObject *value = cmp_queue_decode(st, p + POOL_HEAD, lens[i] - POOL_HEAD);
+            PyObject *value = cmp_codec_load(st, p + POOL_HEAD, lens[i] - POOL_HEAD);
             if (value == NULL) {
                 /* An unpicklable result fails its task (the stdlib's result
                  * thread dies here). */
@@ -503,11 +456,11 @@ pool_dispatch(PyObject *module, PyObject *args)
             deliver(cache, set_name, h[1], h[2], success, value);
             Py_DECREF(value);
         }
-        buf_trim(&b);
+        cmp_rxbuf_trim(&b);
     }
     ret = Py_NewRef(Py_None);
 done:
-    free(b.buf);
+    cmp_rxbuf_free(&b);
     PyMem_Free(last);
     Py_XDECREF(failed);
     Py_XDECREF(set_name);
@@ -572,7 +525,7 @@ task_pieces(cmp_state *st, PyObject *fcache, unsigned long long seq, unsigned lo
         Py_XINCREF(fbytes);
     }
     if (fbytes == NULL) {
-        PyObject *fp = cmp_queue_encode(st, func);
+        PyObject *fp = cmp_codec_encode(st, func);
         if (fp == NULL)
             return NULL;
         fbytes = join_pieces(fp);
@@ -588,7 +541,7 @@ task_pieces(cmp_state *st, PyObject *fcache, unsigned long long seq, unsigned lo
     }
     uint64_t w3 = ((uint64_t)PyBytes_GET_SIZE(fbytes) << 32)
                   | ((uint64_t)(cached ? TASK_CACHED : 0) << 8) | (kind & 0xff);
-    if ((pieces = cmp_queue_encode(st, payload)) == NULL
+    if ((pieces = cmp_codec_encode(st, payload)) == NULL
             || (head = head_bytes(seq, job, idx, w3)) == NULL
             || PyList_Insert(pieces, 0, fbytes) < 0 || PyList_Insert(pieces, 0, head) < 0)
         Py_CLEAR(pieces);
