@@ -47,7 +47,10 @@ sink_dealloc(CmpSinkObject *self)
 }
 
 static PyMethodDef sink_methods[] = {
-    {"write", (PyCFunction)sink_write, METH_O, NULL},
+    {"write", (PyCFunction)sink_write, METH_O, "write($self, data, /)\n"
+"--\n"
+"\n"
+"Keep a piece the pickler wrote; its length."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -663,9 +663,13 @@ done:
 }
 
 PyDoc_STRVAR(pass_fd_doc,
-"_pass_fd(fd) -> index\n\n"
+"_pass_fd($module, fd, /)\n"
+"--\n"
+"\n"
 "While send() pickles on a Unix socket: dup fd into the frame's descriptors\n"
-"and return its index there. Otherwise RuntimeError.");
+"and return its index there. Otherwise RuntimeError.\n"
+"\n"
+"Returns index.");
 
 static PyObject *
 cmp_py_pass_fd(PyObject *Py_UNUSED(module), PyObject *arg)
@@ -1197,9 +1201,13 @@ conn_recv(PyObject *op, PyTypeObject *defining_class, PyObject *const *Py_UNUSED
 }
 
 PyDoc_STRVAR(take_fd_doc,
-"_take_fd(index) -> fd\n\n"
+"_take_fd($module, index, /)\n"
+"--\n"
+"\n"
 "While recv() unpickles a frame that carried descriptors: the descriptor at\n"
-"index, now owned by the caller. Otherwise RuntimeError.");
+"index, now owned by the caller. Otherwise RuntimeError.\n"
+"\n"
+"Returns fd.");
 
 static PyObject *
 cmp_py_take_fd(PyObject *Py_UNUSED(module), PyObject *arg)
@@ -1293,10 +1301,14 @@ conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
 }
 
 PyDoc_STRVAR(wait_doc,
-"wait(object_list, timeout=None) -> list\n\n"
+"wait($module, /, object_list, timeout=None)\n"
+"--\n"
+"\n"
 "The objects of object_list (Connections, sockets, sentinels, objects with\n"
 "fileno(), raw descriptors) that are ready to read, in their order; [] when\n"
-"timeout seconds pass first. Releases the GIL; interrupted the PEP 475 way.");
+"timeout seconds pass first. Releases the GIL; interrupted the PEP 475 way.\n"
+"\n"
+"Returns list.");
 
 static PyObject *
 cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -1425,10 +1437,14 @@ chan_attach(CmpConnection *self, cmp_chan_seg *ch, int end)
 }
 
 PyDoc_STRVAR(pipe_doc,
-"_pipe(cls, duplex) -> (conn1, conn2) or None\n\n"
+"_pipe($module, cls, duplex, /)\n"
+"--\n"
+"\n"
 "Pipe() on a channel: two cls(handle, readable, writable) whose messages go\n"
 "through rings in shared memory (see src/core/chan.h); None when no channel\n"
-"is to be had (then Pipe() makes a plain pipe).");
+"is to be had (then Pipe() makes a plain pipe).\n"
+"\n"
+"Returns (conn1, conn2) or None.");
 
 static PyObject *
 cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -1512,17 +1528,36 @@ conn_ring_attach(PyObject *op, PyObject *args)
 /* ------------------------------------------------------------------------ */
 /* Type and module glue                                                     */
 
-PyDoc_STRVAR(send_doc, "send(obj)\n\nSend a picklable object.");
-PyDoc_STRVAR(recv_doc, "recv()\n\nReceive a picklable object.");
+PyDoc_STRVAR(send_doc,
+"send($self, /, obj)\n"
+"--\n"
+"\n"
+"Send a picklable object.");
+PyDoc_STRVAR(recv_doc,
+"recv($self, /)\n"
+"--\n"
+"\n"
+"Receive a picklable object.");
 PyDoc_STRVAR(send_bytes_doc,
-"send_bytes(buf, offset=0, size=None)\n\nSend the bytes of a bytes-like object.");
+"send_bytes($self, /, buf, offset=0, size=None)\n"
+"--\n"
+"\n"
+"Send the bytes of a bytes-like object.");
 PyDoc_STRVAR(recv_bytes_doc,
-"recv_bytes(maxlength=None)\n\nReceive one message as a bytes object.");
+"recv_bytes($self, /, maxlength=None)\n"
+"--\n"
+"\n"
+"Receive one message as a bytes object.");
 PyDoc_STRVAR(recv_bytes_into_doc,
-"recv_bytes_into(buf, offset=0)\n\n"
+"recv_bytes_into($self, /, buf, offset=0)\n"
+"--\n"
+"\n"
 "Receive one message into a writable bytes-like object; return its size.");
 PyDoc_STRVAR(poll_doc,
-"poll(timeout=0.0)\n\nWhether there is any input available to be read.");
+"poll($self, /, timeout=0.0)\n"
+"--\n"
+"\n"
+"Whether there is any input available to be read.");
 
 static PyMethodDef conn_methods[] = {
     {"send", (PyCFunction)(void (*)(void))conn_send,
@@ -1537,15 +1572,29 @@ static PyMethodDef conn_methods[] = {
      METH_METHOD | METH_FASTCALL | METH_KEYWORDS, recv_bytes_into_doc},
     {"poll", (PyCFunction)(void (*)(void))conn_poll,
      METH_FASTCALL | METH_KEYWORDS, poll_doc},
-    {"fileno", conn_fileno, METH_NOARGS, "File descriptor of the connection."},
-    {"close", conn_close, METH_NOARGS, "Close the connection."},
+    {"fileno", conn_fileno, METH_NOARGS, "fileno($self, /)\n"
+"--\n"
+"\n"
+"File descriptor of the connection."},
+    {"close", conn_close, METH_NOARGS, "close($self, /)\n"
+"--\n"
+"\n"
+"Close the connection."},
     {"_detach", conn_detach, METH_NOARGS,
-     "Give up the descriptor (returned) without closing it."},
+     "_detach($self, /)\n"
+"--\n"
+"\n"
+"Give up the descriptor (returned) without closing it."},
     {"_ring_share", conn_ring_share, METH_NOARGS,
-     "A Pipe() end's channel: (memfd, size, end, exact), or None."},
+     "_ring_share($self, /)\n"
+"--\n"
+"\n"
+"A Pipe() end's channel: (memfd, size, end, exact), or None."},
     {"_ring_attach", conn_ring_attach, METH_VARARGS,
-     "_ring_attach(memfd, size, end, exact): take over memfd (on success) as "
-     "this Connection's channel."},
+     "_ring_attach($self, memfd, size, end, exact, /)\n"
+"--\n"
+"\n"
+"Take over memfd (on success) as this Connection's channel."},
     {NULL, NULL, 0, NULL},
 };
 

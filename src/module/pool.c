@@ -235,7 +235,9 @@ task_failure(PyObject *hook, PyObject *value)
 }
 
 PyDoc_STRVAR(pool_worker_doc,
-"_pool_worker(tasks, results, slots, slot, maxtasks, wrap_exception, encoding_error)\n\n"
+"_pool_worker($module, tasks, results, slots, slot, maxtasks, wrap_exception, encoding_error, /)\n"
+"--\n"
+"\n"
 "A pool worker's loop: take a task from the tasks queue, unpickle it, run it,\n"
 "pickle the result and put it in the results queue, until a stop task comes\n"
 "or maxtasks (if not None) tasks are done; returns the number done.\n"
@@ -372,7 +374,9 @@ done:
 }
 
 PyDoc_STRVAR(pool_dispatch_doc,
-"_pool_dispatch(results, cache, nslots)\n\n"
+"_pool_dispatch($module, results, cache, nslots, /)\n"
+"--\n"
+"\n"
 "The pool's result loop: take results from the results queue and call\n"
 "cache[job]._set(idx, (success, value)) for each, until a stop record.\n"
 "A DEAD record fails the task a dead worker held, unless that worker's\n"
@@ -552,10 +556,14 @@ done:
 }
 
 PyDoc_STRVAR(pool_put_tasks_doc,
-"_pool_put_tasks(tasks, fcache, items) -> failures\n\n"
+"_pool_put_tasks($module, tasks, fcache, items, /)\n"
+"--\n"
+"\n"
 "Put tasks, each item (seq, job, idx, kind, func, payload), in order; items\n"
 "that cannot be pickled are skipped and returned as a list of (item,\n"
-"exception). fcache: a dict of function pickles (None: no caching).");
+"exception). fcache: a dict of function pickles (None: no caching).\n"
+"\n"
+"Returns failures.");
 
 static PyObject *
 pool_put_tasks(PyObject *module, PyObject *args)
@@ -608,7 +616,9 @@ error:
 }
 
 PyDoc_STRVAR(pool_put_task_doc,
-"_pool_put_task(tasks, fcache, seq, job, idx, kind, func, payload)\n\n"
+"_pool_put_task($module, tasks, fcache, seq, job, idx, kind, func, payload, /)\n"
+"--\n"
+"\n"
 "Put one task; raises what pickling it raised.");
 
 static PyObject *
@@ -640,7 +650,9 @@ pool_put_task(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 }
 
 PyDoc_STRVAR(pool_post_doc,
-"_pool_post(queue, seq, job, idx, word3, obj)\n\n"
+"_pool_post($module, queue, seq, job, idx, word3, obj, /)\n"
+"--\n"
+"\n"
 "Put one framed message (header words, then obj pickled) in queue.");
 
 static PyObject *
@@ -662,8 +674,12 @@ pool_post(PyObject *module, PyObject *args)
 }
 
 PyDoc_STRVAR(pool_slot_doc,
-"_pool_slot(slots, slot) -> (seq, job, idx)\n\n"
-"What a worker's slot says it holds (seq 0: nothing).");
+"_pool_slot($module, slots, slot, /)\n"
+"--\n"
+"\n"
+"What a worker's slot says it holds (seq 0: nothing).\n"
+"\n"
+"Returns (seq, job, idx).");
 
 static PyObject *
 pool_slot(PyObject *module, PyObject *args)

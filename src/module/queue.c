@@ -147,7 +147,9 @@ queue_dealloc(CmpQueueObject *self)
 }
 
 PyDoc_STRVAR(queue_create_doc,
-"_create(capacity, maxsize, joinable)\n\n"
+"_create($self, capacity, maxsize, joinable, /)\n"
+"--\n"
+"\n"
 "Make a new ring of capacity bytes (a power of two) in shared memory;\n"
 "maxsize 0 means unbounded.");
 
@@ -472,7 +474,9 @@ write_many_blocking(void *arg)
 }
 
 PyDoc_STRVAR(queue_write_doc,
-"_write(messages, reserved)\n\n"
+"_write($self, messages, reserved, /)\n"
+"--\n"
+"\n"
 "Write pickled messages (a list of lists of bytes-like pieces) in order,\n"
 "waiting as long as it takes; reserved: they hold slots taken by put().");
 
@@ -1007,27 +1011,73 @@ static PyMemberDef queue_members[] = {
 
 #define RING_COMMON_METHODS                                                              \
     {"_create", (PyCFunction)queue_create, METH_VARARGS, queue_create_doc},                \
-    {"_attach", (PyCFunction)queue_attach, METH_VARARGS, "_attach(fd, size)"},            \
-    {"_share", (PyCFunction)queue_share, METH_NOARGS, "_share() -> (fd, size)"},          \
-    {"put", (PyCFunction)(void (*)(void))queue_put, METH_FASTCALL | METH_KEYWORDS, NULL}, \
-    {"get", (PyCFunction)(void (*)(void))queue_get, METH_FASTCALL | METH_KEYWORDS, NULL}, \
-    {"put_many", (PyCFunction)(void (*)(void))queue_put_many, METH_FASTCALL | METH_KEYWORDS, \
-     "put_many(items, block=True, timeout=None)"},                                      \
-    {"get_many", (PyCFunction)(void (*)(void))queue_get_many, METH_FASTCALL | METH_KEYWORDS, \
-     "get_many(max_items, block=True, timeout=None) -> list"},                          \
-    {"empty", (PyCFunction)queue_empty, METH_NOARGS, NULL}
+    {"_attach", (PyCFunction)queue_attach, METH_VARARGS, "_attach($self, fd, size, /)\n" \
+     "--\n" \
+     "\n" \
+     "Map the ring shared as fd (size bytes)."},            \
+    {"_share", (PyCFunction)queue_share, METH_NOARGS, "_share($self, /)\n" \
+     "--\n" \
+     "\n" \
+     "The ring as (fd, size), to pass to another process.\n" \
+     "\n" \
+     "Returns (fd, size)."},          \
+    {"put", (PyCFunction)(void (*)(void))queue_put, METH_FASTCALL | METH_KEYWORDS, "put($self, /, obj, block=True, timeout=None)\n" \
+     "--\n" \
+     "\n" \
+     "Put obj into the queue."}, \
+    {"get", (PyCFunction)(void (*)(void))queue_get, METH_FASTCALL | METH_KEYWORDS, "get($self, /, block=True, timeout=None)\n" \
+     "--\n" \
+     "\n" \
+     "Remove and return an item from the queue."}, \
+    {"put_many", (PyCFunction)(void (*)(void))queue_put_many, METH_FASTCALL | METH_KEYWORDS, "put_many($self, /, items, block=True, timeout=None)\n" \
+     "--\n" \
+     "\n" \
+     "Put the items, in order."},                                      \
+    {"get_many", (PyCFunction)(void (*)(void))queue_get_many, METH_FASTCALL | METH_KEYWORDS, "get_many($self, /, max_items, block=True, timeout=None)\n" \
+     "--\n" \
+     "\n" \
+     "Remove and return a list of 1 to max_items items (see the README).\n" \
+     "\n" \
+     "Returns list."},                          \
+    {"empty", (PyCFunction)queue_empty, METH_NOARGS, "empty($self, /)\n" \
+     "--\n" \
+     "\n" \
+     "Whether the queue is empty (a snapshot)."}
 
 static PyMethodDef queue_methods[] = {
     RING_COMMON_METHODS,
-    {"put_nowait", (PyCFunction)queue_put_nowait, METH_O, NULL},
-    {"get_nowait", (PyCFunction)queue_get_nowait, METH_NOARGS, NULL},
-    {"qsize", (PyCFunction)queue_qsize, METH_NOARGS, NULL},
-    {"full", (PyCFunction)queue_full, METH_NOARGS, NULL},
+    {"put_nowait", (PyCFunction)queue_put_nowait, METH_O, "put_nowait($self, obj, /)\n"
+"--\n"
+"\n"
+"put(obj, False)"},
+    {"get_nowait", (PyCFunction)queue_get_nowait, METH_NOARGS, "get_nowait($self, /)\n"
+"--\n"
+"\n"
+"get(False)"},
+    {"qsize", (PyCFunction)queue_qsize, METH_NOARGS, "qsize($self, /)\n"
+"--\n"
+"\n"
+"The approximate size of the queue."},
+    {"full", (PyCFunction)queue_full, METH_NOARGS, "full($self, /)\n"
+"--\n"
+"\n"
+"Whether the queue is full (a snapshot)."},
     {"_write", (PyCFunction)queue_write, METH_VARARGS, queue_write_doc},
-    {"_unreserve", (PyCFunction)queue_unreserve, METH_O, "_unreserve(n)"},
-    {"_task_done", (PyCFunction)queue_task_done, METH_NOARGS, NULL},
+    {"_unreserve", (PyCFunction)queue_unreserve, METH_O, "_unreserve($self, n, /)\n"
+"--\n"
+"\n"
+"Give back n slots whose messages will never be written."},
+    {"_task_done", (PyCFunction)queue_task_done, METH_NOARGS, "_task_done($self, /)\n"
+"--\n"
+"\n"
+"One task done (ValueError when none is unfinished)."},
     {"_join", (PyCFunction)(void (*)(void))queue_join, METH_FASTCALL,
-     "_join(timeout=None) -> bool"},
+     "_join($self, timeout=None, /)\n"
+"--\n"
+"\n"
+"Wait until every task is done; False on timeout.\n"
+"\n"
+"Returns bool."},
     {NULL, NULL, 0, NULL},
 };
 

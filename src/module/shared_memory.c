@@ -73,7 +73,10 @@ mapping_dealloc(CmpMapping *self)
 
 static PyMethodDef mapping_methods[] = {
     {"close", (PyCFunction)mapping_close, METH_NOARGS,
-     "Unmap (BufferError while views are exported)."},
+     "close($self, /)\n"
+"--\n"
+"\n"
+"Unmap (BufferError while views are exported)."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -136,11 +139,15 @@ shm_name(PyObject *name)
 }
 
 PyDoc_STRVAR(shm_create_doc,
-"shm_create(name, size, track) -> (name, mapping, slot)\n\n"
+"shm_create($module, name, size, track, /)\n"
+"--\n"
+"\n"
 "Create a block of size bytes named name (str with its leading '/'), or\n"
 "under a fresh stdlib-style random name when name is None, and map it.\n"
 "With track, register it with the resource tracker; slot is then its\n"
-"registration (for tracker_remove), else None.");
+"registration (for tracker_remove), else None.\n"
+"\n"
+"Returns (name, mapping, slot).");
 
 static PyObject *
 cmp_py_shm_create(PyObject *module, PyObject *args)
@@ -216,8 +223,12 @@ done:
 }
 
 PyDoc_STRVAR(shm_attach_doc,
-"shm_attach(name) -> (mapping, size)\n\n"
-"Map the existing block name (str with its leading '/').");
+"shm_attach($module, name, /)\n"
+"--\n"
+"\n"
+"Map the existing block name (str with its leading '/').\n"
+"\n"
+"Returns (mapping, size).");
 
 static PyObject *
 cmp_py_shm_attach(PyObject *module, PyObject *name)
@@ -268,9 +279,15 @@ cmp_py_tracker_remove(PyObject *Py_UNUSED(module), PyObject *arg)
 static PyMethodDef pshm_methods[] = {
     {"shm_create", cmp_py_shm_create, METH_VARARGS, shm_create_doc},
     {"shm_attach", cmp_py_shm_attach, METH_O, shm_attach_doc},
-    {"shm_unlink", cmp_py_shm_unlink, METH_O, "shm_unlink(name)"},
+    {"shm_unlink", cmp_py_shm_unlink, METH_O, "shm_unlink($module, name, /)\n"
+"--\n"
+"\n"
+"Unlink the block name (str with its leading '/')."},
     {"tracker_remove", cmp_py_tracker_remove, METH_O,
-     "tracker_remove(slot): forget a block registered by shm_create"},
+     "tracker_remove($module, slot, /)\n"
+"--\n"
+"\n"
+"Forget a block registered by shm_create"},
     {NULL, NULL, 0, NULL},
 };
 

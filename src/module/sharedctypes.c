@@ -648,7 +648,10 @@ shared_getbuffer(CmpShared *self, Py_buffer *view, int flags)
 }
 
 PyDoc_STRVAR(shared_as_ctypes_doc,
-"_as_ctypes()\n\nThe ctypes object (c_int, c_int_Array_N, ...) over the same memory,\n"
+"_as_ctypes($self, /)\n"
+"--\n"
+"\n"
+"The ctypes object (c_int, c_int_Array_N, ...) over the same memory,\n"
 "made once and then cached.");
 
 static PyObject *
@@ -690,7 +693,9 @@ shared_shm_handle(CmpShared *self, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(shared_rebuild_doc,
-"_rebuild(fd, offset, ctype, code, length)\n\n"
+"_rebuild($type, fd, offset, ctype, code, length, /)\n"
+"--\n"
+"\n"
 "The array (a value if length is -1) whose memory is at offset of the shared\n"
 "segment open as fd (which it takes over), as passed to a child started by\n"
 "spawn or forkserver.");
@@ -711,7 +716,11 @@ shared_rebuild(PyTypeObject *type, PyObject *args)
     return shared_create(type, ctype, code, is_array ? length : 1, is_array, fd, off);
 }
 
-PyDoc_STRVAR(shared_copy_doc, "_copy()\n\nA new object (in new shared memory) with the same items.");
+PyDoc_STRVAR(shared_copy_doc,
+"_copy($self, /)\n"
+"--\n"
+"\n"
+"A new object (in new shared memory) with the same items.");
 
 static PyObject *
 shared_copy(CmpShared *self, PyObject *Py_UNUSED(ignored))
@@ -736,9 +745,15 @@ shared_code(CmpShared *self, void *Py_UNUSED(closure))
 static PyMethodDef shared_methods[] = {
     {"_as_ctypes", (PyCFunction)shared_as_ctypes, METH_NOARGS, shared_as_ctypes_doc},
     {"_ctypes_type", (PyCFunction)shared_ctypes_type, METH_NOARGS,
-     "The ctypes type of _as_ctypes(): the item type, or an array type of it."},
+     "_ctypes_type($self, /)\n"
+"--\n"
+"\n"
+"The ctypes type of _as_ctypes(): the item type, or an array type of it."},
     {"_shm_handle", (PyCFunction)shared_shm_handle, METH_NOARGS,
-     "(fd, offset) of the memory, to pass to a child."},
+     "_shm_handle($self, /)\n"
+"--\n"
+"\n"
+"(fd, offset) of the memory, to pass to a child."},
     {"_rebuild", (PyCFunction)shared_rebuild, METH_VARARGS | METH_CLASS, shared_rebuild_doc},
     {"_copy", (PyCFunction)shared_copy, METH_NOARGS, shared_copy_doc},
     {NULL, NULL, 0, NULL},
@@ -1014,11 +1029,23 @@ sync_getbuffer(CmpSync *self, Py_buffer *view, int flags)
 
 static PyMethodDef sync_methods[] = {
     {"get_obj", (PyCFunction)sync_get_obj, METH_NOARGS,
-     "The wrapped object (a ctypes object over the shared memory)."},
-    {"get_lock", (PyCFunction)sync_get_lock, METH_NOARGS, "The lock."},
-    {"__enter__", (PyCFunction)sync_enter_method, METH_NOARGS, "Acquire the lock."},
+     "get_obj($self, /)\n"
+"--\n"
+"\n"
+"The wrapped object (a ctypes object over the shared memory)."},
+    {"get_lock", (PyCFunction)sync_get_lock, METH_NOARGS, "get_lock($self, /)\n"
+"--\n"
+"\n"
+"The lock."},
+    {"__enter__", (PyCFunction)sync_enter_method, METH_NOARGS, "__enter__($self, /)\n"
+"--\n"
+"\n"
+"Acquire the lock."},
     {"__exit__", (PyCFunction)(void (*)(void))sync_exit_method, METH_FASTCALL,
-     "Release the lock."},
+     "__exit__($self, *args, /)\n"
+"--\n"
+"\n"
+"Release the lock."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -243,7 +243,12 @@ semlock_do_acquire(CmpSemLock *self, int blocking, PyObject *timeout)
 }
 
 PyDoc_STRVAR(semlock_acquire_doc,
-"acquire(block=True, timeout=None) -> bool\n\nAcquire the semaphore/lock.");
+"acquire($self, /, block=True, timeout=None)\n"
+"--\n"
+"\n"
+"Acquire the semaphore/lock.\n"
+"\n"
+"Returns bool.");
 
 static PyObject *
 semlock_acquire(CmpSemLock *self, PyObject *const *args, Py_ssize_t nargs,
@@ -278,7 +283,11 @@ semlock_post(CmpSemLock *self)
     return -1;
 }
 
-PyDoc_STRVAR(semlock_release_doc, "release()\n\nRelease the semaphore/lock.");
+PyDoc_STRVAR(semlock_release_doc,
+"release($self, /)\n"
+"--\n"
+"\n"
+"Release the semaphore/lock.");
 
 static PyObject *
 semlock_release(CmpSemLock *self, PyObject *Py_UNUSED(ignored))
@@ -352,7 +361,9 @@ semlock_after_fork(CmpSemLock *self, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(semlock_rebuild_doc,
-"_rebuild(fd, offset, kind, maxvalue)\n\n"
+"_rebuild($type, fd, offset, kind, maxvalue, /)\n"
+"--\n"
+"\n"
 "The lock at offset of the shared segment open as fd (which it takes over),\n"
 "as passed to a child started by spawn or forkserver.");
 
@@ -395,20 +406,47 @@ static PyMethodDef semlock_methods[] = {
     {"acquire", (PyCFunction)(void (*)(void))semlock_acquire,
      METH_FASTCALL | METH_KEYWORDS, semlock_acquire_doc},
     {"release", (PyCFunction)semlock_release, METH_NOARGS, semlock_release_doc},
-    {"__enter__", (PyCFunction)semlock_enter, METH_NOARGS, "Enter the semaphore/lock."},
+    {"__enter__", (PyCFunction)semlock_enter, METH_NOARGS, "__enter__($self, /)\n"
+"--\n"
+"\n"
+"Enter the semaphore/lock."},
     {"__exit__", (PyCFunction)(void (*)(void))semlock_exit, METH_FASTCALL,
-     "Exit the semaphore/lock."},
+     "__exit__($self, *args, /)\n"
+"--\n"
+"\n"
+"Exit the semaphore/lock."},
     {"_is_mine", (PyCFunction)semlock_is_mine, METH_NOARGS,
-     "Whether the lock is owned by this thread."},
+     "_is_mine($self, /)\n"
+"--\n"
+"\n"
+"Whether the lock is owned by this thread."},
     {"_count", (PyCFunction)semlock_get_count, METH_NOARGS,
-     "Times this thread has acquired it (in this process)."},
-    {"_get_value", (PyCFunction)semlock_get_value, METH_NOARGS, "The semaphore's value."},
-    {"_is_zero", (PyCFunction)semlock_is_zero, METH_NOARGS, "Whether the value is zero."},
-    {"_after_fork", (PyCFunction)semlock_after_fork, METH_NOARGS, "Rezero the count."},
+     "_count($self, /)\n"
+"--\n"
+"\n"
+"Times this thread has acquired it (in this process)."},
+    {"_get_value", (PyCFunction)semlock_get_value, METH_NOARGS, "_get_value($self, /)\n"
+"--\n"
+"\n"
+"The semaphore's value."},
+    {"_is_zero", (PyCFunction)semlock_is_zero, METH_NOARGS, "_is_zero($self, /)\n"
+"--\n"
+"\n"
+"Whether the value is zero."},
+    {"_after_fork", (PyCFunction)semlock_after_fork, METH_NOARGS, "_after_fork($self, /)\n"
+"--\n"
+"\n"
+"Rezero the count."},
     {"_shm_handle", shm_handle, METH_NOARGS,
-     "(fd, offset) of the shared word, to pass to a child."},
+     "_shm_handle($self, /)\n"
+"--\n"
+"\n"
+"(fd, offset) of the shared word, to pass to a child."},
     {"_rebuild", (PyCFunction)semlock_rebuild, METH_VARARGS | METH_CLASS, semlock_rebuild_doc},
-    {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS, NULL},
+    {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS, "__reduce__($self, /)\n"
+"--\n"
+"\n"
+"Refuses: a lock is passed to a child only as it starts."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -554,9 +592,13 @@ cond_sleep_fn(void *p)
 }
 
 PyDoc_STRVAR(condvar_wait_doc,
-"wait(lock, timeout=None) -> bool\n\n"
+"wait($self, lock, timeout=None, /)\n"
+"--\n"
+"\n"
 "Release lock (which this thread holds, however deeply), wait to be notified\n"
-"or for the timeout, and reacquire it. False on timeout.");
+"or for the timeout, and reacquire it. False on timeout.\n"
+"\n"
+"Returns bool.");
 
 static PyObject *
 condvar_wait(CmpCondVar *self, PyObject *const *args, Py_ssize_t nargs)
@@ -599,7 +641,10 @@ condvar_wait(CmpCondVar *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 PyDoc_STRVAR(condvar_notify_doc,
-"notify(lock, n)\n\nWake up to n waiters; this thread must hold lock.");
+"notify($self, lock, n, /)\n"
+"--\n"
+"\n"
+"Wake up to n waiters; this thread must hold lock.");
 
 static PyObject *
 condvar_notify(CmpCondVar *self, PyObject *const *args, Py_ssize_t nargs)
@@ -641,11 +686,23 @@ condvar_rebuild(PyTypeObject *type, PyObject *args)
 static PyMethodDef condvar_methods[] = {
     {"wait", (PyCFunction)(void (*)(void))condvar_wait, METH_FASTCALL, condvar_wait_doc},
     {"notify", (PyCFunction)(void (*)(void))condvar_notify, METH_FASTCALL, condvar_notify_doc},
-    {"_waiting", (PyCFunction)condvar_waiting, METH_NOARGS, "Waiters (approximate)."},
-    {"_shm_handle", shm_handle, METH_NOARGS, "(fd, offset)"},
+    {"_waiting", (PyCFunction)condvar_waiting, METH_NOARGS, "_waiting($self, /)\n"
+"--\n"
+"\n"
+"Waiters (approximate)."},
+    {"_shm_handle", shm_handle, METH_NOARGS, "_shm_handle($self, /)\n"
+"--\n"
+"\n"
+"(fd, offset)"},
     {"_rebuild", (PyCFunction)condvar_rebuild, METH_VARARGS | METH_CLASS,
-     "_rebuild(fd, offset): the condition passed to a spawned child."},
-    {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS, NULL},
+     "_rebuild($type, fd, offset, /)\n"
+"--\n"
+"\n"
+"The condition passed to a spawned child."},
+    {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS, "__reduce__($self, /)\n"
+"--\n"
+"\n"
+"Refuses: a condition is passed to a child only as it starts."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -758,16 +815,39 @@ event_rebuild(PyTypeObject *type, PyObject *args)
 }
 
 static PyMethodDef event_methods[] = {
-    {"is_set", (PyCFunction)event_is_set, METH_NOARGS, "Whether the flag is set."},
-    {"set", (PyCFunction)event_set, METH_NOARGS, "Set the flag and wake every waiter."},
-    {"clear", (PyCFunction)event_clear, METH_NOARGS, "Reset the flag."},
+    {"is_set", (PyCFunction)event_is_set, METH_NOARGS, "is_set($self, /)\n"
+"--\n"
+"\n"
+"Whether the flag is set."},
+    {"set", (PyCFunction)event_set, METH_NOARGS, "set($self, /)\n"
+"--\n"
+"\n"
+"Set the flag and wake every waiter."},
+    {"clear", (PyCFunction)event_clear, METH_NOARGS, "clear($self, /)\n"
+"--\n"
+"\n"
+"Reset the flag."},
     {"wait", (PyCFunction)(void (*)(void))event_wait, METH_FASTCALL | METH_KEYWORDS,
-     "wait(timeout=None) -> bool\n\nBlock until the flag is set or the timeout passes;\n"
-     "returns the flag."},
-    {"_shm_handle", shm_handle, METH_NOARGS, "(fd, offset)"},
+     "wait($self, /, timeout=None)\n"
+"--\n"
+"\n"
+"Block until the flag is set or the timeout passes;\n"
+"returns the flag.\n"
+"\n"
+"Returns bool."},
+    {"_shm_handle", shm_handle, METH_NOARGS, "_shm_handle($self, /)\n"
+"--\n"
+"\n"
+"(fd, offset)"},
     {"_rebuild", (PyCFunction)event_rebuild, METH_VARARGS | METH_CLASS,
-     "_rebuild(fd, offset): the event passed to a spawned child."},
-    {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS, NULL},
+     "_rebuild($type, fd, offset, /)\n"
+"--\n"
+"\n"
+"The event passed to a spawned child."},
+    {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS, "__reduce__($self, /)\n"
+"--\n"
+"\n"
+"Refuses: an event is passed to a child only as it starts."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -864,10 +944,19 @@ block_rebuild(PyTypeObject *type, PyObject *args)
 }
 
 static PyMethodDef block_methods[] = {
-    {"_shm_handle", (PyCFunction)block_shm_handle, METH_NOARGS, "(fd, offset, size)"},
+    {"_shm_handle", (PyCFunction)block_shm_handle, METH_NOARGS, "_shm_handle($self, /)\n"
+"--\n"
+"\n"
+"(fd, offset, size)"},
     {"_rebuild", (PyCFunction)block_rebuild, METH_VARARGS | METH_CLASS,
-     "_rebuild(fd, offset, size): the block passed to a spawned child."},
-    {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS, NULL},
+     "_rebuild($type, fd, offset, size, /)\n"
+"--\n"
+"\n"
+"The block passed to a spawned child."},
+    {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS, "__reduce__($self, /)\n"
+"--\n"
+"\n"
+"Refuses: a block is passed to a child only as it starts."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -901,7 +990,10 @@ cmp_py_shm_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 
 static PyMethodDef sync_functions[] = {
     {"shm_stats", cmp_py_shm_stats, METH_NOARGS,
-     "shm_stats() -> (segments, bytes mapped, arena blocks in use)"},
+     "shm_stats($module, /)\n"
+"--\n"
+"\n"
+"Returns (segments, bytes mapped, arena blocks in use)."},
     {NULL, NULL, 0, NULL},
 };
 
