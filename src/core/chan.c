@@ -13,12 +13,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define CHAN_MAGIC 0x316e616863706d63ULL    /* "cmpchan1" */
+#define CHAN_MAGIC 0x316e616863706d63ULL /* "cmpchan1" */
 #define CHAN_HEADER ((size_t)4096)
 #define TAG_BELL 'b'
 #define TAG_FDS 'f'
 
-#define BELL_LATE_NS 50000      /* how long a consumer waits for a bell in flight */
+#define BELL_LATE_NS 50000 /* how long a consumer waits for a bell in flight */
 
 /* A receiver spins as a futex waiter does (sync.c): about a sleep and a
  * wake-up at most, looking at the ring only (no system call). */
@@ -80,8 +80,8 @@ cmp_chan_open(void *mem, size_t size, cmp_chan *out)
 {
     cmp_chan_hdr *h = mem;
     if (size < CHAN_HEADER || h->magic != CHAN_MAGIC || h->nrings < 1 || h->nrings > 2
-            || h->capacity < CMP_RING_MIN_CAPACITY || h->capacity > CMP_RING_MAX_CAPACITY
-            || cmp_chan_size((int)h->nrings, h->capacity) != size) {
+        || h->capacity < CMP_RING_MIN_CAPACITY || h->capacity > CMP_RING_MAX_CAPACITY
+        || cmp_chan_size((int)h->nrings, h->capacity) != size) {
         errno = EINVAL;
         return CMP_ERRNO;
     }
@@ -127,14 +127,13 @@ cmp_chan_notify(cmp_chan *c, int k, int fd, int is_socket)
      * see the consumer's side in ready()). */
     atomic_thread_fence(memory_order_seq_cst);
     uint64_t w = atomic_load_explicit(bell, memory_order_relaxed);
-    while (!atomic_compare_exchange_weak_explicit(bell, &w, (w + 2) | 1,
-                                                  memory_order_seq_cst,
+    while (!atomic_compare_exchange_weak_explicit(bell, &w, (w + 2) | 1, memory_order_seq_cst,
                                                   memory_order_relaxed))
         ;
     if (w & 1)
-        return CMP_OK;          /* rung already, and not yet answered */
+        return CMP_OK; /* rung already, and not yet answered */
     if (put_byte(fd, is_socket, TAG_BELL) == 1 || errno == EAGAIN)
-        return CMP_OK;          /* (a full socket of bells is readable anyway) */
+        return CMP_OK; /* (a full socket of bells is readable anyway) */
     return CMP_ERRNO;
 }
 
@@ -190,7 +189,7 @@ take_bell(int fd, int is_socket)
             return;
         }
         if (tag >= 0)
-            return;             /* end of file, or descriptors ahead of it */
+            return; /* end of file, or descriptors ahead of it */
         int64_t now = cmp_monotonic_ns();
         if (end == 0)
             end = now + BELL_LATE_NS;
@@ -212,8 +211,7 @@ cmp_chan_ready(cmp_chan *c, int k, int fd, int is_socket)
             /* Seen empty after w: if no producer bumped the word since, none
              * published unseen, and from now on they ring. */
             if (atomic_compare_exchange_strong_explicit(bell, &w, w & ~(uint64_t)1,
-                                                        memory_order_seq_cst,
-                                                        memory_order_relaxed))
+                                                        memory_order_seq_cst, memory_order_relaxed))
                 take_bell(fd, is_socket);
             continue;
         }
@@ -246,8 +244,7 @@ ring_ready(void *r)
 }
 
 int
-cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline,
-              cmp_spin_budget *spin)
+cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline, cmp_spin_budget *spin)
 {
     cmp_ring *r = c->ring[k];
     int64_t start;
@@ -291,7 +288,7 @@ cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline,
         else {
             st = cmp_wire_poll(&p, 1, deadline);
             if (st > 0 && (p.revents & POLLNVAL)) {
-                errno = EBADF;      /* closed under us by another thread */
+                errno = EBADF; /* closed under us by another thread */
                 return CMP_ERRNO;
             }
         }
@@ -331,7 +328,9 @@ cmp_chan_recv_fds(int fd, int *fds, int *nfds)
         char tag;
         struct iovec iov = {&tag, 1};
         cmp_cmsg_space cmsg;
-        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cmsg.buf,
+        struct msghdr m = {.msg_iov = &iov,
+                           .msg_iovlen = 1,
+                           .msg_control = cmsg.buf,
                            .msg_controllen = sizeof(cmsg.buf)};
         *nfds = 0;
         ssize_t n = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
@@ -359,7 +358,7 @@ cmp_chan_recv_fds(int fd, int *fds, int *nfds)
         cmp_wire_take_fds(&m, fds, nfds, room);
         if (tag == TAG_FDS)
             return CMP_OK;
-        for (int i = 0; i < *nfds; i++)     /* a bell never carries any */
+        for (int i = 0; i < *nfds; i++) /* a bell never carries any */
             close(fds[i]);
     }
 }
@@ -402,7 +401,7 @@ cmp_chan_create(int nrings, cmp_chan_seg **out)
         return CMP_ERRNO;
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
-            && (rlim_t)memfd >= rl.rlim_cur / 4) {
+        && (rlim_t)memfd >= rl.rlim_cur / 4) {
         close(memfd);
         return CMP_EFULL;
     }
@@ -432,8 +431,8 @@ cmp_chan_attach(int memfd, size_t size, int end, int reads, cmp_chan_seg **out)
     if (seg == NULL)
         return CMP_ERRNO;
     if (cmp_chan_open(seg->base, seg->size, &seg->c) != CMP_OK
-            || (seg->c.nrings == 1 && (end == 0) != (reads != 0))) {
-        seg_unmap(seg);         /* the caller still owns memfd */
+        || (seg->c.nrings == 1 && (end == 0) != (reads != 0))) {
+        seg_unmap(seg); /* the caller still owns memfd */
         errno = EINVAL;
         return CMP_ERRNO;
     }

@@ -35,7 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CMP_CHAN_CAPACITY ((size_t)256 * 1024)  /* bytes per ring: what a socket buffers */
+#define CMP_CHAN_CAPACITY ((size_t)256 * 1024) /* bytes per ring: what a socket buffers */
 
 typedef struct cmp_chan_hdr cmp_chan_hdr;
 

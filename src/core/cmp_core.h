@@ -11,7 +11,7 @@
 #include <stdint.h>
 
 typedef enum {
-    CMP_NEED = 1,        /* not an error: a larger buffer is needed (ring take) */
+    CMP_NEED = 1, /* not an error: a larger buffer is needed (ring take) */
     CMP_OK = 0,
     CMP_ERRNO = -1,      /* errno holds the cause */
     CMP_ETIMEDOUT = -2,  /* the deadline passed */

@@ -21,7 +21,7 @@ int
 cmp_pshm_open(const char *name, int create, size_t *size)
 {
     int flags = O_RDWR | (create ? O_CREAT | O_EXCL : 0);
-    int fd = shm_open(name, flags, 0600);    /* glibc sets O_CLOEXEC */
+    int fd = shm_open(name, flags, 0600); /* glibc sets O_CLOEXEC */
     if (fd < 0)
         return CMP_ERRNO;
     if (create) {
@@ -84,7 +84,7 @@ cmp_pshm_unlink(const char *name)
 #define SLOT_WRITING 1u
 #define SLOT_USED 2u
 #define SLOT_NAME_MAX 488
-#define TRACKER_SLOTS 65536u     /* 32 MiB of address space, touched as used */
+#define TRACKER_SLOTS 65536u /* 32 MiB of address space, touched as used */
 
 typedef struct {
     _Atomic uint32_t state;
@@ -95,8 +95,8 @@ typedef struct {
 } track_slot;
 
 typedef struct {
-    _Atomic uint32_t high;      /* one past the highest slot ever used */
-    _Atomic uint32_t hint;      /* where to start looking for a free slot */
+    _Atomic uint32_t high; /* one past the highest slot ever used */
+    _Atomic uint32_t hint; /* where to start looking for a free slot */
     char pad[sizeof(track_slot) - 8];
 } track_header;
 
@@ -156,10 +156,10 @@ cleanup_slot(track_slot *s)
     memcpy(path + 8, s->name, n + 1);
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
-        return 0;               /* already unlinked by someone */
+        return 0; /* already unlinked by someone */
     struct stat st;
-    int same = fstat(fd, &st) == 0 && (uint64_t)st.st_dev == s->dev &&
-               (uint64_t)st.st_ino == s->ino;
+    int same =
+            fstat(fd, &st) == 0 && (uint64_t)st.st_dev == s->dev && (uint64_t)st.st_ino == s->ino;
     close(fd);
     return same && unlink(path) == 0;
 }
@@ -170,9 +170,9 @@ tracker_main(int rfd, track_table *t)
     struct sigaction ign;
     memset(&ign, 0, sizeof ign);
     ign.sa_handler = SIG_IGN;
-    sigaction(SIGINT, &ign, NULL);      /* Ctrl-C in the terminal, like the stdlib's */
+    sigaction(SIGINT, &ign, NULL); /* Ctrl-C in the terminal, like the stdlib's */
     sigaction(SIGTERM, &ign, NULL);
-    prctl(PR_SET_NAME, "cmp-tracker");  /* what ps shows */
+    prctl(PR_SET_NAME, "cmp-tracker"); /* what ps shows */
 
     /* Hold nothing of the parent's but stderr and our pipe, or we would keep
      * its pipes and sockets open (no EOF for their readers). */
@@ -279,8 +279,8 @@ cmp_tracker_add(const char *name, int fd)
         uint32_t i = (start + k) % TRACKER_SLOTS;
         track_slot *s = &t->slots[i];
         uint32_t expected = SLOT_FREE;
-        if (atomic_load_explicit(&s->state, memory_order_relaxed) != SLOT_FREE ||
-            !atomic_compare_exchange_strong(&s->state, &expected, SLOT_WRITING))
+        if (atomic_load_explicit(&s->state, memory_order_relaxed) != SLOT_FREE
+            || !atomic_compare_exchange_strong(&s->state, &expected, SLOT_WRITING))
             continue;
         s->dev = (uint64_t)st.st_dev;
         s->ino = (uint64_t)st.st_ino;

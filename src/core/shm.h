@@ -29,19 +29,19 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define CMP_SHM_BLOCK 64                    /* arena granule and alignment */
-#define CMP_SHM_SEGMENT (64 * 1024)         /* arena segment size */
-#define CMP_SHM_SMALL_MAX (16 * 1024)       /* larger: a segment of its own */
+#define CMP_SHM_BLOCK 64              /* arena granule and alignment */
+#define CMP_SHM_SEGMENT (64 * 1024)   /* arena segment size */
+#define CMP_SHM_SMALL_MAX (16 * 1024) /* larger: a segment of its own */
 
 typedef struct cmp_shm_seg cmp_shm_seg;
 
 typedef struct {
-    void *addr;         /* the block, mapped in this process */
-    cmp_shm_seg *seg;   /* its segment (process-local bookkeeping) */
-    size_t off;         /* offset of the block in its segment */
-    size_t size;        /* bytes reserved */
-    uint64_t gen;       /* fork generation when allocated or attached */
-    int shared;         /* handed to another process */
+    void *addr;       /* the block, mapped in this process */
+    cmp_shm_seg *seg; /* its segment (process-local bookkeeping) */
+    size_t off;       /* offset of the block in its segment */
+    size_t size;      /* bytes reserved */
+    uint64_t gen;     /* fork generation when allocated or attached */
+    int shared;       /* handed to another process */
 } cmp_shm_block;
 
 /* Allocate `size` zeroed bytes aligned to `align` (a power of two; up to

@@ -10,7 +10,7 @@
 
 typedef struct {
     PyObject_HEAD
-    PyObject *pieces;           /* list */
+    PyObject *pieces; /* list */
 } CmpSinkObject;
 
 static PyObject *
@@ -47,26 +47,27 @@ sink_dealloc(CmpSinkObject *self)
 }
 
 static PyMethodDef sink_methods[] = {
-    {"write", (PyCFunction)sink_write, METH_O, "write($self, data, /)\n"
-"--\n"
-"\n"
-"Keep a piece the pickler wrote; its length."},
-    {NULL, NULL, 0, NULL},
+        {"write", (PyCFunction)sink_write, METH_O,
+         "write($self, data, /)\n"
+         "--\n"
+         "\n"
+         "Keep a piece the pickler wrote; its length."},
+        {NULL, NULL, 0, NULL},
 };
 
 static PyType_Slot sink_slots[] = {
-    {Py_tp_methods, sink_methods},
-    {Py_tp_traverse, sink_traverse},
-    {Py_tp_clear, sink_clear},
-    {Py_tp_dealloc, sink_dealloc},
-    {0, NULL},
+        {Py_tp_methods, sink_methods},
+        {Py_tp_traverse, sink_traverse},
+        {Py_tp_clear, sink_clear},
+        {Py_tp_dealloc, sink_dealloc},
+        {0, NULL},
 };
 
 static PyType_Spec sink_spec = {
-    .name = "cmp._core._PickleSink",
-    .basicsize = sizeof(CmpSinkObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .slots = sink_slots,
+        .name = "cmp._core._PickleSink",
+        .basicsize = sizeof(CmpSinkObject),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+        .slots = sink_slots,
 };
 
 /* A pickler writing into a new sink; its bound dump and clear_memo. */
@@ -201,7 +202,6 @@ cmp_pin(cmp_pinned *m, PyObject *pieces)
  * unpickled here directly -- the same opcodes the pickler uses, without its
  * frame and memo -- 5 to 10 times faster than a pickler round trip.        */
 
-
 static const unsigned char fast_stop = '.';
 
 static void
@@ -222,8 +222,7 @@ get_le(const unsigned char *p, int n)
 
 /* Length-prefixed payload opcodes: short (1-byte length), 4-byte, 8-byte. */
 static size_t
-fast_sized(unsigned char *h, unsigned char op1, unsigned char op4, unsigned char op8,
-           size_t len)
+fast_sized(unsigned char *h, unsigned char op1, unsigned char op4, unsigned char op8, size_t len)
 {
     if (len < 256) {
         h[2] = op1;
@@ -278,7 +277,7 @@ cmp_fast_encode(PyObject *obj, cmp_fast_msg *m)
             hlen = 7;
         }
         else {
-            h[2] = 0x8a;    /* LONG1: n bytes, little-endian two's complement */
+            h[2] = 0x8a; /* LONG1: n bytes, little-endian two's complement */
             h[3] = 8;
             put_le(h + 4, (uint64_t)v, 8);
             hlen = 12;
@@ -288,7 +287,7 @@ cmp_fast_encode(PyObject *obj, cmp_fast_msg *m)
         double d = PyFloat_AS_DOUBLE(obj);
         uint64_t bits;
         memcpy(&bits, &d, sizeof(bits));
-        h[2] = 'G';         /* big-endian */
+        h[2] = 'G'; /* big-endian */
         for (int i = 0; i < 8; i++)
             h[3 + i] = (unsigned char)(bits >> (56 - 8 * i));
         hlen = 11;
@@ -301,7 +300,7 @@ cmp_fast_encode(PyObject *obj, cmp_fast_msg *m)
     else if (PyUnicode_CheckExact(obj)) {
         Py_ssize_t n;
         data = PyUnicode_AsUTF8AndSize(obj, &n);
-        if (data == NULL) {         /* lone surrogates: the pickler copes */
+        if (data == NULL) { /* lone surrogates: the pickler copes */
             PyErr_Clear();
             return 0;
         }
@@ -331,20 +330,13 @@ fast_decode(const unsigned char *p, size_t len)
     size_t n = len - 4, hl, dl;
     unsigned char op = p[2];
     switch (op) {
-    case 'N':
-        return n == 0 ? Py_NewRef(Py_None) : NULL;
-    case 0x88:
-        return n == 0 ? Py_NewRef(Py_True) : NULL;
-    case 0x89:
-        return n == 0 ? Py_NewRef(Py_False) : NULL;
-    case 'K':
-        return n == 1 ? PyLong_FromLong(b[0]) : NULL;
-    case 'M':
-        return n == 2 ? PyLong_FromLong((long)get_le(b, 2)) : NULL;
-    case 'J':
-        return n == 4 ? PyLong_FromLong((long)(int32_t)(uint32_t)get_le(b, 4)) : NULL;
-    case 0x8a:
-        return n == 9 && b[0] == 8 ? PyLong_FromLongLong((long long)get_le(b + 1, 8)) : NULL;
+    case 'N': return n == 0 ? Py_NewRef(Py_None) : NULL;
+    case 0x88: return n == 0 ? Py_NewRef(Py_True) : NULL;
+    case 0x89: return n == 0 ? Py_NewRef(Py_False) : NULL;
+    case 'K': return n == 1 ? PyLong_FromLong(b[0]) : NULL;
+    case 'M': return n == 2 ? PyLong_FromLong((long)get_le(b, 2)) : NULL;
+    case 'J': return n == 4 ? PyLong_FromLong((long)(int32_t)(uint32_t)get_le(b, 4)) : NULL;
+    case 0x8a: return n == 9 && b[0] == 8 ? PyLong_FromLongLong((long long)get_le(b + 1, 8)) : NULL;
     case 'G': {
         if (n != 8)
             return NULL;
@@ -355,11 +347,13 @@ fast_decode(const unsigned char *p, size_t len)
         memcpy(&d, &bits, sizeof(d));
         return PyFloat_FromDouble(d);
     }
-    case 'C': case 0x8c: hl = 1; break;
-    case 'B': case 'X': hl = 4; break;
-    case 0x8e: case 0x8d: hl = 8; break;
-    default:
-        return NULL;
+    case 'C':
+    case 0x8c: hl = 1; break;
+    case 'B':
+    case 'X': hl = 4; break;
+    case 0x8e:
+    case 0x8d: hl = 8; break;
+    default: return NULL;
     }
     if (n < hl)
         return NULL;
@@ -537,8 +531,8 @@ cmp_codec_exec(PyObject *module)
     Py_DECREF(forking);
     Py_DECREF(protocol);
     if (st->pickler_type == NULL || st->loads == NULL || st->dispatch_table == NULL
-            || PyErr_Occurred() || st->empty == NULL || st->full == NULL
-            || st->buffer_too_short == NULL)
+        || PyErr_Occurred() || st->empty == NULL || st->full == NULL
+        || st->buffer_too_short == NULL)
         return -1;
     return 0;
 error:

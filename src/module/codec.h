@@ -63,7 +63,7 @@ typedef struct {
     struct iovec iov1;
 } cmp_pinned;
 
-int cmp_pin(cmp_pinned *m, PyObject *pieces);       /* 0, or -1 with an exception */
+int cmp_pin(cmp_pinned *m, PyObject *pieces); /* 0, or -1 with an exception */
 void cmp_unpin(cmp_pinned *m);
 
 /* A receive buffer that grows on demand and shrinks after a large message. */
@@ -73,9 +73,9 @@ typedef struct {
 } cmp_rxbuf;
 
 #define CMP_RXBUF_MIN (64 * 1024)
-#define CMP_RXBUF_KEEP (4 * 1024 * 1024)   /* larger buffers are freed after use */
+#define CMP_RXBUF_KEEP (4 * 1024 * 1024) /* larger buffers are freed after use */
 
-int cmp_rxbuf_grow(cmp_rxbuf *b, size_t need);      /* 0, or -1 (MemoryError) */
+int cmp_rxbuf_grow(cmp_rxbuf *b, size_t need); /* 0, or -1 (MemoryError) */
 void cmp_rxbuf_trim(cmp_rxbuf *b);
 void cmp_rxbuf_free(cmp_rxbuf *b);
 

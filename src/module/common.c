@@ -12,39 +12,23 @@ PyObject *
 cmp_set_error(int status)
 {
     switch ((cmp_status)status) {
-    case CMP_EREPORTED:
-        assert(PyErr_Occurred());
-        break;
-    case CMP_ERRNO:
-        PyErr_SetFromErrno(PyExc_OSError);
-        break;
+    case CMP_EREPORTED: assert(PyErr_Occurred()); break;
+    case CMP_ERRNO: PyErr_SetFromErrno(PyExc_OSError); break;
     case CMP_EINTR:
         /* Only when a caller did not retry (PEP 475 retries elsewhere). */
         errno = EINTR;
         PyErr_SetFromErrno(PyExc_OSError);
         break;
-    case CMP_ETIMEDOUT:
-        PyErr_SetString(PyExc_TimeoutError, "timed out");
-        break;
-    case CMP_EEOF:
-        PyErr_SetNone(PyExc_EOFError);
-        break;
-    case CMP_ECLOSED:
-        PyErr_SetString(PyExc_OSError, "handle is closed");
-        break;
-    case CMP_EBADMSG:
-        PyErr_SetString(PyExc_OSError, "bad message length");
-        break;
-    case CMP_EFULL:
-        PyErr_SetString(PyExc_OSError, "table full");
-        break;
+    case CMP_ETIMEDOUT: PyErr_SetString(PyExc_TimeoutError, "timed out"); break;
+    case CMP_EEOF: PyErr_SetNone(PyExc_EOFError); break;
+    case CMP_ECLOSED: PyErr_SetString(PyExc_OSError, "handle is closed"); break;
+    case CMP_EBADMSG: PyErr_SetString(PyExc_OSError, "bad message length"); break;
+    case CMP_EFULL: PyErr_SetString(PyExc_OSError, "table full"); break;
     case CMP_EEMPTY:
         errno = EAGAIN;
         PyErr_SetFromErrno(PyExc_OSError);
         break;
-    case CMP_EOVERFLOW:
-        PyErr_SetString(PyExc_OverflowError, "counter overflow");
-        break;
+    case CMP_EOVERFLOW: PyErr_SetString(PyExc_OverflowError, "counter overflow"); break;
     case CMP_ENOTOWNER:
         PyErr_SetString(PyExc_AssertionError, "attempt to release a lock not owned by the caller");
         break;
@@ -53,12 +37,8 @@ cmp_set_error(int status)
         PyErr_SetString(PyExc_RuntimeError, "the barrier is broken");
         break;
     case CMP_OK:
-    case CMP_NEED:
-        PyErr_Format(PyExc_SystemError, "cmp: status %d is not an error", status);
-        break;
-    default:
-        PyErr_Format(PyExc_SystemError, "cmp: unknown status %d", status);
-        break;
+    case CMP_NEED: PyErr_Format(PyExc_SystemError, "cmp: status %d is not an error", status); break;
+    default: PyErr_Format(PyExc_SystemError, "cmp: unknown status %d", status); break;
     }
     return NULL;
 }
@@ -86,14 +66,14 @@ cmp_deadline_from_timeout(PyObject *timeout, int64_t *deadline)
 }
 
 int
-cmp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-               PyObject *kwnames, const char *const *names, Py_ssize_t n,
-               Py_ssize_t required, cmp_args_style style, PyObject **out)
+cmp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+               const char *const *names, Py_ssize_t n, Py_ssize_t required, cmp_args_style style,
+               PyObject **out)
 {
     int py = style == CMP_ARGS_PY;
     if (nargs > n) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd argument%s (%zd given)",
-                     fname, n, (n == 1 && !py) ? "" : "s", nargs);
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd argument%s (%zd given)", fname, n,
+                     (n == 1 && !py) ? "" : "s", nargs);
         return -1;
     }
     for (Py_ssize_t i = 0; i < nargs; i++)
@@ -108,29 +88,28 @@ cmp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
         }
         if (i == n) {
             if (py)
-                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
-                             fname, key);
+                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'", fname,
+                             key);
             else
-                PyErr_Format(PyExc_TypeError, "'%U' is an invalid keyword argument for %s()",
-                             key, fname);
+                PyErr_Format(PyExc_TypeError, "'%U' is an invalid keyword argument for %s()", key,
+                             fname);
             return -1;
         }
         if (i < nargs) {
             if (py)
-                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
-                             fname, names[i]);
+                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'", fname,
+                             names[i]);
             else
                 PyErr_Format(PyExc_TypeError,
-                             "argument for %s() given by name ('%s') and position (%zd)",
-                             fname, names[i], i + 1);
+                             "argument for %s() given by name ('%s') and position (%zd)", fname,
+                             names[i], i + 1);
             return -1;
         }
         out[i] = args[nargs + k];
     }
     for (Py_ssize_t i = 0; i < required; i++) {
         if (out[i] == NULL) {
-            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'",
-                         fname, names[i]);
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'", fname, names[i]);
             return -1;
         }
     }
@@ -142,11 +121,8 @@ cmp_run_blocking(cmp_blocking_fn fn, void *arg)
 {
     for (;;) {
         int st;
-        Py_BEGIN_ALLOW_THREADS
-        st = fn(arg);
-        Py_END_ALLOW_THREADS
-        if (st != CMP_EINTR)
-            return st;
+        Py_BEGIN_ALLOW_THREADS st = fn(arg);
+        Py_END_ALLOW_THREADS if (st != CMP_EINTR) return st;
         if (PyErr_CheckSignals() < 0)
             return CMP_PYERR;
     }

@@ -48,14 +48,14 @@
 /* A frame interrupted part-way, waiting for the next receive. */
 typedef struct {
     cmp_wire_rx rx;
-    PyObject *buf;          /* the bytes object rx.body points into */
+    PyObject *buf; /* the bytes object rx.body points into */
 } conn_parked;
 
 /* A streamed message whose receive a signal handler interrupted. */
 typedef struct {
     cmp_ring_rop op;
     size_t lens[1];
-    PyObject *buf;          /* the bytes object op.buf points into */
+    PyObject *buf; /* the bytes object op.buf points into */
 } conn_rparked;
 
 /* How often a producer on a channel asks the kernel whether its reader is
@@ -69,18 +69,18 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    int fd;                 /* -1 once closed */
+    int fd; /* -1 once closed */
     char readable;
     char writable;
-    char is_socket;         /* sendmsg/recvmsg, MSG_NOSIGNAL */
-    char is_unix;           /* a Unix socket: descriptors can travel */
-    conn_parked *parked;    /* an interrupted incoming frame, or NULL */
-    PyObject *tx_rest;      /* the unsent rest of an interrupted frame, or NULL */
-    cmp_spin_budget spin_ns;    /* busy-wait before blocking in recv (spin.h) */
+    char is_socket;          /* sendmsg/recvmsg, MSG_NOSIGNAL */
+    char is_unix;            /* a Unix socket: descriptors can travel */
+    conn_parked *parked;     /* an interrupted incoming frame, or NULL */
+    PyObject *tx_rest;       /* the unsent rest of an interrupted frame, or NULL */
+    cmp_spin_budget spin_ns; /* busy-wait before blocking in recv (spin.h) */
     /* A Pipe() end: messages travel through the channel, not the descriptor */
     cmp_chan_seg *chan;
-    int end;                /* 0 or 1: it receives from ring `end` */
-    char exact;             /* fileno() was asked: keep its readiness exact */
+    int end;    /* 0 or 1: it receives from ring `end` */
+    char exact; /* fileno() was asked: keep its readiness exact */
     uint32_t closes_seen;
     int64_t peer_checked;
     conn_rparked *rparked;
@@ -120,7 +120,6 @@ close_fds(int *fds, int n)
         fds[i] = -1;
     }
 }
-
 
 /* ------------------------------------------------------------------------ */
 /* State checks (the stdlib's messages)                                     */
@@ -224,13 +223,13 @@ conn_init(PyObject *op, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"handle", "readable", "writable", NULL};
     PyObject *handle, *index = NULL;
     int readable = 1, writable = 1, ret = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pp:Connection", kwlist,
-                                     &handle, &readable, &writable))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pp:Connection", kwlist, &handle, &readable,
+                                     &writable))
         return -1;
     if (PyIndex_Check(handle))
         index = PyNumber_Index(handle);
     else
-        index = PyObject_CallMethod(handle, "__index__", NULL);   /* the stdlib's error */
+        index = PyObject_CallMethod(handle, "__index__", NULL); /* the stdlib's error */
     if (index == NULL)
         goto done;
     int overflow;
@@ -246,8 +245,7 @@ conn_init(PyObject *op, PyObject *args, PyObject *kwds)
         goto done;
     }
     if (!readable && !writable) {
-        PyErr_SetString(PyExc_ValueError,
-                        "at least one of `readable` and `writable` must be True");
+        PyErr_SetString(PyExc_ValueError, "at least one of `readable` and `writable` must be True");
         goto done;
     }
     if (self->fd >= 0 && conn_close_fd(self) < 0)
@@ -363,11 +361,13 @@ tx_call_fn(void *p)
 /* Write iov (a whole frame) on self; if a signal handler raises after part
  * of it went out, keep the rest for the next send. */
 static int
-conn_write_frame(CmpConnection *self, struct iovec *iov, int iovcnt,
-                 const int *fds, int nfds)
+conn_write_frame(CmpConnection *self, struct iovec *iov, int iovcnt, const int *fds, int nfds)
 {
     struct tx_call a = {.fd = self->fd,
-                        .tx = {.iov = iov, .iovcnt = iovcnt, .fds = fds, .nfds = nfds,
+                        .tx = {.iov = iov,
+                               .iovcnt = iovcnt,
+                               .fds = fds,
+                               .nfds = nfds,
                                .is_socket = self->is_socket}};
     int st = cmp_run_blocking(tx_call_fn, &a);
     if (st == CMP_PYERR && a.tx.sent > 0 && a.tx.iovcnt > 0) {
@@ -477,24 +477,27 @@ peer_check_due(CmpConnection *self)
 /* Put one message (its pieces, no header) in the channel; a message that
  * cannot be written whole is not written at all. */
 static int
-conn_ring_send(CmpConnection *self, const struct iovec *iov, int niov, size_t total,
-               const int *fds, int nfds)
+conn_ring_send(CmpConnection *self, const struct iovec *iov, int niov, size_t total, const int *fds,
+               int nfds)
 {
     if (peer_check_due(self) && cmp_chan_peer_gone(self->fd)) {
         errno = EPIPE;
         return CMP_ERRNO;
     }
     cmp_ring_msg msg = {iov, niov, total};
-    struct ring_tx a = {.ch = cmp_chan_hold(self->chan), .fd = self->fd,
-                        .is_socket = self->is_socket, .k = chan_tx(self),
-                        .fds = fds, .nfds = nfds};
+    struct ring_tx a = {.ch = cmp_chan_hold(self->chan),
+                        .fd = self->fd,
+                        .is_socket = self->is_socket,
+                        .k = chan_tx(self),
+                        .fds = fds,
+                        .nfds = nfds};
     a.ring = a.ch->c.ring[a.k];
     cmp_ring_wop_init(&a.op, &msg, 0);
     a.op.mark = nfds > 0;
     a.op.on_lock = nfds > 0 ? ring_tx_on_lock : NULL;
     a.op.on_publish = ring_tx_on_publish;
     a.op.arg = &a;
-    a.op.deadline = 0;                  /* first without waiting, with the GIL */
+    a.op.deadline = 0; /* first without waiting, with the GIL */
     int st = cmp_ring_write(a.ring, &a.op);
     if (st == CMP_ETIMEDOUT)
         st = cmp_run_blocking(ring_tx_fn, &a);
@@ -521,8 +524,7 @@ conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject 
     if (check_writable(self) < 0)
         return NULL;
     if (!PyObject_CheckBuffer(argv[0])) {
-        PyErr_Format(PyExc_TypeError,
-                     "memoryview: a bytes-like object is required, not '%.200s'",
+        PyErr_Format(PyExc_TypeError, "memoryview: a bytes-like object is required, not '%.200s'",
                      Py_TYPE(argv[0])->tp_name);
         return NULL;
     }
@@ -566,8 +568,8 @@ conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject 
     else if ((st = conn_flush_rest(self)) == CMP_OK) {
         unsigned char hdr[CMP_WIRE_HEADER_MAX];
         struct iovec iov[2] = {
-            {hdr, cmp_wire_header((uint64_t)size, hdr)},
-            {(char *)view.buf + offset, (size_t)size},
+                {hdr, cmp_wire_header((uint64_t)size, hdr)},
+                {(char *)view.buf + offset, (size_t)size},
         };
         st = conn_write_frame(self, iov, 2, NULL, 0);
     }
@@ -585,8 +587,8 @@ done:
 #define CONN_STACK_CHUNKS 8
 
 static PyObject *
-conn_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
-          Py_ssize_t nargs, PyObject *kwnames)
+conn_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args, Py_ssize_t nargs,
+          PyObject *kwnames)
 {
     static const char *const names[] = {"obj"};
     CmpConnection *self = (CmpConnection *)op;
@@ -658,18 +660,18 @@ done:
     if (iov != stack_iov)
         PyMem_Free(iov);
     Py_XDECREF(chunks);
-    close_fds(batch.fds, batch.nfds);   /* our dups: the kernel holds its own */
+    close_fds(batch.fds, batch.nfds); /* our dups: the kernel holds its own */
     return ret;
 }
 
 PyDoc_STRVAR(pass_fd_doc,
-"_pass_fd($module, fd, /)\n"
-"--\n"
-"\n"
-"While send() pickles on a Unix socket: dup fd into the frame's descriptors\n"
-"and return its index there. Otherwise RuntimeError.\n"
-"\n"
-"Returns index.");
+             "_pass_fd($module, fd, /)\n"
+             "--\n"
+             "\n"
+             "While send() pickles on a Unix socket: dup fd into the frame's descriptors\n"
+             "and return its index there. Otherwise RuntimeError.\n"
+             "\n"
+             "Returns index.");
 
 static PyObject *
 cmp_py_pass_fd(PyObject *Py_UNUSED(module), PyObject *arg)
@@ -680,9 +682,9 @@ cmp_py_pass_fd(PyObject *Py_UNUSED(module), PyObject *arg)
     conn_fd_batch *b = conn_tx_batch;
     if (b == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
-            "a file descriptor can only be passed to a running process by "
-            "Connection.send() on a Unix socket (a duplex Pipe() or an AF_UNIX "
-            "Listener/Client), or to a child while it is being spawned");
+                        "a file descriptor can only be passed to a running process by "
+                        "Connection.send() on a Unix socket (a duplex Pipe() or an AF_UNIX "
+                        "Listener/Client), or to a child while it is being spawned");
         return NULL;
     }
     if (b->nfds >= CMP_WIRE_MAX_FDS) {
@@ -704,7 +706,7 @@ struct rx_call {
     int fd;
     int is_socket;
     cmp_wire_rx *rx;
-    cmp_spin_budget *spin_ns;   /* NULL once spun: a retry after a signal blocks */
+    cmp_spin_budget *spin_ns; /* NULL once spun: a retry after a signal blocks */
 };
 
 static int
@@ -808,11 +810,10 @@ struct chan_wait_call {
 };
 
 static void
-chan_wait_init(struct chan_wait_call *w, CmpConnection *self, cmp_chan_seg *ch,
-               int64_t deadline)
+chan_wait_init(struct chan_wait_call *w, CmpConnection *self, cmp_chan_seg *ch, int64_t deadline)
 {
-    *w = (struct chan_wait_call){ch, chan_rx(self), self->fd, self->is_socket, deadline,
-                                 &self->spin_ns};
+    *w = (struct chan_wait_call){ch,       chan_rx(self), self->fd, self->is_socket,
+                                 deadline, &self->spin_ns};
 }
 
 static int
@@ -859,8 +860,8 @@ ring_park(CmpConnection *self, struct ring_rx *a, PyObject *buf)
 /* conn_recv_frame() for a Pipe() end. A message whose length is refused
  * (maxlength) stays in the ring. */
 static int
-conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
-                     char *into, Py_ssize_t room, PyObject **bufp)
+conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength, char *into,
+                     Py_ssize_t room, PyObject **bufp)
 {
     struct ring_rx a;
     cmp_chan_seg *ch = cmp_chan_hold(self->chan);
@@ -924,19 +925,19 @@ conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
                 dst = (unsigned char *)PyBytes_AS_STRING(buf);
             }
             cmp_ring_rop_init(&a.op, dst, need, a.lens, 1);
-            a.op.stream_deadline = CMP_FOREVER;     /* recv() has no timeout */
+            a.op.stream_deadline = CMP_FOREVER; /* recv() has no timeout */
             st = cmp_run_blocking(ring_rx_fn, &a);
             if (st == CMP_OK) {
                 if (buf != NULL && a.lens[0] < need
-                        && _PyBytes_Resize(&buf, (Py_ssize_t)a.lens[0]) < 0) {
-                    st = CMP_PYERR;     /* (buf is NULL now) */
+                    && _PyBytes_Resize(&buf, (Py_ssize_t)a.lens[0]) < 0) {
+                    st = CMP_PYERR; /* (buf is NULL now) */
                     goto fail;
                 }
                 goto taken;
             }
             if (st != CMP_EEMPTY && st != CMP_NEED)
-                goto fail;      /* (a partly received message is in buf) */
-            Py_CLEAR(buf);      /* another process took it first */
+                goto fail; /* (a partly received message is in buf) */
+            Py_CLEAR(buf); /* another process took it first */
             continue;
         }
         if (st != CMP_EEMPTY)
@@ -968,7 +969,7 @@ fail:
     if (st == CMP_PYERR && a.op.locked) {
         if (self->chan == ch)
             ring_park(self, &a, buf);
-        else            /* closed by another thread meanwhile */
+        else /* closed by another thread meanwhile */
             cmp_ring_take_abandon(a.ring, &a.op);
         Py_XDECREF(buf);
         cmp_chan_release(ch);
@@ -988,8 +989,8 @@ fail:
  * NULL if the payload went into `into`; rx holds the length and descriptors
  * (the caller closes them). Otherwise an exception is set. */
 static int
-conn_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
-                char *into, Py_ssize_t room, PyObject **bufp)
+conn_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength, char *into,
+                Py_ssize_t room, PyObject **bufp)
 {
     PyObject *buf = NULL;
     int st;
@@ -1114,8 +1115,7 @@ conn_recv_bytes_into(PyObject *op, PyTypeObject *defining_class, PyObject *const
     if (check_readable(self) < 0)
         return NULL;
     if (!PyObject_CheckBuffer(argv[0])) {
-        PyErr_Format(PyExc_TypeError,
-                     "memoryview: a bytes-like object is required, not '%.200s'",
+        PyErr_Format(PyExc_TypeError, "memoryview: a bytes-like object is required, not '%.200s'",
                      Py_TYPE(argv[0])->tp_name);
         return NULL;
     }
@@ -1148,8 +1148,8 @@ conn_recv_bytes_into(PyObject *op, PyTypeObject *defining_class, PyObject *const
         PyErr_SetString(PyExc_ValueError, "offset too large");
         goto done;
     }
-    if (conn_recv_frame(self, &rx, -1, (char *)view.buf + offset, bytesize - offset,
-                        &buf) != CMP_OK)
+    if (conn_recv_frame(self, &rx, -1, (char *)view.buf + offset, bytesize - offset, &buf)
+        != CMP_OK)
         goto done;
     close_fds(rx.fds, rx.nfds);
     if (buf != NULL) {
@@ -1194,20 +1194,20 @@ conn_recv(PyObject *op, PyTypeObject *defining_class, PyObject *const *Py_UNUSED
         conn_rx_batch = &batch;
         obj = cmp_codec_loads(state, buf);
         conn_rx_batch = outer;
-        close_fds(batch.fds, batch.nfds);   /* the ones nobody took */
+        close_fds(batch.fds, batch.nfds); /* the ones nobody took */
     }
     Py_DECREF(buf);
     return obj;
 }
 
 PyDoc_STRVAR(take_fd_doc,
-"_take_fd($module, index, /)\n"
-"--\n"
-"\n"
-"While recv() unpickles a frame that carried descriptors: the descriptor at\n"
-"index, now owned by the caller. Otherwise RuntimeError.\n"
-"\n"
-"Returns fd.");
+             "_take_fd($module, index, /)\n"
+             "--\n"
+             "\n"
+             "While recv() unpickles a frame that carried descriptors: the descriptor at\n"
+             "index, now owned by the caller. Otherwise RuntimeError.\n"
+             "\n"
+             "Returns fd.");
 
 static PyObject *
 cmp_py_take_fd(PyObject *Py_UNUSED(module), PyObject *arg)
@@ -1301,14 +1301,14 @@ conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
 }
 
 PyDoc_STRVAR(wait_doc,
-"wait($module, /, object_list, timeout=None)\n"
-"--\n"
-"\n"
-"The objects of object_list (Connections, sockets, sentinels, objects with\n"
-"fileno(), raw descriptors) that are ready to read, in their order; [] when\n"
-"timeout seconds pass first. Releases the GIL; interrupted the PEP 475 way.\n"
-"\n"
-"Returns list.");
+             "wait($module, /, object_list, timeout=None)\n"
+             "--\n"
+             "\n"
+             "The objects of object_list (Connections, sockets, sentinels, objects with\n"
+             "fileno(), raw descriptors) that are ready to read, in their order; [] when\n"
+             "timeout seconds pass first. Releases the GIL; interrupted the PEP 475 way.\n"
+             "\n"
+             "Returns list.");
 
 static PyObject *
 cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -1349,9 +1349,8 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
             goto done;
         }
         for (Py_ssize_t j = 0; j < i; j++) {
-            if (fds[j].fd == fd) {      /* as the stdlib's selector says it */
-                PyObject *msg = PyUnicode_FromFormat("%R (FD %d) is already registered",
-                                                     obj, fd);
+            if (fds[j].fd == fd) { /* as the stdlib's selector says it */
+                PyObject *msg = PyUnicode_FromFormat("%R (FD %d) is already registered", obj, fd);
                 if (msg != NULL) {
                     PyErr_SetObject(PyExc_KeyError, msg);
                     Py_DECREF(msg);
@@ -1374,8 +1373,9 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
             fds[i].revents = 0;
             if (chans[i] != NULL) {
                 CmpConnection *c = chans[i];
-                int rd = c->chan == NULL ? 1 /* closed meanwhile: let recv() say so */
-                         : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
+                int rd = c->chan == NULL
+                                 ? 1 /* closed meanwhile: let recv() say so */
+                                 : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
                 fds[i].events = (rd == 1 || rd == 3) ? 0 : POLLIN;
                 any |= fds[i].events == 0;
             }
@@ -1391,8 +1391,9 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
                 }
                 else if (fds[i].revents != 0) {
                     CmpConnection *c = chans[i];
-                    int rd = c->chan == NULL ? 1
-                             : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
+                    int rd = c->chan == NULL
+                                     ? 1
+                                     : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
                     fds[i].revents = (rd == 1 || rd == 3) ? POLLIN : 0;
                 }
                 fds[i].events = POLLIN;
@@ -1437,14 +1438,14 @@ chan_attach(CmpConnection *self, cmp_chan_seg *ch, int end)
 }
 
 PyDoc_STRVAR(pipe_doc,
-"_pipe($module, cls, duplex, /)\n"
-"--\n"
-"\n"
-"Pipe() on a channel: two cls(handle, readable, writable) whose messages go\n"
-"through rings in shared memory (see src/core/chan.h); None when no channel\n"
-"is to be had (then Pipe() makes a plain pipe).\n"
-"\n"
-"Returns (conn1, conn2) or None.");
+             "_pipe($module, cls, duplex, /)\n"
+             "--\n"
+             "\n"
+             "Pipe() on a channel: two cls(handle, readable, writable) whose messages go\n"
+             "through rings in shared memory (see src/core/chan.h); None when no channel\n"
+             "is to be had (then Pipe() makes a plain pipe).\n"
+             "\n"
+             "Returns (conn1, conn2) or None.");
 
 static PyObject *
 cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -1461,7 +1462,7 @@ cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *c1 = NULL, *c2 = NULL, *ret = NULL;
     cmp_chan_seg *ch;
     if (cmp_chan_create(duplex ? 2 : 1, &ch) != CMP_OK)
-        Py_RETURN_NONE;     /* no shared memory to be had: a plain pipe */
+        Py_RETURN_NONE; /* no shared memory to be had: a plain pipe */
     if (cmp_chan_pair(duplex, fds) != CMP_OK) {
         cmp_set_error(CMP_ERRNO);
         goto done;
@@ -1475,8 +1476,8 @@ cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     fds[1] = -1;
     PyTypeObject *tp = (PyTypeObject *)state->conn_type;
-    if (!PyObject_TypeCheck(c1, tp) || !PyObject_TypeCheck(c2, tp)
-            || ((CmpConnection *)c1)->fd < 0 || ((CmpConnection *)c2)->fd < 0) {
+    if (!PyObject_TypeCheck(c1, tp) || !PyObject_TypeCheck(c2, tp) || ((CmpConnection *)c1)->fd < 0
+        || ((CmpConnection *)c2)->fd < 0) {
         PyErr_SetString(PyExc_TypeError, "_pipe: cls must make Connections");
         goto done;
     }
@@ -1520,7 +1521,7 @@ conn_ring_attach(PyObject *op, PyObject *args)
     if (cmp_chan_attach(memfd, (size_t)size, end, self->readable, &ch) != CMP_OK)
         return cmp_set_error(CMP_ERRNO);
     chan_attach(self, ch, end);
-    ch->refs--;                 /* the Connection holds the only reference */
+    ch->refs--; /* the Connection holds the only reference */
     self->exact = (char)(exact != 0);
     Py_RETURN_NONE;
 }
@@ -1528,109 +1529,104 @@ conn_ring_attach(PyObject *op, PyObject *args)
 /* ------------------------------------------------------------------------ */
 /* Type and module glue                                                     */
 
-PyDoc_STRVAR(send_doc,
-"send($self, /, obj)\n"
-"--\n"
-"\n"
-"Send a picklable object.");
-PyDoc_STRVAR(recv_doc,
-"recv($self, /)\n"
-"--\n"
-"\n"
-"Receive a picklable object.");
-PyDoc_STRVAR(send_bytes_doc,
-"send_bytes($self, /, buf, offset=0, size=None)\n"
-"--\n"
-"\n"
-"Send the bytes of a bytes-like object.");
-PyDoc_STRVAR(recv_bytes_doc,
-"recv_bytes($self, /, maxlength=None)\n"
-"--\n"
-"\n"
-"Receive one message as a bytes object.");
+PyDoc_STRVAR(send_doc, "send($self, /, obj)\n"
+                       "--\n"
+                       "\n"
+                       "Send a picklable object.");
+PyDoc_STRVAR(recv_doc, "recv($self, /)\n"
+                       "--\n"
+                       "\n"
+                       "Receive a picklable object.");
+PyDoc_STRVAR(send_bytes_doc, "send_bytes($self, /, buf, offset=0, size=None)\n"
+                             "--\n"
+                             "\n"
+                             "Send the bytes of a bytes-like object.");
+PyDoc_STRVAR(recv_bytes_doc, "recv_bytes($self, /, maxlength=None)\n"
+                             "--\n"
+                             "\n"
+                             "Receive one message as a bytes object.");
 PyDoc_STRVAR(recv_bytes_into_doc,
-"recv_bytes_into($self, /, buf, offset=0)\n"
-"--\n"
-"\n"
-"Receive one message into a writable bytes-like object; return its size.");
-PyDoc_STRVAR(poll_doc,
-"poll($self, /, timeout=0.0)\n"
-"--\n"
-"\n"
-"Whether there is any input available to be read.");
+             "recv_bytes_into($self, /, buf, offset=0)\n"
+             "--\n"
+             "\n"
+             "Receive one message into a writable bytes-like object; return its size.");
+PyDoc_STRVAR(poll_doc, "poll($self, /, timeout=0.0)\n"
+                       "--\n"
+                       "\n"
+                       "Whether there is any input available to be read.");
 
 static PyMethodDef conn_methods[] = {
-    {"send", (PyCFunction)(void (*)(void))conn_send,
-     METH_METHOD | METH_FASTCALL | METH_KEYWORDS, send_doc},
-    {"recv", (PyCFunction)(void (*)(void))conn_recv,
-     METH_METHOD | METH_FASTCALL | METH_KEYWORDS, recv_doc},
-    {"send_bytes", (PyCFunction)(void (*)(void))conn_send_bytes,
-     METH_FASTCALL | METH_KEYWORDS, send_bytes_doc},
-    {"recv_bytes", (PyCFunction)(void (*)(void))conn_recv_bytes,
-     METH_FASTCALL | METH_KEYWORDS, recv_bytes_doc},
-    {"recv_bytes_into", (PyCFunction)(void (*)(void))conn_recv_bytes_into,
-     METH_METHOD | METH_FASTCALL | METH_KEYWORDS, recv_bytes_into_doc},
-    {"poll", (PyCFunction)(void (*)(void))conn_poll,
-     METH_FASTCALL | METH_KEYWORDS, poll_doc},
-    {"fileno", conn_fileno, METH_NOARGS, "fileno($self, /)\n"
-"--\n"
-"\n"
-"File descriptor of the connection."},
-    {"close", conn_close, METH_NOARGS, "close($self, /)\n"
-"--\n"
-"\n"
-"Close the connection."},
-    {"_detach", conn_detach, METH_NOARGS,
-     "_detach($self, /)\n"
-"--\n"
-"\n"
-"Give up the descriptor (returned) without closing it."},
-    {"_ring_share", conn_ring_share, METH_NOARGS,
-     "_ring_share($self, /)\n"
-"--\n"
-"\n"
-"A Pipe() end's channel: (memfd, size, end, exact), or None."},
-    {"_ring_attach", conn_ring_attach, METH_VARARGS,
-     "_ring_attach($self, memfd, size, end, exact, /)\n"
-"--\n"
-"\n"
-"Take over memfd (on success) as this Connection's channel."},
-    {NULL, NULL, 0, NULL},
+        {"send", (PyCFunction)(void (*)(void))conn_send,
+         METH_METHOD | METH_FASTCALL | METH_KEYWORDS, send_doc},
+        {"recv", (PyCFunction)(void (*)(void))conn_recv,
+         METH_METHOD | METH_FASTCALL | METH_KEYWORDS, recv_doc},
+        {"send_bytes", (PyCFunction)(void (*)(void))conn_send_bytes, METH_FASTCALL | METH_KEYWORDS,
+         send_bytes_doc},
+        {"recv_bytes", (PyCFunction)(void (*)(void))conn_recv_bytes, METH_FASTCALL | METH_KEYWORDS,
+         recv_bytes_doc},
+        {"recv_bytes_into", (PyCFunction)(void (*)(void))conn_recv_bytes_into,
+         METH_METHOD | METH_FASTCALL | METH_KEYWORDS, recv_bytes_into_doc},
+        {"poll", (PyCFunction)(void (*)(void))conn_poll, METH_FASTCALL | METH_KEYWORDS, poll_doc},
+        {"fileno", conn_fileno, METH_NOARGS,
+         "fileno($self, /)\n"
+         "--\n"
+         "\n"
+         "File descriptor of the connection."},
+        {"close", conn_close, METH_NOARGS,
+         "close($self, /)\n"
+         "--\n"
+         "\n"
+         "Close the connection."},
+        {"_detach", conn_detach, METH_NOARGS,
+         "_detach($self, /)\n"
+         "--\n"
+         "\n"
+         "Give up the descriptor (returned) without closing it."},
+        {"_ring_share", conn_ring_share, METH_NOARGS,
+         "_ring_share($self, /)\n"
+         "--\n"
+         "\n"
+         "A Pipe() end's channel: (memfd, size, end, exact), or None."},
+        {"_ring_attach", conn_ring_attach, METH_VARARGS,
+         "_ring_attach($self, memfd, size, end, exact, /)\n"
+         "--\n"
+         "\n"
+         "Take over memfd (on success) as this Connection's channel."},
+        {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef conn_getset[] = {
-    {"closed", conn_get_closed, NULL, "True if the connection is closed", NULL},
-    {"readable", conn_get_readable, NULL, "True if the connection is readable", NULL},
-    {"writable", conn_get_writable, NULL, "True if the connection is writable", NULL},
-    {"_handle", conn_get_handle, NULL, "The descriptor, or None once closed", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
+        {"closed", conn_get_closed, NULL, "True if the connection is closed", NULL},
+        {"readable", conn_get_readable, NULL, "True if the connection is readable", NULL},
+        {"writable", conn_get_writable, NULL, "True if the connection is writable", NULL},
+        {"_handle", conn_get_handle, NULL, "The descriptor, or None once closed", NULL},
+        {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot conn_slots[] = {
-    {Py_tp_new, conn_new},
-    {Py_tp_init, conn_init},
-    {Py_tp_dealloc, conn_dealloc},
-    {Py_tp_methods, conn_methods},
-    {Py_tp_getset, conn_getset},
-    {Py_tp_doc, "Connection(handle, readable=True, writable=True): the C core of "
-                "cmp.connection.Connection."},
-    {0, NULL},
+        {Py_tp_new, conn_new},
+        {Py_tp_init, conn_init},
+        {Py_tp_dealloc, conn_dealloc},
+        {Py_tp_methods, conn_methods},
+        {Py_tp_getset, conn_getset},
+        {Py_tp_doc, "Connection(handle, readable=True, writable=True): the C core of "
+                    "cmp.connection.Connection."},
+        {0, NULL},
 };
 
 static PyType_Spec conn_spec = {
-    .name = "cmp._core.Connection",
-    .basicsize = sizeof(CmpConnection),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = conn_slots,
+        .name = "cmp._core.Connection",
+        .basicsize = sizeof(CmpConnection),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+        .slots = conn_slots,
 };
 
 static PyMethodDef conn_module_methods[] = {
-    {"wait", (PyCFunction)(void (*)(void))cmp_py_wait, METH_FASTCALL | METH_KEYWORDS,
-     wait_doc},
-    {"_pass_fd", cmp_py_pass_fd, METH_O, pass_fd_doc},
-    {"_pipe", (PyCFunction)(void (*)(void))cmp_py_pipe, METH_FASTCALL, pipe_doc},
-    {"_take_fd", cmp_py_take_fd, METH_O, take_fd_doc},
-    {NULL, NULL, 0, NULL},
+        {"wait", (PyCFunction)(void (*)(void))cmp_py_wait, METH_FASTCALL | METH_KEYWORDS, wait_doc},
+        {"_pass_fd", cmp_py_pass_fd, METH_O, pass_fd_doc},
+        {"_pipe", (PyCFunction)(void (*)(void))cmp_py_pipe, METH_FASTCALL, pipe_doc},
+        {"_take_fd", cmp_py_take_fd, METH_O, take_fd_doc},
+        {NULL, NULL, 0, NULL},
 };
 
 int

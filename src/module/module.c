@@ -7,14 +7,8 @@
 /* Module                                                                   */
 
 static int (*const cmp_area_execs[])(PyObject *) = {
-    cmp_codec_exec,
-    cmp_proc_exec,
-    cmp_pshm_exec,
-    cmp_sync_exec,
-    cmp_sharedctypes_exec,
-    cmp_queue_exec,
-    cmp_pool_exec,
-    cmp_conn_exec,
+        cmp_codec_exec,        cmp_proc_exec,  cmp_pshm_exec, cmp_sync_exec,
+        cmp_sharedctypes_exec, cmp_queue_exec, cmp_pool_exec, cmp_conn_exec,
 };
 
 static int
@@ -73,19 +67,19 @@ cmp_free(void *module)
 }
 
 static PyModuleDef_Slot cmp_slots[] = {
-    {Py_mod_exec, cmp_exec},
-    {0, NULL},
+        {Py_mod_exec, cmp_exec},
+        {0, NULL},
 };
 
 static struct PyModuleDef cmp_module = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "cmp._core",
-    .m_doc = "The C core of cmp: processes, pipes, locks, queues, shared memory.",
-    .m_size = sizeof(cmp_state),
-    .m_slots = cmp_slots,
-    .m_traverse = cmp_traverse,
-    .m_clear = cmp_clear,
-    .m_free = cmp_free,
+        PyModuleDef_HEAD_INIT,
+        .m_name = "cmp._core",
+        .m_doc = "The C core of cmp: processes, pipes, locks, queues, shared memory.",
+        .m_size = sizeof(cmp_state),
+        .m_slots = cmp_slots,
+        .m_traverse = cmp_traverse,
+        .m_clear = cmp_clear,
+        .m_free = cmp_free,
 };
 
 PyMODINIT_FUNC

@@ -31,29 +31,29 @@ Py_NewRef(PyObject *o)
 
 /* Module state; every type and exception lives here (see module.c). */
 typedef struct {
-    PyTypeObject *mapping_type;     /* shared_memory.c: CmpMapping */
-    PyTypeObject *semlock_type;     /* synchronize.c: CmpSemLock */
-    PyTypeObject *condvar_type;     /* synchronize.c: CmpCondVar */
-    PyTypeObject *event_type;       /* synchronize.c: CmpEvent */
-    PyTypeObject *block_type;       /* synchronize.c: CmpSharedBlock */
-    PyTypeObject *shared_value_type;    /* sharedctypes.c: CmpShared */
-    PyTypeObject *shared_array_type;    /* sharedctypes.c: CmpShared */
-    PyTypeObject *sync_value_type;      /* sharedctypes.c: CmpSync */
-    PyTypeObject *sync_array_type;      /* sharedctypes.c: CmpSync */
-    PyTypeObject *sync_string_type;     /* sharedctypes.c: CmpSync */
+    PyTypeObject *mapping_type;      /* shared_memory.c: CmpMapping */
+    PyTypeObject *semlock_type;      /* synchronize.c: CmpSemLock */
+    PyTypeObject *condvar_type;      /* synchronize.c: CmpCondVar */
+    PyTypeObject *event_type;        /* synchronize.c: CmpEvent */
+    PyTypeObject *block_type;        /* synchronize.c: CmpSharedBlock */
+    PyTypeObject *shared_value_type; /* sharedctypes.c: CmpShared */
+    PyTypeObject *shared_array_type; /* sharedctypes.c: CmpShared */
+    PyTypeObject *sync_value_type;   /* sharedctypes.c: CmpSync */
+    PyTypeObject *sync_array_type;   /* sharedctypes.c: CmpSync */
+    PyTypeObject *sync_string_type;  /* sharedctypes.c: CmpSync */
     /* codec.c: the message layer's collaborators and its cached pickler */
-    PyTypeObject *sink_type;        /* what the cached pickler writes to */
+    PyTypeObject *sink_type; /* what the cached pickler writes to */
     PyObject *pickler_type, *dispatch_table, *loads;
     int protocol;
-    PyObject *empty, *full;         /* queue.Empty, queue.Full */
-    PyObject *buffer_too_short;     /* cmp.context.BufferTooShort */
-    int pickler_busy;               /* the cached pickler is in use */
+    PyObject *empty, *full;     /* queue.Empty, queue.Full */
+    PyObject *buffer_too_short; /* cmp.context.BufferTooShort */
+    int pickler_busy;           /* the cached pickler is in use */
     PyObject *pickler_sink, *pickler_dump, *pickler_clear_memo;
     /* queue.c */
-    PyTypeObject *q_ring_type;      /* Ring: the base of Queue */
-    PyTypeObject *q_simple_type;    /* SimpleRing: the base of the Pool's result queue */
+    PyTypeObject *q_ring_type;   /* Ring: the base of Queue */
+    PyTypeObject *q_simple_type; /* SimpleRing: the base of the Pool's result queue */
     /* connection.c */
-    PyObject *conn_type;            /* cmp._core.Connection */
+    PyObject *conn_type; /* cmp._core.Connection */
 } cmp_state;
 
 /* Turn a core status into an exception (errno read for CMP_ERRNO).
@@ -75,9 +75,9 @@ int cmp_deadline_from_timeout(PyObject *timeout, int64_t *deadline);
  * written in Python (Connection.send_bytes, Queue.put) or in C with
  * Argument Clinic (SemLock.acquire). 0, or -1 with TypeError set. */
 typedef enum { CMP_ARGS_PY, CMP_ARGS_CLINIC } cmp_args_style;
-int cmp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-                   PyObject *kwnames, const char *const *names, Py_ssize_t n,
-                   Py_ssize_t required, cmp_args_style style, PyObject **out);
+int cmp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                   const char *const *names, Py_ssize_t n, Py_ssize_t required,
+                   cmp_args_style style, PyObject **out);
 
 /* Run fn(arg) with the GIL released, the PEP 475 way: on CMP_EINTR run the
  * signal handlers and retry (deadlines are absolute, so retries never stretch
@@ -109,7 +109,7 @@ int cmp_pool_exec(PyObject *module);
 /* queue.c, for pool.c: framed messages (lists of bytes-like pieces: a raw
  * header, then what cmp_codec_encode returned) on a Queue or SimpleRing. */
 struct cmp_ring;
-struct cmp_ring *cmp_queue_ring(cmp_state *st, PyObject *queue);     /* NULL: TypeError */
+struct cmp_ring *cmp_queue_ring(cmp_state *st, PyObject *queue); /* NULL: TypeError */
 /* put() the messages in order: a Queue never blocks (its overflow takes what
  * does not fit), a SimpleRing waits for room. 0 or -1. */
 int cmp_queue_put_pieces(cmp_state *st, PyObject *queue, PyObject *const *pieces, size_t n);

@@ -45,13 +45,13 @@ _Static_assert(POOL_SLOT_WORDS >= CMP_RING_CLAIM_WORDS, "a slot holds a claim");
 
 /* task kinds, and flags */
 enum { TASK_APPLY = 0, TASK_MAP = 1, TASK_STARMAP = 2, TASK_STOP = 3 };
-#define TASK_CACHED 1u      /* the function may be cached by its pickle */
-#define FUNC_CACHE_MAX 256  /* entries in either side's function cache */
+#define TASK_CACHED 1u     /* the function may be cached by its pickle */
+#define FUNC_CACHE_MAX 256 /* entries in either side's function cache */
 
 /* result flags */
-#define RES_ERROR 1u    /* the payload is the task's exception */
-#define RES_DEAD 2u     /* posted by the pool: the slot's worker died holding seq */
-#define RES_STOP 4u     /* the dispatcher returns */
+#define RES_ERROR 1u /* the payload is the task's exception */
+#define RES_DEAD 2u  /* posted by the pool: the slot's worker died holding seq */
+#define RES_STOP 4u  /* the dispatcher returns */
 
 #define DISPATCH_BATCH 256
 
@@ -148,8 +148,8 @@ run_task(uint64_t kind, PyObject *func, PyObject *payload)
     if (kind == TASK_APPLY) {
         PyObject *args, *kwds;
         if (!PyTuple_Check(payload) || PyTuple_GET_SIZE(payload) != 2
-                || !PyTuple_Check(args = PyTuple_GET_ITEM(payload, 0))
-                || !PyDict_Check(kwds = PyTuple_GET_ITEM(payload, 1))) {
+            || !PyTuple_Check(args = PyTuple_GET_ITEM(payload, 0))
+            || !PyDict_Check(kwds = PyTuple_GET_ITEM(payload, 1))) {
             PyErr_SetString(PyExc_TypeError, "malformed pool task");
             return NULL;
         }
@@ -235,14 +235,15 @@ task_failure(PyObject *hook, PyObject *value)
 }
 
 PyDoc_STRVAR(pool_worker_doc,
-"_pool_worker($module, tasks, results, slots, slot, maxtasks, wrap_exception, encoding_error, /)\n"
-"--\n"
-"\n"
-"A pool worker's loop: take a task from the tasks queue, unpickle it, run it,\n"
-"pickle the result and put it in the results queue, until a stop task comes\n"
-"or maxtasks (if not None) tasks are done; returns the number done.\n"
-"wrap_exception(e) makes what a failed task sends; encoding_error(e, value)\n"
-"what is sent when the result cannot be pickled.");
+             "_pool_worker($module, tasks, results, slots, slot, maxtasks, wrap_exception, "
+             "encoding_error, /)\n"
+             "--\n"
+             "\n"
+             "A pool worker's loop: take a task from the tasks queue, unpickle it, run it,\n"
+             "pickle the result and put it in the results queue, until a stop task comes\n"
+             "or maxtasks (if not None) tasks are done; returns the number done.\n"
+             "wrap_exception(e) makes what a failed task sends; encoding_error(e, value)\n"
+             "what is sent when the result cannot be pickled.");
 
 static PyObject *
 pool_worker(PyObject *module, PyObject *args)
@@ -250,8 +251,8 @@ pool_worker(PyObject *module, PyObject *args)
     cmp_state *st = PyModule_GetState(module);
     PyObject *tasks, *results, *slots, *maxobj, *wrap, *encerr;
     Py_ssize_t slot;
-    if (!PyArg_ParseTuple(args, "OOOnOOO:_pool_worker", &tasks, &results, &slots, &slot,
-                          &maxobj, &wrap, &encerr))
+    if (!PyArg_ParseTuple(args, "OOOnOOO:_pool_worker", &tasks, &results, &slots, &slot, &maxobj,
+                          &wrap, &encerr))
         return NULL;
     Py_ssize_t maxtasks = 0;
     if (maxobj != Py_None && (maxtasks = PyLong_AsSsize_t(maxobj)) == -1 && PyErr_Occurred())
@@ -268,7 +269,7 @@ pool_worker(PyObject *module, PyObject *args)
     if (fcache == NULL)
         goto done;
     if (slot < 0 || (size_t)view.len < (size_t)(slot + 1) * POOL_SLOT_WORDS * sizeof(uint64_t)
-            || ((uintptr_t)view.buf % sizeof(uint64_t)) != 0) {
+        || ((uintptr_t)view.buf % sizeof(uint64_t)) != 0) {
         PyErr_SetString(PyExc_ValueError, "bad pool slot");
         goto done;
     }
@@ -294,11 +295,9 @@ pool_worker(PyObject *module, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "malformed pool task");
         }
         else {
-            func = task_func(st, fcache, b.buf + POOL_HEAD, flen,
-                             (h[3] >> 8) & TASK_CACHED);
+            func = task_func(st, fcache, b.buf + POOL_HEAD, flen, (h[3] >> 8) & TASK_CACHED);
             if (func != NULL)
-                payload = cmp_codec_load(st, b.buf + POOL_HEAD + flen,
-                                           len - POOL_HEAD - flen);
+                payload = cmp_codec_load(st, b.buf + POOL_HEAD + flen, len - POOL_HEAD - flen);
         }
         cmp_rxbuf_trim(&b);
         if (payload != NULL)
@@ -352,7 +351,7 @@ deliver(PyObject *cache, PyObject *set_name, uint64_t job, uint64_t idx, int suc
     if (target == NULL) {
         if (PyErr_Occurred())
             goto error;
-        goto done;      /* gone: terminated, or a duplicate */
+        goto done; /* gone: terminated, or a duplicate */
     }
     Py_INCREF(target);
     pair = PyTuple_Pack(2, success ? Py_True : Py_False, value);
@@ -374,13 +373,13 @@ done:
 }
 
 PyDoc_STRVAR(pool_dispatch_doc,
-"_pool_dispatch($module, results, cache, nslots, /)\n"
-"--\n"
-"\n"
-"The pool's result loop: take results from the results queue and call\n"
-"cache[job]._set(idx, (success, value)) for each, until a stop record.\n"
-"A DEAD record fails the task a dead worker held, unless that worker's\n"
-"last result was for it.");
+             "_pool_dispatch($module, results, cache, nslots, /)\n"
+             "--\n"
+             "\n"
+             "The pool's result loop: take results from the results queue and call\n"
+             "cache[job]._set(idx, (success, value)) for each, until a stop record.\n"
+             "A DEAD record fails the task a dead worker held, unless that worker's\n"
+             "last result was for it.");
 
 static PyObject *
 pool_dispatch(PyObject *module, PyObject *args)
@@ -426,7 +425,7 @@ pool_dispatch(PyObject *module, PyObject *args)
             }
             if (flags & RES_DEAD) {
                 if (slot < (uint64_t)nslots && last[slot] == h[0])
-                    continue;       /* it finished that task before dying */
+                    continue; /* it finished that task before dying */
                 if (failed == NULL && (failed = PySet_New(NULL)) == NULL)
                     goto done;
                 PyObject *seq = PyLong_FromUnsignedLongLong(h[0]);
@@ -444,7 +443,7 @@ pool_dispatch(PyObject *module, PyObject *args)
                     if (was < 0)
                         goto done;
                     if (was)
-                        continue;   /* a second run of a task already failed */
+                        continue; /* a second run of a task already failed */
                 }
                 if (slot < (uint64_t)nslots)
                     last[slot] = h[0];
@@ -546,8 +545,8 @@ task_pieces(cmp_state *st, PyObject *fcache, unsigned long long seq, unsigned lo
     uint64_t w3 = ((uint64_t)PyBytes_GET_SIZE(fbytes) << 32)
                   | ((uint64_t)(cached ? TASK_CACHED : 0) << 8) | (kind & 0xff);
     if ((pieces = cmp_codec_encode(st, payload)) == NULL
-            || (head = head_bytes(seq, job, idx, w3)) == NULL
-            || PyList_Insert(pieces, 0, fbytes) < 0 || PyList_Insert(pieces, 0, head) < 0)
+        || (head = head_bytes(seq, job, idx, w3)) == NULL || PyList_Insert(pieces, 0, fbytes) < 0
+        || PyList_Insert(pieces, 0, head) < 0)
         Py_CLEAR(pieces);
 done:
     Py_XDECREF(head);
@@ -556,14 +555,14 @@ done:
 }
 
 PyDoc_STRVAR(pool_put_tasks_doc,
-"_pool_put_tasks($module, tasks, fcache, items, /)\n"
-"--\n"
-"\n"
-"Put tasks, each item (seq, job, idx, kind, func, payload), in order; items\n"
-"that cannot be pickled are skipped and returned as a list of (item,\n"
-"exception). fcache: a dict of function pickles (None: no caching).\n"
-"\n"
-"Returns failures.");
+             "_pool_put_tasks($module, tasks, fcache, items, /)\n"
+             "--\n"
+             "\n"
+             "Put tasks, each item (seq, job, idx, kind, func, payload), in order; items\n"
+             "that cannot be pickled are skipped and returned as a list of (item,\n"
+             "exception). fcache: a dict of function pickles (None: no caching).\n"
+             "\n"
+             "Returns failures.");
 
 static PyObject *
 pool_put_tasks(PyObject *module, PyObject *args)
@@ -584,8 +583,8 @@ pool_put_tasks(PyObject *module, PyObject *args)
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(items, i), *func, *payload;
         unsigned long long w[4];
-        if (!PyArg_ParseTuple(item, "KKKKOO:_pool_put_tasks", &w[0], &w[1], &w[2], &w[3],
-                              &func, &payload))
+        if (!PyArg_ParseTuple(item, "KKKKOO:_pool_put_tasks", &w[0], &w[1], &w[2], &w[3], &func,
+                              &payload))
             goto error;
         PyObject *pieces = task_pieces(st, fcache, w[0], w[1], w[2], w[3], func, payload);
         if (pieces == NULL) {
@@ -611,15 +610,15 @@ pool_put_tasks(PyObject *module, PyObject *args)
     return failures;
 error:
     Py_XDECREF(failures);
-    Py_XDECREF(all);    /* unset slots are NULL: fine for a list being freed */
+    Py_XDECREF(all); /* unset slots are NULL: fine for a list being freed */
     return NULL;
 }
 
 PyDoc_STRVAR(pool_put_task_doc,
-"_pool_put_task($module, tasks, fcache, seq, job, idx, kind, func, payload, /)\n"
-"--\n"
-"\n"
-"Put one task; raises what pickling it raised.");
+             "_pool_put_task($module, tasks, fcache, seq, job, idx, kind, func, payload, /)\n"
+             "--\n"
+             "\n"
+             "Put one task; raises what pickling it raised.");
 
 static PyObject *
 pool_put_task(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -649,11 +648,10 @@ pool_put_task(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(pool_post_doc,
-"_pool_post($module, queue, seq, job, idx, word3, obj, /)\n"
-"--\n"
-"\n"
-"Put one framed message (header words, then obj pickled) in queue.");
+PyDoc_STRVAR(pool_post_doc, "_pool_post($module, queue, seq, job, idx, word3, obj, /)\n"
+                            "--\n"
+                            "\n"
+                            "Put one framed message (header words, then obj pickled) in queue.");
 
 static PyObject *
 pool_post(PyObject *module, PyObject *args)
@@ -673,13 +671,12 @@ pool_post(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(pool_slot_doc,
-"_pool_slot($module, slots, slot, /)\n"
-"--\n"
-"\n"
-"What a worker's slot says it holds (seq 0: nothing).\n"
-"\n"
-"Returns (seq, job, idx).");
+PyDoc_STRVAR(pool_slot_doc, "_pool_slot($module, slots, slot, /)\n"
+                            "--\n"
+                            "\n"
+                            "What a worker's slot says it holds (seq 0: nothing).\n"
+                            "\n"
+                            "Returns (seq, job, idx).");
 
 static PyObject *
 pool_slot(PyObject *module, PyObject *args)
@@ -709,27 +706,26 @@ pool_slot(PyObject *module, PyObject *args)
 }
 
 static PyMethodDef pool_functions[] = {
-    {"_pool_worker", pool_worker, METH_VARARGS, pool_worker_doc},
-    {"_pool_dispatch", pool_dispatch, METH_VARARGS, pool_dispatch_doc},
-    {"_pool_put_tasks", pool_put_tasks, METH_VARARGS, pool_put_tasks_doc},
-    {"_pool_put_task", (PyCFunction)(void (*)(void))pool_put_task, METH_FASTCALL,
-     pool_put_task_doc},
-    {"_pool_post", pool_post, METH_VARARGS, pool_post_doc},
-    {"_pool_slot", pool_slot, METH_VARARGS, pool_slot_doc},
-    {NULL, NULL, 0, NULL},
+        {"_pool_worker", pool_worker, METH_VARARGS, pool_worker_doc},
+        {"_pool_dispatch", pool_dispatch, METH_VARARGS, pool_dispatch_doc},
+        {"_pool_put_tasks", pool_put_tasks, METH_VARARGS, pool_put_tasks_doc},
+        {"_pool_put_task", (PyCFunction)(void (*)(void))pool_put_task, METH_FASTCALL,
+         pool_put_task_doc},
+        {"_pool_post", pool_post, METH_VARARGS, pool_post_doc},
+        {"_pool_slot", pool_slot, METH_VARARGS, pool_slot_doc},
+        {NULL, NULL, 0, NULL},
 };
 
 int
 cmp_pool_exec(PyObject *module)
 {
-    if (PyModule_AddIntConstant(module, "POOL_SLOT_BYTES",
-                                POOL_SLOT_WORDS * sizeof(uint64_t)) < 0
-            || PyModule_AddIntConstant(module, "POOL_TASK_APPLY", TASK_APPLY) < 0
-            || PyModule_AddIntConstant(module, "POOL_TASK_MAP", TASK_MAP) < 0
-            || PyModule_AddIntConstant(module, "POOL_TASK_STARMAP", TASK_STARMAP) < 0
-            || PyModule_AddIntConstant(module, "POOL_TASK_STOP", TASK_STOP) < 0
-            || PyModule_AddIntConstant(module, "POOL_RES_DEAD", RES_DEAD) < 0
-            || PyModule_AddIntConstant(module, "POOL_RES_STOP", RES_STOP) < 0)
+    if (PyModule_AddIntConstant(module, "POOL_SLOT_BYTES", POOL_SLOT_WORDS * sizeof(uint64_t)) < 0
+        || PyModule_AddIntConstant(module, "POOL_TASK_APPLY", TASK_APPLY) < 0
+        || PyModule_AddIntConstant(module, "POOL_TASK_MAP", TASK_MAP) < 0
+        || PyModule_AddIntConstant(module, "POOL_TASK_STARMAP", TASK_STARMAP) < 0
+        || PyModule_AddIntConstant(module, "POOL_TASK_STOP", TASK_STOP) < 0
+        || PyModule_AddIntConstant(module, "POOL_RES_DEAD", RES_DEAD) < 0
+        || PyModule_AddIntConstant(module, "POOL_RES_STOP", RES_STOP) < 0)
         return -1;
     return PyModule_AddFunctions(module, pool_functions);
 }

@@ -19,26 +19,26 @@
 #include <structmember.h>
 #include <unistd.h>
 
-#define MANY_MAX 65536                      /* get_many: messages per lock hold */
+#define MANY_MAX 65536 /* get_many: messages per lock hold */
 
 typedef struct {
     PyObject_HEAD
     cmp_ring *ring;
     cmp_shm_block block;
-    PyObject *module;           /* keeps cmp_state alive */
+    PyObject *module; /* keeps cmp_state alive */
     cmp_state *st;
     unsigned char *scratch;
     size_t scratch_cap;
     char scratch_busy;
-    char closed;                /* _closed */
-    char pending;               /* _pending: this process has an overflow */
-    char simple;                /* SimpleRing: put blocks, no overflow */
+    char closed;  /* _closed */
+    char pending; /* _pending: this process has an overflow */
+    char simple;  /* SimpleRing: put blocks, no overflow */
     /* see "get" below */
-    cmp_ring_rop part;          /* a streamed message partly received */
-    unsigned char *part_buf;    /* its buffer (malloc'd); NULL: none */
+    cmp_ring_rop part;       /* a streamed message partly received */
+    unsigned char *part_buf; /* its buffer (malloc'd); NULL: none */
     size_t part_len;
-    pid_t part_pid;             /* the process that holds the get lock */
-    PyObject *backlog;          /* list: raw messages and exceptions, or NULL */
+    pid_t part_pid;    /* the process that holds the get lock */
+    PyObject *backlog; /* list: raw messages and exceptions, or NULL */
 } CmpQueueObject;
 
 /* ------------------------------------------------------------------------ */
@@ -92,8 +92,9 @@ static PyObject *
 queue_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
 {
     PyTypeObject *t = type;
-    while (t != NULL && !(PyType_HasFeature(t, Py_TPFLAGS_HEAPTYPE)
-                          && ((PyHeapTypeObject *)t)->ht_module != NULL))
+    while (t != NULL
+           && !(PyType_HasFeature(t, Py_TPFLAGS_HEAPTYPE)
+                && ((PyHeapTypeObject *)t)->ht_module != NULL))
         t = t->tp_base;
     if (t == NULL) {
         PyErr_SetString(PyExc_TypeError, "not a cmp queue type");
@@ -147,11 +148,11 @@ queue_dealloc(CmpQueueObject *self)
 }
 
 PyDoc_STRVAR(queue_create_doc,
-"_create($self, capacity, maxsize, joinable, /)\n"
-"--\n"
-"\n"
-"Make a new ring of capacity bytes (a power of two) in shared memory;\n"
-"maxsize 0 means unbounded.");
+             "_create($self, capacity, maxsize, joinable, /)\n"
+             "--\n"
+             "\n"
+             "Make a new ring of capacity bytes (a power of two) in shared memory;\n"
+             "maxsize 0 means unbounded.");
 
 static PyObject *
 queue_create(CmpQueueObject *self, PyObject *args)
@@ -166,7 +167,7 @@ queue_create(CmpQueueObject *self, PyObject *args)
         return NULL;
     }
     if (capacity < (Py_ssize_t)CMP_RING_MIN_CAPACITY || (size_t)capacity > CMP_RING_MAX_CAPACITY
-            || (capacity & (capacity - 1)) != 0) {
+        || (capacity & (capacity - 1)) != 0) {
         PyErr_Format(PyExc_ValueError,
                      "ring size must be a power of two between %zu and %zu, not %zd",
                      CMP_RING_MIN_CAPACITY, CMP_RING_MAX_CAPACITY, capacity);
@@ -175,8 +176,8 @@ queue_create(CmpQueueObject *self, PyObject *args)
     size_t size = cmp_ring_segment_size((size_t)capacity);
     if (cmp_shm_alloc(size, CMP_SHM_OWN_SEGMENT, &self->block) != CMP_OK)
         return cmp_set_error(CMP_ERRNO);
-    if (cmp_ring_init(self->block.addr, (size_t)capacity, maxsize,
-                      joinable ? CMP_RING_JOINABLE : 0) != CMP_OK) {
+    if (cmp_ring_init(self->block.addr, (size_t)capacity, maxsize, joinable ? CMP_RING_JOINABLE : 0)
+        != CMP_OK) {
         cmp_shm_free(&self->block);
         return cmp_set_error(CMP_ERRNO);
     }
@@ -215,8 +216,8 @@ queue_share(CmpQueueObject *self, PyObject *Py_UNUSED(ignored))
     if (queue_ready(self) < 0)
         return NULL;
     int fd = cmp_shm_share(&self->block);
-    return Py_BuildValue("in", fd, (Py_ssize_t)cmp_ring_segment_size(
-                                       cmp_ring_capacity(self->ring)));
+    return Py_BuildValue("in", fd,
+                         (Py_ssize_t)cmp_ring_segment_size(cmp_ring_capacity(self->ring)));
 }
 
 /* ------------------------------------------------------------------------ */
@@ -235,8 +236,8 @@ offer_blocking(void *arg)
 {
     struct offer_call *c = arg;
     size_t accepted, written;
-    int st = cmp_ring_offer(c->ring, c->msgs + c->accepted, c->count - c->accepted,
-                            c->defer_all, c->deadline, CMP_RING_WAIT_LOCK, &accepted, &written);
+    int st = cmp_ring_offer(c->ring, c->msgs + c->accepted, c->count - c->accepted, c->defer_all,
+                            c->deadline, CMP_RING_WAIT_LOCK, &accepted, &written);
     /* Written ones are a prefix of the accepted: once one was deferred, all
      * later ones are. */
     if (c->written == c->accepted)
@@ -343,7 +344,8 @@ queue_put(CmpQueueObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
         rc = offer_msgs(self, &fm.msg, &none, &a[0], 1, blocking, deadline);
     }
     else {
-        PyObject *pieces = rc == 1 ? cmp_msg_to_pieces(&fm.msg, a[0]) : cmp_codec_dump(self->st, a[0]);
+        PyObject *pieces =
+                rc == 1 ? cmp_msg_to_pieces(&fm.msg, a[0]) : cmp_codec_dump(self->st, a[0]);
         if (pieces == NULL)
             return NULL;
         if (self->simple) {
@@ -391,7 +393,7 @@ queue_put_many(CmpQueueObject *self, PyObject *const *args, Py_ssize_t nargs, Py
     if (seq == NULL)
         return NULL;
     n = PySequence_Fast_GET_SIZE(seq);
-    all = PyList_New(n);    /* pickler output, or None for a scalar */
+    all = PyList_New(n); /* pickler output, or None for a scalar */
     views = PyMem_New(cmp_pinned, n ? n : 1);
     fast = PyMem_New(cmp_fast_msg, n ? n : 1);
     msgs = PyMem_New(cmp_ring_msg, n ? n : 1);
@@ -430,8 +432,10 @@ queue_put_many(CmpQueueObject *self, PyObject *const *args, Py_ssize_t nargs, Py
                 goto done;
         }
     }
-    else if (n > 0 && offer_msgs(self, msgs, ((PyListObject *)all)->ob_item,
-                                 PySequence_Fast_ITEMS(seq), (size_t)n, blocking, deadline) < 0) {
+    else if (n > 0
+             && offer_msgs(self, msgs, ((PyListObject *)all)->ob_item, PySequence_Fast_ITEMS(seq),
+                           (size_t)n, blocking, deadline)
+                        < 0) {
         goto done;
     }
     ret = Py_NewRef(Py_None);
@@ -474,11 +478,11 @@ write_many_blocking(void *arg)
 }
 
 PyDoc_STRVAR(queue_write_doc,
-"_write($self, messages, reserved, /)\n"
-"--\n"
-"\n"
-"Write pickled messages (a list of lists of bytes-like pieces) in order,\n"
-"waiting as long as it takes; reserved: they hold slots taken by put().");
+             "_write($self, messages, reserved, /)\n"
+             "--\n"
+             "\n"
+             "Write pickled messages (a list of lists of bytes-like pieces) in order,\n"
+             "waiting as long as it takes; reserved: they hold slots taken by put().");
 
 static PyObject *
 queue_write(CmpQueueObject *self, PyObject *args)
@@ -660,15 +664,15 @@ backlog_serve(CmpQueueObject *self, size_t max)
         }
         PyObject *obj = NULL;
         if (PyExceptionInstance_Check(e))
-            raise_exception(e);     /* steals e */
+            raise_exception(e); /* steals e */
         else {
             obj = cmp_codec_load(self->st, (unsigned char *)PyBytes_AS_STRING(e),
-                           (size_t)PyBytes_GET_SIZE(e));
+                                 (size_t)PyBytes_GET_SIZE(e));
             Py_DECREF(e);
         }
         if (obj == NULL) {
             if (PyList_GET_SIZE(list) > 0 && backlog_push_error(self) == 0)
-                break;          /* for the next get() */
+                break; /* for the next get() */
             Py_CLEAR(list);
             break;
         }
@@ -878,8 +882,8 @@ queue_get_many(CmpQueueObject *self, PyObject *const *args, Py_ssize_t nargs, Py
     if (check_open(self) < 0 || block_deadline(a[1], a[2], &blocking, &deadline) < 0)
         return NULL;
     /* The first batch may wait; more are taken while there are more. */
-    PyObject *list = take_and_load(self, max > MANY_MAX ? MANY_MAX : (size_t)max, blocking,
-                                   deadline, 1);
+    PyObject *list =
+            take_and_load(self, max > MANY_MAX ? MANY_MAX : (size_t)max, blocking, deadline, 1);
     while (list != NULL && PyList_GET_SIZE(list) < max && backlog_len(self) == 0
            && cmp_ring_qsize(self->ring) != 0) {
         Py_ssize_t left = max - PyList_GET_SIZE(list);
@@ -984,142 +988,156 @@ queue_get_info(CmpQueueObject *self, void *which)
     if (queue_ready(self) < 0)
         return NULL;
     switch ((int)(intptr_t)which) {
-    case 0:
-        return PyLong_FromSize_t(cmp_ring_capacity(self->ring));
-    case 1:
-        return PyLong_FromUnsignedLong(cmp_ring_maxsize(self->ring));
-    case 2:
-        return PyBool_FromLong(cmp_ring_flags(self->ring) & CMP_RING_JOINABLE);
-    default:
-        return PyLong_FromUnsignedLong(cmp_ring_unfinished(self->ring));
+    case 0: return PyLong_FromSize_t(cmp_ring_capacity(self->ring));
+    case 1: return PyLong_FromUnsignedLong(cmp_ring_maxsize(self->ring));
+    case 2: return PyBool_FromLong(cmp_ring_flags(self->ring) & CMP_RING_JOINABLE);
+    default: return PyLong_FromUnsignedLong(cmp_ring_unfinished(self->ring));
     }
 }
 
 static PyGetSetDef queue_getset[] = {
-    {"_capacity", (getter)queue_get_info, NULL, "ring size in bytes", (void *)0},
-    {"_ring_maxsize", (getter)queue_get_info, NULL, "maxsize (0: unbounded)", (void *)1},
-    {"_joinable", (getter)queue_get_info, NULL, NULL, (void *)2},
-    {"_unfinished", (getter)queue_get_info, NULL, "unfinished tasks", (void *)3},
-    {NULL},
+        {"_capacity", (getter)queue_get_info, NULL, "ring size in bytes", (void *)0},
+        {"_ring_maxsize", (getter)queue_get_info, NULL, "maxsize (0: unbounded)", (void *)1},
+        {"_joinable", (getter)queue_get_info, NULL, NULL, (void *)2},
+        {"_unfinished", (getter)queue_get_info, NULL, "unfinished tasks", (void *)3},
+        {NULL},
 };
 
 static PyMemberDef queue_members[] = {
-    {"_closed", T_BOOL, offsetof(CmpQueueObject, closed), 0, NULL},
-    {"_pending", T_BOOL, offsetof(CmpQueueObject, pending), 0, NULL},
-    {NULL},
+        {"_closed", T_BOOL, offsetof(CmpQueueObject, closed), 0, NULL},
+        {"_pending", T_BOOL, offsetof(CmpQueueObject, pending), 0, NULL},
+        {NULL},
 };
 
-#define RING_COMMON_METHODS                                                              \
+#define RING_COMMON_METHODS                                                                \
     {"_create", (PyCFunction)queue_create, METH_VARARGS, queue_create_doc},                \
-    {"_attach", (PyCFunction)queue_attach, METH_VARARGS, "_attach($self, fd, size, /)\n" \
-     "--\n" \
-     "\n" \
-     "Map the ring shared as fd (size bytes)."},            \
-    {"_share", (PyCFunction)queue_share, METH_NOARGS, "_share($self, /)\n" \
-     "--\n" \
-     "\n" \
-     "The ring as (fd, size), to pass to another process.\n" \
-     "\n" \
-     "Returns (fd, size)."},          \
-    {"put", (PyCFunction)(void (*)(void))queue_put, METH_FASTCALL | METH_KEYWORDS, "put($self, /, obj, block=True, timeout=None)\n" \
-     "--\n" \
-     "\n" \
-     "Put obj into the queue."}, \
-    {"get", (PyCFunction)(void (*)(void))queue_get, METH_FASTCALL | METH_KEYWORDS, "get($self, /, block=True, timeout=None)\n" \
-     "--\n" \
-     "\n" \
-     "Remove and return an item from the queue."}, \
-    {"put_many", (PyCFunction)(void (*)(void))queue_put_many, METH_FASTCALL | METH_KEYWORDS, "put_many($self, /, items, block=True, timeout=None)\n" \
-     "--\n" \
-     "\n" \
-     "Put the items, in order."},                                      \
-    {"get_many", (PyCFunction)(void (*)(void))queue_get_many, METH_FASTCALL | METH_KEYWORDS, "get_many($self, /, max_items, block=True, timeout=None)\n" \
-     "--\n" \
-     "\n" \
-     "Remove and return a list of 1 to max_items items (see the README).\n" \
-     "\n" \
-     "Returns list."},                          \
-    {"empty", (PyCFunction)queue_empty, METH_NOARGS, "empty($self, /)\n" \
-     "--\n" \
-     "\n" \
-     "Whether the queue is empty (a snapshot)."}
+            {"_attach", (PyCFunction)queue_attach, METH_VARARGS,                           \
+             "_attach($self, fd, size, /)\n"                                               \
+             "--\n"                                                                        \
+             "\n"                                                                          \
+             "Map the ring shared as fd (size bytes)."},                                   \
+            {"_share", (PyCFunction)queue_share, METH_NOARGS,                              \
+             "_share($self, /)\n"                                                          \
+             "--\n"                                                                        \
+             "\n"                                                                          \
+             "The ring as (fd, size), to pass to another process.\n"                       \
+             "\n"                                                                          \
+             "Returns (fd, size)."},                                                       \
+            {"put", (PyCFunction)(void (*)(void))queue_put, METH_FASTCALL | METH_KEYWORDS, \
+             "put($self, /, obj, block=True, timeout=None)\n"                              \
+             "--\n"                                                                        \
+             "\n"                                                                          \
+             "Put obj into the queue."},                                                   \
+            {"get", (PyCFunction)(void (*)(void))queue_get, METH_FASTCALL | METH_KEYWORDS, \
+             "get($self, /, block=True, timeout=None)\n"                                   \
+             "--\n"                                                                        \
+             "\n"                                                                          \
+             "Remove and return an item from the queue."},                                 \
+            {"put_many", (PyCFunction)(void (*)(void))queue_put_many,                      \
+             METH_FASTCALL | METH_KEYWORDS,                                                \
+             "put_many($self, /, items, block=True, timeout=None)\n"                       \
+             "--\n"                                                                        \
+             "\n"                                                                          \
+             "Put the items, in order."},                                                  \
+            {"get_many", (PyCFunction)(void (*)(void))queue_get_many,                      \
+             METH_FASTCALL | METH_KEYWORDS,                                                \
+             "get_many($self, /, max_items, block=True, timeout=None)\n"                   \
+             "--\n"                                                                        \
+             "\n"                                                                          \
+             "Remove and return a list of 1 to max_items items (see the README).\n"        \
+             "\n"                                                                          \
+             "Returns list."},                                                             \
+    {                                                                                      \
+        "empty", (PyCFunction)queue_empty, METH_NOARGS,                                    \
+                "empty($self, /)\n"                                                        \
+                "--\n"                                                                     \
+                "\n"                                                                       \
+                "Whether the queue is empty (a snapshot)."                                 \
+    }
 
 static PyMethodDef queue_methods[] = {
-    RING_COMMON_METHODS,
-    {"put_nowait", (PyCFunction)queue_put_nowait, METH_O, "put_nowait($self, obj, /)\n"
-"--\n"
-"\n"
-"put(obj, False)"},
-    {"get_nowait", (PyCFunction)queue_get_nowait, METH_NOARGS, "get_nowait($self, /)\n"
-"--\n"
-"\n"
-"get(False)"},
-    {"qsize", (PyCFunction)queue_qsize, METH_NOARGS, "qsize($self, /)\n"
-"--\n"
-"\n"
-"The approximate size of the queue."},
-    {"full", (PyCFunction)queue_full, METH_NOARGS, "full($self, /)\n"
-"--\n"
-"\n"
-"Whether the queue is full (a snapshot)."},
-    {"_write", (PyCFunction)queue_write, METH_VARARGS, queue_write_doc},
-    {"_unreserve", (PyCFunction)queue_unreserve, METH_O, "_unreserve($self, n, /)\n"
-"--\n"
-"\n"
-"Give back n slots whose messages will never be written."},
-    {"_task_done", (PyCFunction)queue_task_done, METH_NOARGS, "_task_done($self, /)\n"
-"--\n"
-"\n"
-"One task done (ValueError when none is unfinished)."},
-    {"_join", (PyCFunction)(void (*)(void))queue_join, METH_FASTCALL,
-     "_join($self, timeout=None, /)\n"
-"--\n"
-"\n"
-"Wait until every task is done; False on timeout.\n"
-"\n"
-"Returns bool."},
-    {NULL, NULL, 0, NULL},
+        RING_COMMON_METHODS,
+        {"put_nowait", (PyCFunction)queue_put_nowait, METH_O,
+         "put_nowait($self, obj, /)\n"
+         "--\n"
+         "\n"
+         "put(obj, False)"},
+        {"get_nowait", (PyCFunction)queue_get_nowait, METH_NOARGS,
+         "get_nowait($self, /)\n"
+         "--\n"
+         "\n"
+         "get(False)"},
+        {"qsize", (PyCFunction)queue_qsize, METH_NOARGS,
+         "qsize($self, /)\n"
+         "--\n"
+         "\n"
+         "The approximate size of the queue."},
+        {"full", (PyCFunction)queue_full, METH_NOARGS,
+         "full($self, /)\n"
+         "--\n"
+         "\n"
+         "Whether the queue is full (a snapshot)."},
+        {"_write", (PyCFunction)queue_write, METH_VARARGS, queue_write_doc},
+        {"_unreserve", (PyCFunction)queue_unreserve, METH_O,
+         "_unreserve($self, n, /)\n"
+         "--\n"
+         "\n"
+         "Give back n slots whose messages will never be written."},
+        {"_task_done", (PyCFunction)queue_task_done, METH_NOARGS,
+         "_task_done($self, /)\n"
+         "--\n"
+         "\n"
+         "One task done (ValueError when none is unfinished)."},
+        {"_join", (PyCFunction)(void (*)(void))queue_join, METH_FASTCALL,
+         "_join($self, timeout=None, /)\n"
+         "--\n"
+         "\n"
+         "Wait until every task is done; False on timeout.\n"
+         "\n"
+         "Returns bool."},
+        {NULL, NULL, 0, NULL},
 };
 
 static PyMethodDef simple_methods[] = {
-    RING_COMMON_METHODS,
-    {NULL, NULL, 0, NULL},
+        RING_COMMON_METHODS,
+        {NULL, NULL, 0, NULL},
 };
 
 static PyType_Slot queue_slots[] = {
-    {Py_tp_new, queue_new},
-    {Py_tp_methods, queue_methods},
-    {Py_tp_members, queue_members},
-    {Py_tp_getset, queue_getset},
-    {Py_tp_traverse, queue_traverse},
-    {Py_tp_dealloc, queue_dealloc},
-    {Py_tp_doc, "A message queue in shared memory (the base of cmp.queues.Queue)."},
-    {0, NULL},
+        {Py_tp_new, queue_new},
+        {Py_tp_methods, queue_methods},
+        {Py_tp_members, queue_members},
+        {Py_tp_getset, queue_getset},
+        {Py_tp_traverse, queue_traverse},
+        {Py_tp_dealloc, queue_dealloc},
+        {Py_tp_doc, "A message queue in shared memory (the base of cmp.queues.Queue)."},
+        {0, NULL},
 };
 
 static PyType_Slot simple_slots[] = {
-    {Py_tp_new, queue_new},
-    {Py_tp_methods, simple_methods},
-    {Py_tp_members, queue_members},
-    {Py_tp_getset, queue_getset},
-    {Py_tp_traverse, queue_traverse},
-    {Py_tp_dealloc, queue_dealloc},
-    {Py_tp_doc, "A message queue in shared memory whose put() waits for room (the Pool's result queue, cmp.queues._SimpleRing)."},
-    {0, NULL},
+        {Py_tp_new, queue_new},
+        {Py_tp_methods, simple_methods},
+        {Py_tp_members, queue_members},
+        {Py_tp_getset, queue_getset},
+        {Py_tp_traverse, queue_traverse},
+        {Py_tp_dealloc, queue_dealloc},
+        {Py_tp_doc, "A message queue in shared memory whose put() waits for room (the Pool's "
+                    "result queue, cmp.queues._SimpleRing)."},
+        {0, NULL},
 };
 
 static PyType_Spec queue_spec = {
-    .name = "cmp._core.Ring",
-    .basicsize = sizeof(CmpQueueObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .slots = queue_slots,
+        .name = "cmp._core.Ring",
+        .basicsize = sizeof(CmpQueueObject),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+        .slots = queue_slots,
 };
 
 static PyType_Spec simple_spec = {
-    .name = "cmp._core.SimpleRing",
-    .basicsize = sizeof(CmpQueueObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .slots = simple_slots,
+        .name = "cmp._core.SimpleRing",
+        .basicsize = sizeof(CmpQueueObject),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+        .slots = simple_slots,
 };
 
 /* ------------------------------------------------------------------------ */

@@ -72,29 +72,29 @@ mapping_dealloc(CmpMapping *self)
 }
 
 static PyMethodDef mapping_methods[] = {
-    {"close", (PyCFunction)mapping_close, METH_NOARGS,
-     "close($self, /)\n"
-"--\n"
-"\n"
-"Unmap (BufferError while views are exported)."},
-    {NULL, NULL, 0, NULL},
+        {"close", (PyCFunction)mapping_close, METH_NOARGS,
+         "close($self, /)\n"
+         "--\n"
+         "\n"
+         "Unmap (BufferError while views are exported)."},
+        {NULL, NULL, 0, NULL},
 };
 
 static PyType_Slot mapping_slots[] = {
-    {Py_tp_doc, "A shared memory mapping (the memory behind SharedMemory.buf)."},
-    {Py_tp_dealloc, mapping_dealloc},
-    {Py_tp_methods, mapping_methods},
-    {Py_bf_getbuffer, mapping_getbuffer},
-    {Py_bf_releasebuffer, mapping_releasebuffer},
-    {Py_sq_length, mapping_len},
-    {0, NULL},
+        {Py_tp_doc, "A shared memory mapping (the memory behind SharedMemory.buf)."},
+        {Py_tp_dealloc, mapping_dealloc},
+        {Py_tp_methods, mapping_methods},
+        {Py_bf_getbuffer, mapping_getbuffer},
+        {Py_bf_releasebuffer, mapping_releasebuffer},
+        {Py_sq_length, mapping_len},
+        {0, NULL},
 };
 
 static PyType_Spec mapping_spec = {
-    .name = "cmp._core.Mapping",
-    .basicsize = sizeof(CmpMapping),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    .slots = mapping_slots,
+        .name = "cmp._core.Mapping",
+        .basicsize = sizeof(CmpMapping),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+        .slots = mapping_slots,
 };
 
 /* Map fd's [0, size) and close fd; a new CmpMapping or NULL. */
@@ -139,15 +139,15 @@ shm_name(PyObject *name)
 }
 
 PyDoc_STRVAR(shm_create_doc,
-"shm_create($module, name, size, track, /)\n"
-"--\n"
-"\n"
-"Create a block of size bytes named name (str with its leading '/'), or\n"
-"under a fresh stdlib-style random name when name is None, and map it.\n"
-"With track, register it with the resource tracker; slot is then its\n"
-"registration (for tracker_remove), else None.\n"
-"\n"
-"Returns (name, mapping, slot).");
+             "shm_create($module, name, size, track, /)\n"
+             "--\n"
+             "\n"
+             "Create a block of size bytes named name (str with its leading '/'), or\n"
+             "under a fresh stdlib-style random name when name is None, and map it.\n"
+             "With track, register it with the resource tracker; slot is then its\n"
+             "registration (for tracker_remove), else None.\n"
+             "\n"
+             "Returns (name, mapping, slot).");
 
 static PyObject *
 cmp_py_shm_create(PyObject *module, PyObject *args)
@@ -165,11 +165,8 @@ cmp_py_shm_create(PyObject *module, PyObject *args)
         return NULL;
     }
     if (name == Py_None) {
-        Py_BEGIN_ALLOW_THREADS
-        fd = cmp_pshm_create_random((size_t)size, random_name);
-        Py_END_ALLOW_THREADS
-        if (fd < 0)
-            return cmp_set_error(fd);
+        Py_BEGIN_ALLOW_THREADS fd = cmp_pshm_create_random((size_t)size, random_name);
+        Py_END_ALLOW_THREADS if (fd < 0) return cmp_set_error(fd);
         cname = random_name;
         name = PyUnicode_FromString(random_name);
         if (name == NULL) {
@@ -182,11 +179,8 @@ cmp_py_shm_create(PyObject *module, PyObject *args)
         if ((cname = shm_name(name)) == NULL)
             return NULL;
         size_t sz = (size_t)size;
-        Py_BEGIN_ALLOW_THREADS
-        fd = cmp_pshm_open(cname, 1, &sz);
-        Py_END_ALLOW_THREADS
-        if (fd < 0)
-            return cmp_set_error_with_filename(fd, name);
+        Py_BEGIN_ALLOW_THREADS fd = cmp_pshm_open(cname, 1, &sz);
+        Py_END_ALLOW_THREADS if (fd < 0) return cmp_set_error_with_filename(fd, name);
         Py_INCREF(name);
     }
     if (track) {
@@ -222,13 +216,12 @@ done:
     return result;
 }
 
-PyDoc_STRVAR(shm_attach_doc,
-"shm_attach($module, name, /)\n"
-"--\n"
-"\n"
-"Map the existing block name (str with its leading '/').\n"
-"\n"
-"Returns (mapping, size).");
+PyDoc_STRVAR(shm_attach_doc, "shm_attach($module, name, /)\n"
+                             "--\n"
+                             "\n"
+                             "Map the existing block name (str with its leading '/').\n"
+                             "\n"
+                             "Returns (mapping, size).");
 
 static PyObject *
 cmp_py_shm_attach(PyObject *module, PyObject *name)
@@ -238,11 +231,8 @@ cmp_py_shm_attach(PyObject *module, PyObject *name)
         return NULL;
     size_t size = 0;
     int fd;
-    Py_BEGIN_ALLOW_THREADS
-    fd = cmp_pshm_open(cname, 0, &size);
-    Py_END_ALLOW_THREADS
-    if (fd < 0)
-        return cmp_set_error_with_filename(fd, name);
+    Py_BEGIN_ALLOW_THREADS fd = cmp_pshm_open(cname, 0, &size);
+    Py_END_ALLOW_THREADS if (fd < 0) return cmp_set_error_with_filename(fd, name);
     PyObject *mapping = map_and_close(module, fd, size);
     if (mapping == NULL)
         return NULL;
@@ -257,11 +247,8 @@ cmp_py_shm_unlink(PyObject *Py_UNUSED(module), PyObject *name)
     if (cname == NULL)
         return NULL;
     int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = cmp_pshm_unlink(cname);
-    Py_END_ALLOW_THREADS
-    if (st != CMP_OK)
-        return cmp_set_error_with_filename(st, name);
+    Py_BEGIN_ALLOW_THREADS st = cmp_pshm_unlink(cname);
+    Py_END_ALLOW_THREADS if (st != CMP_OK) return cmp_set_error_with_filename(st, name);
     Py_RETURN_NONE;
 }
 
@@ -277,18 +264,19 @@ cmp_py_tracker_remove(PyObject *Py_UNUSED(module), PyObject *arg)
 }
 
 static PyMethodDef pshm_methods[] = {
-    {"shm_create", cmp_py_shm_create, METH_VARARGS, shm_create_doc},
-    {"shm_attach", cmp_py_shm_attach, METH_O, shm_attach_doc},
-    {"shm_unlink", cmp_py_shm_unlink, METH_O, "shm_unlink($module, name, /)\n"
-"--\n"
-"\n"
-"Unlink the block name (str with its leading '/')."},
-    {"tracker_remove", cmp_py_tracker_remove, METH_O,
-     "tracker_remove($module, slot, /)\n"
-"--\n"
-"\n"
-"Forget a block registered by shm_create"},
-    {NULL, NULL, 0, NULL},
+        {"shm_create", cmp_py_shm_create, METH_VARARGS, shm_create_doc},
+        {"shm_attach", cmp_py_shm_attach, METH_O, shm_attach_doc},
+        {"shm_unlink", cmp_py_shm_unlink, METH_O,
+         "shm_unlink($module, name, /)\n"
+         "--\n"
+         "\n"
+         "Unlink the block name (str with its leading '/')."},
+        {"tracker_remove", cmp_py_tracker_remove, METH_O,
+         "tracker_remove($module, slot, /)\n"
+         "--\n"
+         "\n"
+         "Forget a block registered by shm_create"},
+        {NULL, NULL, 0, NULL},
 };
 
 int
