@@ -1060,7 +1060,7 @@ static PyMethodDef sync_methods[] = {
          "\n"
          "Acquire the lock."},
         {"__exit__", (PyCFunction)(void (*)(void))sync_exit_method, METH_FASTCALL,
-         "__exit__($self, *args, /)\n"
+         "__exit__($self, /, *args)\n"
          "--\n"
          "\n"
          "Release the lock."},

@@ -407,7 +407,7 @@ static PyMethodDef semlock_methods[] = {
          "\n"
          "Enter the semaphore/lock."},
         {"__exit__", (PyCFunction)(void (*)(void))semlock_exit, METH_FASTCALL,
-         "__exit__($self, *args, /)\n"
+         "__exit__($self, /, *args)\n"
          "--\n"
          "\n"
          "Exit the semaphore/lock."},
