@@ -19,7 +19,7 @@ def flag(name):
     return os.environ.get(name, "") not in ("", "0")
 
 
-cflags = ["-std=c11", "-Wall", "-Wextra", "-Wno-missing-field-initializers",
+cflags = ["-std=c11", "-Wall", "-Wextra", "-Wswitch-enum", "-Wno-missing-field-initializers",
           "-D_GNU_SOURCE", "-fvisibility=hidden"]
 ldflags = ["-pthread"]
 macros = []

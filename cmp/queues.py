@@ -13,7 +13,6 @@ as the stdlib's join_thread does, unless cancel_join_thread() was called.
 import collections
 import operator
 import os
-import pickle
 import threading
 import weakref
 from queue import Empty, Full
@@ -44,9 +43,6 @@ _SEM_VALUE_MAX = 2147483647     # what the stdlib reports as an unbounded queue'
 # The stdlib's feeder thread stops when it pops this from the buffer; code
 # that overrides Queue._feed (loky) imports it.
 _sentinel = object()
-
-_core._queue_setup(pickle.Pickler, reduction.ForkingPickler._dispatch,
-                   reduction.DEFAULT_PROTOCOL, pickle.loads, Empty, Full)
 
 
 def _ring_size(ring_size):

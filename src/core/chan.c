@@ -4,17 +4,21 @@
 #include "wire.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
-#define CHAN_MAGIC 0x316e616863706d63ULL    /* "cmpchan1" */
+#define CHAN_MAGIC 0x316e616863706d63ULL /* "cmpchan1" */
 #define CHAN_HEADER ((size_t)4096)
 #define TAG_BELL 'b'
 #define TAG_FDS 'f'
 
-#define BELL_LATE_NS 50000      /* how long a consumer waits for a bell in flight */
+#define BELL_LATE_NS 50000 /* how long a consumer waits for a bell in flight */
 
 /* A receiver spins as a futex waiter does (sync.c): about a sleep and a
  * wake-up at most, looking at the ring only (no system call). */
@@ -76,8 +80,8 @@ cmp_chan_open(void *mem, size_t size, cmp_chan *out)
 {
     cmp_chan_hdr *h = mem;
     if (size < CHAN_HEADER || h->magic != CHAN_MAGIC || h->nrings < 1 || h->nrings > 2
-            || h->capacity < CMP_RING_MIN_CAPACITY || h->capacity > CMP_RING_MAX_CAPACITY
-            || cmp_chan_size((int)h->nrings, h->capacity) != size) {
+        || h->capacity < CMP_RING_MIN_CAPACITY || h->capacity > CMP_RING_MAX_CAPACITY
+        || cmp_chan_size((int)h->nrings, h->capacity) != size) {
         errno = EINVAL;
         return CMP_ERRNO;
     }
@@ -123,14 +127,13 @@ cmp_chan_notify(cmp_chan *c, int k, int fd, int is_socket)
      * see the consumer's side in ready()). */
     atomic_thread_fence(memory_order_seq_cst);
     uint64_t w = atomic_load_explicit(bell, memory_order_relaxed);
-    while (!atomic_compare_exchange_weak_explicit(bell, &w, (w + 2) | 1,
-                                                  memory_order_seq_cst,
+    while (!atomic_compare_exchange_weak_explicit(bell, &w, (w + 2) | 1, memory_order_seq_cst,
                                                   memory_order_relaxed))
         ;
     if (w & 1)
-        return CMP_OK;          /* rung already, and not yet answered */
+        return CMP_OK; /* rung already, and not yet answered */
     if (put_byte(fd, is_socket, TAG_BELL) == 1 || errno == EAGAIN)
-        return CMP_OK;          /* (a full socket of bells is readable anyway) */
+        return CMP_OK; /* (a full socket of bells is readable anyway) */
     return CMP_ERRNO;
 }
 
@@ -186,7 +189,7 @@ take_bell(int fd, int is_socket)
             return;
         }
         if (tag >= 0)
-            return;             /* end of file, or descriptors ahead of it */
+            return; /* end of file, or descriptors ahead of it */
         int64_t now = cmp_monotonic_ns();
         if (end == 0)
             end = now + BELL_LATE_NS;
@@ -208,8 +211,7 @@ cmp_chan_ready(cmp_chan *c, int k, int fd, int is_socket)
             /* Seen empty after w: if no producer bumped the word since, none
              * published unseen, and from now on they ring. */
             if (atomic_compare_exchange_strong_explicit(bell, &w, w & ~(uint64_t)1,
-                                                        memory_order_seq_cst,
-                                                        memory_order_relaxed))
+                                                        memory_order_seq_cst, memory_order_relaxed))
                 take_bell(fd, is_socket);
             continue;
         }
@@ -242,8 +244,7 @@ ring_ready(void *r)
 }
 
 int
-cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline,
-              cmp_spin_budget *spin)
+cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline, cmp_spin_budget *spin)
 {
     cmp_ring *r = c->ring[k];
     int64_t start;
@@ -287,7 +288,7 @@ cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline,
         else {
             st = cmp_wire_poll(&p, 1, deadline);
             if (st > 0 && (p.revents & POLLNVAL)) {
-                errno = EBADF;      /* closed under us by another thread */
+                errno = EBADF; /* closed under us by another thread */
                 return CMP_ERRNO;
             }
         }
@@ -327,7 +328,9 @@ cmp_chan_recv_fds(int fd, int *fds, int *nfds)
         char tag;
         struct iovec iov = {&tag, 1};
         cmp_cmsg_space cmsg;
-        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cmsg.buf,
+        struct msghdr m = {.msg_iov = &iov,
+                           .msg_iovlen = 1,
+                           .msg_control = cmsg.buf,
                            .msg_controllen = sizeof(cmsg.buf)};
         *nfds = 0;
         ssize_t n = recvmsg(fd, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
@@ -355,7 +358,113 @@ cmp_chan_recv_fds(int fd, int *fds, int *nfds)
         cmp_wire_take_fds(&m, fds, nfds, room);
         if (tag == TAG_FDS)
             return CMP_OK;
-        for (int i = 0; i < *nfds; i++)     /* a bell never carries any */
+        for (int i = 0; i < *nfds; i++) /* a bell never carries any */
             close(fds[i]);
     }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Segments                                                                 */
+
+static cmp_chan_seg *
+seg_map(int memfd, size_t size)
+{
+    cmp_chan_seg *seg = calloc(1, sizeof(*seg));
+    if (seg == NULL)
+        return NULL;
+    seg->base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
+    if (seg->base == MAP_FAILED) {
+        free(seg);
+        return NULL;
+    }
+    seg->size = size;
+    seg->memfd = memfd;
+    seg->refs = 1;
+    return seg;
+}
+
+static void
+seg_unmap(cmp_chan_seg *seg)
+{
+    int saved = errno;
+    munmap(seg->base, seg->size);
+    free(seg);
+    errno = saved;
+}
+
+int
+cmp_chan_create(int nrings, cmp_chan_seg **out)
+{
+    size_t size = cmp_chan_size(nrings, CMP_CHAN_CAPACITY);
+    int memfd = memfd_create("cmp-pipe", MFD_CLOEXEC);
+    if (memfd < 0)
+        return CMP_ERRNO;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+        && (rlim_t)memfd >= rl.rlim_cur / 4) {
+        close(memfd);
+        return CMP_EFULL;
+    }
+    cmp_chan_seg *seg = NULL;
+    if (ftruncate(memfd, (off_t)size) < 0 || (seg = seg_map(memfd, size)) == NULL) {
+        int saved = errno;
+        close(memfd);
+        errno = saved;
+        return CMP_ERRNO;
+    }
+    if (cmp_chan_init(seg->base, nrings, CMP_CHAN_CAPACITY, &seg->c) != CMP_OK) {
+        cmp_chan_release(seg);
+        return CMP_ERRNO;
+    }
+    *out = seg;
+    return CMP_OK;
+}
+
+int
+cmp_chan_attach(int memfd, size_t size, int end, int reads, cmp_chan_seg **out)
+{
+    if (size == 0 || end < 0 || end > 1) {
+        errno = EINVAL;
+        return CMP_ERRNO;
+    }
+    cmp_chan_seg *seg = seg_map(memfd, size);
+    if (seg == NULL)
+        return CMP_ERRNO;
+    if (cmp_chan_open(seg->base, seg->size, &seg->c) != CMP_OK
+        || (seg->c.nrings == 1 && (end == 0) != (reads != 0))) {
+        seg_unmap(seg); /* the caller still owns memfd */
+        errno = EINVAL;
+        return CMP_ERRNO;
+    }
+    *out = seg;
+    return CMP_OK;
+}
+
+cmp_chan_seg *
+cmp_chan_hold(cmp_chan_seg *seg)
+{
+    seg->refs++;
+    return seg;
+}
+
+void
+cmp_chan_release(cmp_chan_seg *seg)
+{
+    if (--seg->refs > 0)
+        return;
+    int memfd = seg->memfd;
+    seg_unmap(seg);
+    close(memfd);
+}
+
+int
+cmp_chan_pair(int duplex, int fds[2])
+{
+    int ok = duplex ? socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) == 0
+                    : pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0;
+    if (!ok) {
+        fds[0] = fds[1] = -1;
+        return CMP_ERRNO;
+    }
+    return CMP_OK;
 }

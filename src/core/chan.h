@@ -35,7 +35,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define CMP_CHAN_CAPACITY ((size_t)256 * 1024)  /* bytes per ring: what a socket buffers */
+#define CMP_CHAN_CAPACITY ((size_t)256 * 1024) /* bytes per ring: what a socket buffers */
 
 typedef struct cmp_chan_hdr cmp_chan_hdr;
 
@@ -52,6 +52,36 @@ int cmp_chan_init(void *mem, int nrings, size_t capacity, cmp_chan *out);
 /* Check and view a channel mapped from another process: CMP_OK or
  * CMP_ERRNO (EINVAL). */
 int cmp_chan_open(void *mem, size_t size, cmp_chan *out);
+
+/* A channel's segment as mapped in this process, with its memfd: shared by
+ * the ends that use it here (refs; the caller serializes them), unmapped
+ * and closed with the last reference. */
+typedef struct {
+    long refs;
+    void *base;
+    size_t size;
+    int memfd;
+    cmp_chan c;
+} cmp_chan_seg;
+
+/* A new channel of nrings rings of CMP_CHAN_CAPACITY bytes, in a memfd of
+ * its own. A channel costs a third descriptor, so one is made only while
+ * descriptors are plentiful (the memfd is in the first quarter of the
+ * limit): CMP_OK, CMP_EFULL (they are not: make none), or CMP_ERRNO. */
+int cmp_chan_create(int nrings, cmp_chan_seg **out);
+
+/* Map and check a channel made by another process, for the end that reads
+ * ring `end` (a simplex channel's reader is end 0, `reads` says whether
+ * this end reads). memfd is taken over on success only. CMP_OK or
+ * CMP_ERRNO (EINVAL: not such a channel). */
+int cmp_chan_attach(int memfd, size_t size, int end, int reads, cmp_chan_seg **out);
+
+cmp_chan_seg *cmp_chan_hold(cmp_chan_seg *seg);
+void cmp_chan_release(cmp_chan_seg *seg);
+
+/* The descriptors of a channel's two ends, close-on-exec: a SOCK_SEQPACKET
+ * socketpair (duplex) or a non-blocking pipe. CMP_OK or CMP_ERRNO. */
+int cmp_chan_pair(int duplex, int fds[2]);
 
 /* Counts closes of either end in any process that closed one explicitly;
  * a producer that sees it change asks the kernel about its peer again. */

@@ -17,7 +17,7 @@ int64_t
 cmp_deadline_after(double timeout)
 {
     int64_t now = cmp_monotonic_ns();
-    if (!(timeout > 0.0))               /* negative, zero or NaN */
+    if (!(timeout > 0.0)) /* negative, zero or NaN */
         return now;
     if (timeout >= (double)(CMP_FOREVER - now) / 1e9)
         return CMP_FOREVER;

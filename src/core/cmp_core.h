@@ -11,6 +11,7 @@
 #include <stdint.h>
 
 typedef enum {
+    CMP_NEED = 1, /* not an error: a larger buffer is needed (ring take) */
     CMP_OK = 0,
     CMP_ERRNO = -1,      /* errno holds the cause */
     CMP_ETIMEDOUT = -2,  /* the deadline passed */
@@ -23,6 +24,8 @@ typedef enum {
     CMP_ENOTOWNER = -9,  /* released by a thread that does not own it */
     CMP_EOVERFLOW = -10, /* a counter would pass its bound */
     CMP_EBROKEN = -11,   /* a barrier was broken or reset */
+    CMP_EREPORTED = -12, /* the caller's own error, already reported (the
+                            binding: a Python exception is set) */
 } cmp_status;
 
 /* Deadlines are absolute CLOCK_MONOTONIC times in nanoseconds. */

@@ -18,8 +18,7 @@
  * intersects `bitset`, or the deadline. Returns CMP_OK (woken, or the word
  * no longer held `expected`: the caller re-checks its condition either way),
  * CMP_ETIMEDOUT, CMP_EINTR (a signal arrived) or CMP_ERRNO. */
-int cmp_futex_wait(_Atomic uint32_t *word, uint32_t expected, uint32_t bitset,
-                   int64_t deadline);
+int cmp_futex_wait(_Atomic uint32_t *word, uint32_t expected, uint32_t bitset, int64_t deadline);
 
 /* Wake up to n waiters on word whose bitset intersects `bitset`.
  * Returns the number woken, or CMP_ERRNO. */

@@ -23,7 +23,7 @@ int
 cmp_pshm_open(const char *name, int create, size_t *size)
 {
     int flags = O_RDWR | (create ? O_CREAT | O_EXCL : 0);
-    int fd = shm_open(name, flags, 0600);    /* glibc sets O_CLOEXEC */
+    int fd = shm_open(name, flags, 0600); /* glibc sets O_CLOEXEC */
     if (fd < 0)
         return CMP_ERRNO;
     if (create) {
@@ -86,7 +86,7 @@ cmp_pshm_unlink(const char *name)
 #define SLOT_WRITING 1u
 #define SLOT_USED 2u
 #define SLOT_NAME_MAX 488
-#define TRACKER_SLOTS 65536u     /* 32 MiB of address space, touched as used */
+#define TRACKER_SLOTS 65536u /* 32 MiB of address space, touched as used */
 
 typedef struct {
     _Atomic uint32_t state;
@@ -97,8 +97,8 @@ typedef struct {
 } track_slot;
 
 typedef struct {
-    _Atomic uint32_t high;      /* one past the highest slot ever used */
-    _Atomic uint32_t hint;      /* where to start looking for a free slot */
+    _Atomic uint32_t high; /* one past the highest slot ever used */
+    _Atomic uint32_t hint; /* where to start looking for a free slot */
     char pad[sizeof(track_slot) - 8];
 } track_header;
 
@@ -160,10 +160,10 @@ cleanup_slot(track_slot *s)
     memcpy(path + 8, s->name, n + 1);
     int fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
     if (fd < 0)
-        return 0;               /* already unlinked by someone */
+        return 0; /* already unlinked by someone */
     struct stat st;
-    int same = fstat(fd, &st) == 0 && (uint64_t)st.st_dev == s->dev &&
-               (uint64_t)st.st_ino == s->ino;
+    int same =
+            fstat(fd, &st) == 0 && (uint64_t)st.st_dev == s->dev && (uint64_t)st.st_ino == s->ino;
     close(fd);
     return same && unlink(path) == 0;
 }
@@ -174,14 +174,14 @@ tracker_main(int rfd, track_table *t)
     struct sigaction ign;
     memset(&ign, 0, sizeof ign);
     ign.sa_handler = SIG_IGN;
-    sigaction(SIGINT, &ign, NULL);      /* Ctrl-C in the terminal, like the stdlib's */
+    sigaction(SIGINT, &ign, NULL); /* Ctrl-C in the terminal, like the stdlib's */
     sigaction(SIGTERM, &ign, NULL);
     sigset_t both;                      /* blocked by launch_tracker until now */
     sigemptyset(&both);
     sigaddset(&both, SIGINT);
     sigaddset(&both, SIGTERM);
     sigprocmask(SIG_UNBLOCK, &both, NULL);
-    prctl(PR_SET_NAME, "cmp-tracker");  /* what ps shows */
+    prctl(PR_SET_NAME, "cmp-tracker"); /* what ps shows */
 
     /* Hold nothing of the parent's but stderr and our pipe, or we would keep
      * its pipes and sockets open (no EOF for their readers). */
@@ -349,8 +349,8 @@ cmp_tracker_add_kind(const char *name, int fd, int kind)
         uint32_t i = (start + k) % TRACKER_SLOTS;
         track_slot *s = &t->slots[i];
         uint32_t expected = SLOT_FREE;
-        if (atomic_load_explicit(&s->state, memory_order_relaxed) != SLOT_FREE ||
-            !atomic_compare_exchange_strong(&s->state, &expected, SLOT_WRITING))
+        if (atomic_load_explicit(&s->state, memory_order_relaxed) != SLOT_FREE
+            || !atomic_compare_exchange_strong(&s->state, &expected, SLOT_WRITING))
             continue;
         s->kind = (uint32_t)kind;
         s->dev = (uint64_t)st.st_dev;
@@ -401,4 +401,20 @@ cmp_tracker_fd(int *pid)
 {
     *pid = tracker_pid;
     return tracker_pipe_w;
+}
+
+void *
+cmp_pshm_map_and_close(int fd, size_t size)
+{
+    void *addr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return addr == MAP_FAILED ? NULL : addr;
+}
+
+void
+cmp_pshm_unmap(void *addr, size_t size)
+{
+    munmap(addr, size);
 }

@@ -22,6 +22,11 @@ int cmp_pshm_create_random(size_t size, char name[CMP_PSHM_RANDOM_NAME_LEN + 1])
 /* shm_unlink(name): CMP_OK or CMP_ERRNO. */
 int cmp_pshm_unlink(const char *name);
 
+/* Map [0, size) of fd shared, read-write, and close fd (whatever happens):
+ * the address, or NULL with errno set. cmp_pshm_unmap undoes it. */
+void *cmp_pshm_map_and_close(int fd, size_t size);
+void cmp_pshm_unmap(void *addr, size_t size);
+
 /* --------------------------------------------------------------------------
  * The tracker: a small process forked on first use that waits for every
  * process holding its pipe (the starter and the children forked after) to

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#define RING_MAGIC 0x31676e69726d6370ULL   /* "pcmring1" */
+#define RING_MAGIC 0x31676e69726d6370ULL /* "pcmring1" */
 
 /* tail / head: byte position (low bits) and message count (high bits). */
 #define POS_BITS 40
@@ -28,14 +28,14 @@
 #define REC_MORE 1u
 #define REC_CONT 2u
 #define REC_ABORT 4u
-#define REC_MARK 8u         /* the producer's wop.mark (first record only) */
+#define REC_MARK 8u /* the producer's wop.mark (first record only) */
 #define REC_HDR 8u
 
 /* futex bitsets on data_seq and space_seq */
-#define BIT_DATA 1u         /* consumers waiting for a message */
-#define BIT_STREAM 2u       /* the consumer receiving a streamed message */
-#define BIT_SLOT 1u         /* bounded producers waiting for a slot */
-#define BIT_SPACE 2u        /* the put-lock holder waiting for bytes */
+#define BIT_DATA 1u   /* consumers waiting for a message */
+#define BIT_STREAM 2u /* the consumer receiving a streamed message */
+#define BIT_SLOT 1u   /* bounded producers waiting for a slot */
+#define BIT_SPACE 2u  /* the put-lock holder waiting for bytes */
 
 /* Busy-wait iterations (each a cpu_relax) before sleeping. */
 #define SPIN_LOCK 200
@@ -52,7 +52,7 @@ struct cmp_ring {
     char pad0[CACHE_LINE - 24];
     /* producers */
     _Atomic uint32_t put_lock;
-    _Atomic uint32_t put_open;      /* a streamed message is unfinished */
+    _Atomic uint32_t put_open; /* a streamed message is unfinished */
     _Atomic uint64_t tail;
     char pad1[CACHE_LINE - 16];
     /* consumers */
@@ -84,8 +84,16 @@ _Static_assert(sizeof(struct cmp_ring) <= CMP_RING_HEADER, "ring header too larg
 #define LOAD(p, mo) atomic_load_explicit((p), memory_order_##mo)
 #define STORE(p, v, mo) atomic_store_explicit((p), (v), memory_order_##mo)
 
-static inline uint64_t POS(uint64_t x) { return x & POS_MASK; }
-static inline uint64_t CNT(uint64_t x) { return x >> POS_BITS; }
+static inline uint64_t
+POS(uint64_t x)
+{
+    return x & POS_MASK;
+}
+static inline uint64_t
+CNT(uint64_t x)
+{
+    return x >> POS_BITS;
+}
 
 static inline uint64_t
 mkpos(uint64_t pos, uint64_t cnt)
@@ -130,7 +138,7 @@ int
 cmp_ring_init(void *mem, size_t capacity, uint32_t maxsize, uint32_t flags)
 {
     if (capacity < CMP_RING_MIN_CAPACITY || capacity > CMP_RING_MAX_CAPACITY
-            || (capacity & (capacity - 1)) != 0) {
+        || (capacity & (capacity - 1)) != 0) {
         errno = EINVAL;
         return CMP_ERRNO;
     }
@@ -147,19 +155,30 @@ int
 cmp_ring_check(const void *mem, size_t size)
 {
     const cmp_ring *r = mem;
-    if (size < CMP_RING_HEADER || r->magic != RING_MAGIC
-            || r->capacity < CMP_RING_MIN_CAPACITY || r->capacity > CMP_RING_MAX_CAPACITY
-            || (r->capacity & (r->capacity - 1)) != 0
-            || cmp_ring_segment_size(r->capacity) > size) {
+    if (size < CMP_RING_HEADER || r->magic != RING_MAGIC || r->capacity < CMP_RING_MIN_CAPACITY
+        || r->capacity > CMP_RING_MAX_CAPACITY || (r->capacity & (r->capacity - 1)) != 0
+        || cmp_ring_segment_size(r->capacity) > size) {
         errno = EINVAL;
         return CMP_ERRNO;
     }
     return CMP_OK;
 }
 
-size_t cmp_ring_capacity(const cmp_ring *r) { return (size_t)r->capacity; }
-uint32_t cmp_ring_maxsize(const cmp_ring *r) { return r->maxsize; }
-uint32_t cmp_ring_flags(const cmp_ring *r) { return r->flags; }
+size_t
+cmp_ring_capacity(const cmp_ring *r)
+{
+    return (size_t)r->capacity;
+}
+uint32_t
+cmp_ring_maxsize(const cmp_ring *r)
+{
+    return r->maxsize;
+}
+uint32_t
+cmp_ring_flags(const cmp_ring *r)
+{
+    return r->flags;
+}
 
 uint64_t
 cmp_ring_qsize(const cmp_ring *r)
@@ -247,7 +266,7 @@ lock_acquire(_Atomic uint32_t *w, int64_t deadline, int spin)
         if (LOAD(w, relaxed) == 0 && lock_try(w, self))
             return CMP_OK;
     }
-    uint32_t mine = self;      /* after sleeping: | LOCK_WAITERS, as others may sleep */
+    uint32_t mine = self; /* after sleeping: | LOCK_WAITERS, as others may sleep */
     for (;;) {
         uint32_t v = LOAD(w, relaxed);
         if (v == 0) {
@@ -260,9 +279,8 @@ lock_acquire(_Atomic uint32_t *w, int64_t deadline, int spin)
         if (now >= deadline)
             return CMP_ETIMEDOUT;
         if (!(v & LOCK_WAITERS)) {
-            if (!atomic_compare_exchange_strong_explicit(w, &v, v | LOCK_WAITERS,
-                                                         memory_order_relaxed,
-                                                         memory_order_relaxed))
+            if (!atomic_compare_exchange_strong_explicit(
+                        w, &v, v | LOCK_WAITERS, memory_order_relaxed, memory_order_relaxed))
                 continue;
             v |= LOCK_WAITERS;
         }
@@ -461,8 +479,8 @@ repair(cmp_ring *r, int wait)
     if (!has_space(r, REC_HDR)) {
         if (!wait)
             return CMP_EFULL;
-        int st = wait_until(r, has_space, REC_HDR, &r->space_seq, &r->space_waiters,
-                            BIT_SPACE, CMP_FOREVER, SPIN_WAIT);
+        int st = wait_until(r, has_space, REC_HDR, &r->space_seq, &r->space_waiters, BIT_SPACE,
+                            CMP_FOREVER, SPIN_WAIT);
         if (st != CMP_OK)
             return st;
     }
@@ -490,8 +508,8 @@ defer(cmp_ring *r, size_t n)
 }
 
 int
-cmp_ring_offer(cmp_ring *r, const cmp_ring_msg *msgs, size_t count, int defer_all,
-               int64_t deadline, int flags, size_t *accepted, size_t *written)
+cmp_ring_offer(cmp_ring *r, const cmp_ring_msg *msgs, size_t count, int defer_all, int64_t deadline,
+               int flags, size_t *accepted, size_t *written)
 {
     size_t cap = (size_t)r->capacity, i = 0, published = 0;
     uint32_t maxsize = r->maxsize;
@@ -508,8 +526,8 @@ cmp_ring_offer(cmp_ring *r, const cmp_ring_msg *msgs, size_t count, int defer_al
     while (i < count) {
         if (!locked) {
             if (maxsize != 0) {
-                st = wait_until(r, has_slot, 0, &r->space_seq, &r->slot_waiters, BIT_SLOT,
-                                deadline, spin);
+                st = wait_until(r, has_slot, 0, &r->space_seq, &r->slot_waiters, BIT_SLOT, deadline,
+                                spin);
                 if (st != CMP_OK)
                     break;
             }
@@ -517,7 +535,7 @@ cmp_ring_offer(cmp_ring *r, const cmp_ring_msg *msgs, size_t count, int defer_al
                 int64_t lock_deadline = 0;
                 if (flags & CMP_RING_WAIT_LOCK) {
                     lock_deadline = deadline;
-                    if (maxsize == 0)   /* never wait long: defer instead */
+                    if (maxsize == 0) /* never wait long: defer instead */
                         lock_deadline = cmp_monotonic_ns() + CMP_RING_LOCK_PATIENCE_NS;
                 }
                 st = lock_acquire(&r->put_lock, lock_deadline, SPIN_LOCK);
@@ -748,8 +766,7 @@ claim_store(const cmp_ring *r, _Atomic uint64_t *claim, uint64_t pos, size_t len
 }
 
 void
-cmp_ring_rop_init(cmp_ring_rop *op, unsigned char *buf, size_t cap, size_t *lens,
-                  size_t max_items)
+cmp_ring_rop_init(cmp_ring_rop *op, unsigned char *buf, size_t cap, size_t *lens, size_t max_items)
 {
     memset(op, 0, sizeof(*op));
     op->buf = buf;
@@ -770,7 +787,7 @@ probe_producer(cmp_ring *r)
                      : lock_take_over(&r->put_lock, v, self);
     if (!got)
         return;
-    repair(r, 0);   /* the ring is empty from our side: the record fits */
+    repair(r, 0); /* the ring is empty from our side: the record fits */
     lock_release(&r->put_lock);
 }
 
@@ -783,8 +800,7 @@ cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline)
         goto stream;
     for (;;) {
         int spin = deadline_passed(deadline) ? 0 : SPIN_WAIT;
-        st = wait_until(r, has_data, 0, &r->data_seq, &r->data_waiters, BIT_DATA, deadline,
-                        spin);
+        st = wait_until(r, has_data, 0, &r->data_seq, &r->data_waiters, BIT_DATA, deadline, spin);
         if (st == CMP_ETIMEDOUT)
             return CMP_EEMPTY;
         if (st != CMP_OK)
@@ -818,7 +834,7 @@ cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline)
                 if (len > op->cap - used) {
                     if (n == 0) {
                         op->need = len;
-                        result = CMP_RING_NEED;
+                        result = CMP_NEED;
                     }
                     break;
                 }
@@ -840,7 +856,7 @@ cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline)
             copy_out(r, POS(h) + REC_HDR, &total, sizeof(total));
             if (total > op->cap) {
                 op->need = (size_t)total;
-                result = CMP_RING_NEED;
+                result = CMP_NEED;
                 break;
             }
             size_t part = len - sizeof(total);
@@ -867,7 +883,7 @@ cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline)
                 wake_consumers(r, 1);
             return CMP_OK;
         }
-        if (result == CMP_RING_NEED)
+        if (result == CMP_NEED)
             return result;
         if (deadline_passed(deadline))
             return CMP_EEMPTY;
@@ -877,15 +893,23 @@ stream:
     for (;;) {
         uint64_t h = LOAD(&r->head, relaxed);
         if (!has_data_after(r, h)) {
-            int64_t until = cmp_monotonic_ns() + CMP_RING_PROBE_NS;
+            /* Wake up every PROBE_NS to see whether the producer is still
+             * there, and give up (still locked, resumable) at the deadline. */
+            int64_t dl = op->stream_deadline != 0 ? op->stream_deadline : deadline;
+            int64_t now = cmp_monotonic_ns();
+            int64_t until = dl - now > CMP_RING_PROBE_NS ? now + CMP_RING_PROBE_NS : dl;
             st = wait_until(r, has_data_after, h, &r->data_seq, &r->stream_waiters, BIT_STREAM,
-                            until, SPIN_WAIT);
+                            until, until > now ? SPIN_WAIT : 0);
             if (st == CMP_ETIMEDOUT) {
-                probe_producer(r);
+                int late = deadline_passed(dl);
+                if (!(late && dl == CMP_RING_NOW))
+                    probe_producer(r);
+                if (late && !has_data_after(r, h))
+                    return CMP_ETIMEDOUT;
                 continue;
             }
             if (st != CMP_OK)
-                return st;      /* CMP_EINTR: resume later, still locked */
+                return st; /* CMP_EINTR: resume later, still locked */
         }
         uint32_t len, flags;
         read_header(r, POS(h), &len, &flags);
@@ -941,8 +965,8 @@ cmp_ring_task_done(cmp_ring *r)
     do {
         if (v == 0)
             return CMP_EEMPTY;
-    } while (!atomic_compare_exchange_weak_explicit(&r->unfinished, &v, v - 1,
-                                                    memory_order_seq_cst, memory_order_relaxed));
+    } while (!atomic_compare_exchange_weak_explicit(&r->unfinished, &v, v - 1, memory_order_seq_cst,
+                                                    memory_order_relaxed));
     if (v == 1)
         wake_joiners(r);
     return CMP_OK;

@@ -47,9 +47,6 @@
 #include <stdint.h>
 #include <sys/uio.h>
 
-/* Non-error results. */
-#define CMP_RING_NEED 2         /* take: op->need bytes of buffer needed */
-
 #define CMP_RING_MIN_CAPACITY ((size_t)4096)
 #define CMP_RING_MAX_CAPACITY ((size_t)1 << 27)
 #define CMP_RING_HEADER ((size_t)512)       /* bytes before the data */
@@ -89,14 +86,16 @@ int cmp_ring_put_busy(const cmp_ring *r);
 typedef struct {
     const struct iovec *iov;
     int niov;
-    size_t len;                 /* sum of the pieces */
+    size_t len; /* sum of the pieces */
 } cmp_ring_msg;
 
 /* offer flags */
-#define CMP_RING_WAIT_LOCK 1    /* wait for the put lock (bounded: until the
+#define CMP_RING_WAIT_LOCK \
+    1 /* wait for the put lock (bounded: until the
                                    deadline; unbounded: LOCK_PATIENCE, then
                                    defer); else only spin for it briefly */
-#define CMP_RING_TRY 2          /* never sleep: CMP_EFULL if it would have to
+#define CMP_RING_TRY \
+    2 /* never sleep: CMP_EFULL if it would have to
                                    (for a slot or for the lock) */
 #define CMP_RING_LOCK_PATIENCE_NS (2 * 1000000LL)
 
@@ -114,14 +113,14 @@ int cmp_ring_offer(cmp_ring *r, const cmp_ring_msg *msgs, size_t count, int defe
 /* State of one blocking write, kept across CMP_EINTR returns. */
 typedef struct {
     cmp_ring_msg msg;
-    int reserved;               /* in: the message holds a reserved slot */
+    int reserved; /* in: the message holds a reserved slot */
     /* Optional, for cmp.connection's transport (cmp_ring_wop_init leaves
      * them off): */
-    int64_t deadline;           /* give up waiting then: CMP_ETIMEDOUT (resumable) */
-    int mark;                   /* the taker sees it in cmp_ring_rop.mark */
-    int (*on_lock)(void *arg);  /* once, holding the put lock, before any
+    int64_t deadline;              /* give up waiting then: CMP_ETIMEDOUT (resumable) */
+    int mark;                      /* the taker sees it in cmp_ring_rop.mark */
+    int (*on_lock)(void *arg);     /* once, holding the put lock, before any
                                    record: non-CMP_OK aborts the write */
-    void (*on_publish)(void *arg);  /* once, when the message's first record
+    void (*on_publish)(void *arg); /* once, when the message's first record
                                        is in the ring */
     void *arg;
     /* private */
@@ -151,27 +150,36 @@ void cmp_ring_unreserve(cmp_ring *r, size_t n);
 /* Consumers                                                                */
 
 typedef struct {
-    unsigned char *buf;         /* in: where messages are copied */
+    unsigned char *buf; /* in: where messages are copied */
     size_t cap;
-    size_t max_items;           /* in: at most this many (>= 1) */
-    size_t *lens;               /* in: room for max_items lengths */
-    size_t n;                   /* out: messages taken, back to back in buf */
-    int mark;                   /* out: the first message's wop.mark */
-    size_t need;                /* out with CMP_RING_NEED: buffer size needed */
-    _Atomic uint64_t *claim;    /* in, optional (set after rop_init): see below */
+    size_t max_items;        /* in: at most this many (>= 1) */
+    size_t *lens;            /* in: room for max_items lengths */
+    size_t n;                /* out: messages taken, back to back in buf */
+    int mark;                /* out: the first message's wop.mark */
+    size_t need;             /* out with CMP_NEED: buffer size needed */
+    _Atomic uint64_t *claim; /* in, optional (set after rop_init): see below */
+    int64_t stream_deadline; /* in, optional: the deadline for the rest of a
+                                   streamed message once its first chunk is
+                                   taken; 0 (rop_init): take's deadline */
     /* private */
     int locked;
     size_t total, got;
 } cmp_ring_rop;
 
-void cmp_ring_rop_init(cmp_ring_rop *op, unsigned char *buf, size_t cap,
-                       size_t *lens, size_t max_items);
+void cmp_ring_rop_init(cmp_ring_rop *op, unsigned char *buf, size_t cap, size_t *lens,
+                       size_t max_items);
 
-/* Take 1..max_items messages, waiting until `deadline` for the first.
- * CMP_OK, CMP_EEMPTY (none by the deadline), CMP_RING_NEED (the next message
- * needs op->need bytes of buffer: nothing was taken), CMP_EINTR (call again
- * to resume, or cmp_ring_take_abandon, which loses a large message being
- * received), CMP_ERRNO. */
+/* Take 1..max_items messages, waiting until `deadline` for the first (and,
+ * for a streamed message, for each of its chunks: see stream_deadline).
+ * With deadline CMP_RING_NOW it never sleeps, in any phase. CMP_OK,
+ * CMP_EEMPTY (none by the deadline), CMP_NEED (the next message needs
+ * op->need bytes of buffer: nothing was taken), CMP_ETIMEDOUT (a streamed
+ * message is partly received and its next chunk did not come by the
+ * deadline) or CMP_EINTR: call again with the same op (and buffer) to
+ * resume, or cmp_ring_take_abandon, which loses a message partly received
+ * (op->locked: one is); CMP_ERRNO. Until then this process holds the get
+ * lock: other consumers wait. */
+#define CMP_RING_NOW 0
 int cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline);
 
 /* Claims (for cmp.pool's workers). When op->claim is set and the first

@@ -19,9 +19,9 @@ struct cmp_shm_seg {
     size_t size;
     dev_t dev;
     ino_t ino;
-    pid_t owner;            /* allocates from it and unmaps it; 0: attached */
-    int small;              /* an arena segment (else one large block) */
-    size_t used;            /* arena blocks in use */
+    pid_t owner; /* allocates from it and unmaps it; 0: attached */
+    int small;   /* an arena segment (else one large block) */
+    size_t used; /* arena blocks in use */
     uint64_t bitmap[NWORDS];
 };
 
@@ -30,7 +30,7 @@ static cmp_shm_seg *segments;
 /* Bumped in parent and child at every fork: a block allocated in an earlier
  * generation may be in use by a child. */
 static uint64_t fork_gen;
-pid_t cmp_shm_pid_;            /* 0 until init() */
+pid_t cmp_shm_pid_; /* 0 until init() */
 
 static pthread_once_t init_once = PTHREAD_ONCE_INIT;
 
@@ -186,7 +186,7 @@ cmp_shm_alloc(size_t size, size_t align, cmp_shm_block *out)
         size = 1;
     if (size > CMP_SHM_SMALL_MAX || align > CMP_SHM_BLOCK) {
         long page = sysconf(_SC_PAGESIZE);
-        if (align > (size_t)page) {
+        if (align > (size_t)page && align != CMP_SHM_OWN_SEGMENT) {
             errno = EINVAL;
             return CMP_ERRNO;
         }
@@ -203,7 +203,7 @@ cmp_shm_alloc(size_t size, size_t align, cmp_shm_block *out)
     long at = -1;
     for (seg = segments; seg != NULL; seg = seg->next) {
         if (seg->small && seg->owner == cmp_shm_pid_ && NBLOCKS - seg->used >= n
-                && (at = find_run(seg->bitmap, n)) >= 0)
+            && (at = find_run(seg->bitmap, n)) >= 0)
             break;
     }
     if (seg == NULL) {

@@ -29,25 +29,27 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-#define CMP_SHM_BLOCK 64                    /* arena granule and alignment */
-#define CMP_SHM_SEGMENT (64 * 1024)         /* arena segment size */
-#define CMP_SHM_SMALL_MAX (16 * 1024)       /* larger: a segment of its own */
+#define CMP_SHM_BLOCK 64              /* arena granule and alignment */
+#define CMP_SHM_SEGMENT (64 * 1024)   /* arena segment size */
+#define CMP_SHM_SMALL_MAX (16 * 1024) /* larger: a segment of its own */
 
 typedef struct cmp_shm_seg cmp_shm_seg;
 
 typedef struct {
-    void *addr;         /* the block, mapped in this process */
-    cmp_shm_seg *seg;   /* its segment (process-local bookkeeping) */
-    size_t off;         /* offset of the block in its segment */
-    size_t size;        /* bytes reserved */
-    uint64_t gen;       /* fork generation when allocated or attached */
-    int shared;         /* handed to another process */
+    void *addr;       /* the block, mapped in this process */
+    cmp_shm_seg *seg; /* its segment (process-local bookkeeping) */
+    size_t off;       /* offset of the block in its segment */
+    size_t size;      /* bytes reserved */
+    uint64_t gen;     /* fork generation when allocated or attached */
+    int shared;       /* handed to another process */
 } cmp_shm_block;
 
 /* Allocate `size` zeroed bytes aligned to `align` (a power of two; up to
  * CMP_SHM_BLOCK for small blocks, page-aligned for large). CMP_OK or
  * CMP_ERRNO. */
 int cmp_shm_alloc(size_t size, size_t align, cmp_shm_block *out);
+/* align for a page-aligned block in a segment of its own (any size). */
+#define CMP_SHM_OWN_SEGMENT ((size_t)-1)
 
 /* Release a block (see "Reuse" above); the struct is cleared. */
 void cmp_shm_free(cmp_shm_block *b);

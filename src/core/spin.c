@@ -10,8 +10,8 @@ current(const cmp_spin_policy *p, cmp_spin_budget *budget)
 }
 
 int
-cmp_spin(const cmp_spin_policy *p, cmp_spin_budget *budget,
-         int (*ready)(void *), void *arg, int64_t deadline, int64_t *start)
+cmp_spin(const cmp_spin_policy *p, cmp_spin_budget *budget, int (*ready)(void *), void *arg,
+         int64_t deadline, int64_t *start)
 {
     *start = 0;
     if (ready(arg))
@@ -35,7 +35,7 @@ cmp_spin(const cmp_spin_policy *p, cmp_spin_budget *budget,
         since_clock += pause;
         if (pause < p->max_pause)
             pause <<= 1;
-        if (since_clock >= 16) {        /* read the clock every ~0.5 us */
+        if (since_clock >= 16) { /* read the clock every ~0.5 us */
             since_clock = 0;
             if (cmp_monotonic_ns() >= end)
                 return 0;

@@ -37,8 +37,8 @@ typedef _Atomic uint32_t cmp_spin_budget;
 /* Spin until ready(arg) or the budget (or the deadline) is spent: 1 if
  * ready. *start is when a vain spin began, for cmp_spin_settle(); 0 when
  * there is nothing to settle (ready at once, or the deadline had passed). */
-int cmp_spin(const cmp_spin_policy *p, cmp_spin_budget *budget,
-             int (*ready)(void *), void *arg, int64_t deadline, int64_t *start);
+int cmp_spin(const cmp_spin_policy *p, cmp_spin_budget *budget, int (*ready)(void *), void *arg,
+             int64_t deadline, int64_t *start);
 
 /* After the wait that followed a vain spin has succeeded. */
 void cmp_spin_settle(const cmp_spin_policy *p, cmp_spin_budget *budget, int64_t start);

@@ -47,7 +47,7 @@ cmp_sem_wait(cmp_sem *s, int64_t deadline)
     int64_t first = 0, start;
     for (;;) {
         if (cmp_spin(&lock_spin, &s->spin_ns, sem_ready, s, deadline, &start)) {
-            cmp_spin_settle(&lock_spin, &s->spin_ns, first);  /* no-op if it never slept */
+            cmp_spin_settle(&lock_spin, &s->spin_ns, first); /* no-op if it never slept */
             return CMP_OK;
         }
         if (first == 0)
@@ -63,7 +63,7 @@ cmp_sem_wait(cmp_sem *s, int64_t deadline)
             return CMP_OK;
         }
         if (st == CMP_OK)
-            continue;       /* woken, or the value changed: try again */
+            continue; /* woken, or the value changed: try again */
         /* A unit posted as the deadline passed still counts. */
         if (st == CMP_ETIMEDOUT && cmp_sem_trywait(s) == CMP_OK)
             return CMP_OK;
@@ -81,11 +81,10 @@ cmp_event_set(cmp_event *e)
     do {
         if (w & 1)
             return CMP_OK;
-    } while (!atomic_compare_exchange_weak_explicit(&e->word, &w, (w + 2) | 1,
-                                                    memory_order_seq_cst,
+    } while (!atomic_compare_exchange_weak_explicit(&e->word, &w, (w + 2) | 1, memory_order_seq_cst,
                                                     memory_order_relaxed));
     if (atomic_load_explicit(&e->sleepers, memory_order_seq_cst) > 0
-            && cmp_futex_wake(&e->word, INT_MAX, CMP_FUTEX_ANY) < 0)
+        && cmp_futex_wake(&e->word, INT_MAX, CMP_FUTEX_ANY) < 0)
         return CMP_ERRNO;
     return CMP_OK;
 }

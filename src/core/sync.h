@@ -29,8 +29,8 @@
 
 typedef struct {
     _Atomic uint32_t value;
-    _Atomic uint32_t sleepers;  /* waiters inside futex_wait (or about to be) */
-    cmp_spin_budget spin_ns;    /* see spin.h */
+    _Atomic uint32_t sleepers; /* waiters inside futex_wait (or about to be) */
+    cmp_spin_budget spin_ns;   /* see spin.h */
 } cmp_sem;
 
 void cmp_sem_init(cmp_sem *s, uint32_t value);
@@ -41,8 +41,7 @@ cmp_sem_trywait(cmp_sem *s)
 {
     uint32_t v = atomic_load_explicit(&s->value, memory_order_relaxed);
     while (v > 0) {
-        if (atomic_compare_exchange_weak_explicit(&s->value, &v, v - 1,
-                                                  memory_order_seq_cst,
+        if (atomic_compare_exchange_weak_explicit(&s->value, &v, v - 1, memory_order_seq_cst,
                                                   memory_order_relaxed))
             return CMP_OK;
     }
@@ -65,8 +64,7 @@ cmp_sem_post(cmp_sem *s, uint32_t maxvalue)
     do {
         if (v >= maxvalue)
             return CMP_EOVERFLOW;
-    } while (!atomic_compare_exchange_weak_explicit(&s->value, &v, v + 1,
-                                                    memory_order_seq_cst,
+    } while (!atomic_compare_exchange_weak_explicit(&s->value, &v, v + 1, memory_order_seq_cst,
                                                     memory_order_relaxed));
     if (CMP_UNLIKELY(atomic_load_explicit(&s->sleepers, memory_order_seq_cst) > 0))
         return cmp_sem_wake(s);
@@ -121,11 +119,11 @@ int cmp_event_wait(cmp_event *e, uint32_t seen, int64_t deadline);
 #define CMP_COND_WINDOW 256
 
 typedef struct {
-    _Atomic uint32_t head;      /* tickets before head have been notified */
+    _Atomic uint32_t head; /* tickets before head have been notified */
     _Atomic uint32_t sleepers;
     cmp_spin_budget spin_ns;
-    uint32_t tail;              /* next ticket; guarded by the caller's lock */
-    uint32_t cancelled[CMP_COND_WINDOW / 32];   /* guarded by the lock */
+    uint32_t tail;                            /* next ticket; guarded by the caller's lock */
+    uint32_t cancelled[CMP_COND_WINDOW / 32]; /* guarded by the lock */
 } cmp_cond;
 
 typedef struct {

@@ -96,7 +96,7 @@ tx_advance(cmp_wire_tx *tx, size_t n)
 int
 cmp_wire_send(int fd, cmp_wire_tx *tx)
 {
-    tx_advance(tx, 0);   /* skip leading empty pieces */
+    tx_advance(tx, 0); /* skip leading empty pieces */
     while (tx->iovcnt > 0) {
         int cnt = tx->iovcnt > IOV_MAX ? IOV_MAX : tx->iovcnt;
         ssize_t n;
@@ -117,7 +117,7 @@ cmp_wire_send(int fd, cmp_wire_tx *tx)
             continue;
         }
         if (n > 0) {
-            tx->fds = NULL;   /* they went with the first byte */
+            tx->fds = NULL; /* they went with the first byte */
             tx->nfds = 0;
         }
         tx_advance(tx, (size_t)n);
@@ -198,8 +198,10 @@ read_header_bytes(int fd, int is_socket, cmp_wire_rx *rx, int flags)
         return read(fd, dst, want);
     struct iovec iov = {.iov_base = dst, .iov_len = want};
     cmp_cmsg_space cmsg;
-    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1,
-                       .msg_control = cmsg.buf, .msg_controllen = sizeof(cmsg.buf)};
+    struct msghdr m = {.msg_iov = &iov,
+                       .msg_iovlen = 1,
+                       .msg_control = cmsg.buf,
+                       .msg_controllen = sizeof(cmsg.buf)};
     ssize_t n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC | flags);
     if (n >= 0)
         cmp_wire_take_fds(&m, rx->fds, &rx->nfds, CMP_WIRE_MAX_FDS);
@@ -231,7 +233,7 @@ cmp_wire_recv_header(int fd, int is_socket, cmp_wire_rx *rx)
                 return CMP_EEOF;
             rx->hdr_have += (uint32_t)n;
             if (rx->hdr_have < rx->hdr_need)
-                return CMP_EINTR;   /* a short read may hide a signal, as above */
+                return CMP_EINTR; /* a short read may hide a signal, as above */
         }
         if (rx->hdr_need == 4) {
             int32_t v = (int32_t)(uint32_t)big_endian(rx->hdr, 4);
@@ -272,7 +274,7 @@ cmp_wire_recv_header_spin(int fd, int is_socket, cmp_wire_rx *rx, cmp_spin_budge
     if (n > 0) {
         rx->hdr_have = (uint32_t)n;
         if (rx->hdr_have < rx->hdr_need)
-            return CMP_EINTR;   /* progress kept: the caller calls again */
+            return CMP_EINTR; /* progress kept: the caller calls again */
         return cmp_wire_recv_header(fd, is_socket, rx);
     }
     if (n == 0)
@@ -310,7 +312,7 @@ cmp_wire_recv_body(int fd, cmp_wire_rx *rx)
             return CMP_EEOF;
         rx->body_have += (uint64_t)n;
         if (rx->body_have < rx->len)
-            return CMP_EINTR;   /* a short read may hide a signal, as above */
+            return CMP_EINTR; /* a short read may hide a signal, as above */
     }
     return CMP_OK;
 }

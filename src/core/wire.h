@@ -57,12 +57,12 @@ int cmp_wire_close(int fd);
 /* ---- sending ------------------------------------------------------------ */
 
 typedef struct {
-    struct iovec *iov;   /* pieces still to write; advanced as they go out */
+    struct iovec *iov; /* pieces still to write; advanced as they go out */
     int iovcnt;
-    const int *fds;      /* descriptors to pass with the first byte, or NULL */
+    const int *fds; /* descriptors to pass with the first byte, or NULL */
     int nfds;
-    int is_socket;       /* sendmsg(MSG_NOSIGNAL) instead of writev() */
-    uint64_t sent;       /* bytes written so far */
+    int is_socket; /* sendmsg(MSG_NOSIGNAL) instead of writev() */
+    uint64_t sent; /* bytes written so far */
 } cmp_wire_tx;
 
 /* Write everything in tx->iov. CMP_OK; CMP_EINTR (progress kept in tx: call
@@ -88,13 +88,13 @@ void cmp_wire_take_fds(struct msghdr *m, int *fds, int *nfds, int room);
 
 typedef struct {
     unsigned char hdr[CMP_WIRE_HEADER_MAX];
-    uint32_t hdr_have;   /* header bytes read */
-    uint32_t hdr_need;   /* 4, or 12 after the -1 marker */
+    uint32_t hdr_have; /* header bytes read */
+    uint32_t hdr_need; /* 4, or 12 after the -1 marker */
     int header_done;
-    uint64_t len;        /* payload length, once header_done */
-    char *body;          /* where the payload goes (the caller's buffer) */
-    uint64_t body_have;  /* payload bytes read */
-    int fds[CMP_WIRE_MAX_FDS];  /* descriptors that came with the frame */
+    uint64_t len;              /* payload length, once header_done */
+    char *body;                /* where the payload goes (the caller's buffer) */
+    uint64_t body_have;        /* payload bytes read */
+    int fds[CMP_WIRE_MAX_FDS]; /* descriptors that came with the frame */
     int nfds;
 } cmp_wire_rx;
 

@@ -32,20 +32,15 @@
  * closes those nobody took.
  */
 #include "module.h"
+#include "codec.h"
 #include "chan.h"
 #include "wire.h"
 
 #include <fcntl.h>
 #include <limits.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
-
-/* Binding-level statuses of a receive, besides the core's. */
-#define CONN_ETRUNC (-1001)     /* end of file inside a frame */
-#define CONN_EBADLEN (-1002)    /* longer than maxlength, or unrepresentable */
 
 /* Bytes objects cannot be larger than this (header and slack excluded). */
 #define CONN_MAX_FRAME ((uint64_t)PY_SSIZE_T_MAX - 4096)
@@ -53,24 +48,14 @@
 /* A frame interrupted part-way, waiting for the next receive. */
 typedef struct {
     cmp_wire_rx rx;
-    PyObject *buf;          /* the bytes object rx.body points into */
+    PyObject *buf; /* the bytes object rx.body points into */
 } conn_parked;
-
-/* A Pipe()'s channel (chan.h) as mapped in this process, shared by the
- * Connections on it here: unmapped, and its descriptor closed, with the last. */
-typedef struct {
-    Py_ssize_t refs;
-    void *base;
-    size_t size;
-    int memfd;
-    cmp_chan c;
-} conn_chan;
 
 /* A streamed message whose receive a signal handler interrupted. */
 typedef struct {
     cmp_ring_rop op;
     size_t lens[1];
-    PyObject *buf;          /* the bytes object op.buf points into */
+    PyObject *buf; /* the bytes object op.buf points into */
 } conn_rparked;
 
 /* How often a producer on a channel asks the kernel whether its reader is
@@ -84,18 +69,18 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    int fd;                 /* -1 once closed */
+    int fd; /* -1 once closed */
     char readable;
     char writable;
-    char is_socket;         /* sendmsg/recvmsg, MSG_NOSIGNAL */
-    char is_unix;           /* a Unix socket: descriptors can travel */
-    conn_parked *parked;    /* an interrupted incoming frame, or NULL */
-    PyObject *tx_rest;      /* the unsent rest of an interrupted frame, or NULL */
-    cmp_spin_budget spin_ns;    /* busy-wait before blocking in recv (spin.h) */
+    char is_socket;          /* sendmsg/recvmsg, MSG_NOSIGNAL */
+    char is_unix;            /* a Unix socket: descriptors can travel */
+    conn_parked *parked;     /* an interrupted incoming frame, or NULL */
+    PyObject *tx_rest;       /* the unsent rest of an interrupted frame, or NULL */
+    cmp_spin_budget spin_ns; /* busy-wait before blocking in recv (spin.h) */
     /* A Pipe() end: messages travel through the channel, not the descriptor */
-    conn_chan *chan;
-    int end;                /* 0 or 1: it receives from ring `end` */
-    char exact;             /* fileno() was asked: keep its readiness exact */
+    cmp_chan_seg *chan;
+    int end;    /* 0 or 1: it receives from ring `end` */
+    char exact; /* fileno() was asked: keep its readiness exact */
     uint32_t closes_seen;
     int64_t peer_checked;
     conn_rparked *rparked;
@@ -113,24 +98,8 @@ chan_tx(const CmpConnection *self)
     return self->chan->c.nrings == 2 ? 1 - self->end : 0;
 }
 
-/* A call that releases the GIL holds its own reference: another thread may
- * close the Connection meanwhile. */
-static conn_chan *
-chan_hold(conn_chan *ch)
-{
-    ch->refs++;
-    return ch;
-}
-
-static void
-chan_release(conn_chan *ch)
-{
-    if (--ch->refs > 0)
-        return;
-    munmap(ch->base, ch->size);
-    close(ch->memfd);
-    PyMem_Free(ch);
-}
+/* A call that releases the GIL holds its own reference to the channel
+ * (cmp_chan_hold): another thread may close the Connection meanwhile. */
 
 /* Descriptors handed out while this thread pickles (send) or unpickles
  * (recv) a frame; NULL outside of those. */
@@ -151,7 +120,6 @@ close_fds(int *fds, int n)
         fds[i] = -1;
     }
 }
-
 
 /* ------------------------------------------------------------------------ */
 /* State checks (the stdlib's messages)                                     */
@@ -204,7 +172,7 @@ drop_parked(CmpConnection *self)
 static void
 drop_chan(CmpConnection *self)
 {
-    conn_chan *ch = self->chan;
+    cmp_chan_seg *ch = self->chan;
     if (ch == NULL)
         return;
     self->chan = NULL;
@@ -216,7 +184,7 @@ drop_chan(CmpConnection *self)
         PyMem_Free(rp);
     }
     cmp_chan_note_close(&ch->c);
-    chan_release(ch);
+    cmp_chan_release(ch);
 }
 
 /* Let go of the descriptor (returned, -1 if closed already) and of all that
@@ -255,13 +223,13 @@ conn_init(PyObject *op, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"handle", "readable", "writable", NULL};
     PyObject *handle, *index = NULL;
     int readable = 1, writable = 1, ret = -1;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pp:Connection", kwlist,
-                                     &handle, &readable, &writable))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O|pp:Connection", kwlist, &handle, &readable,
+                                     &writable))
         return -1;
     if (PyIndex_Check(handle))
         index = PyNumber_Index(handle);
     else
-        index = PyObject_CallMethod(handle, "__index__", NULL);   /* the stdlib's error */
+        index = PyObject_CallMethod(handle, "__index__", NULL); /* the stdlib's error */
     if (index == NULL)
         goto done;
     int overflow;
@@ -277,8 +245,7 @@ conn_init(PyObject *op, PyObject *args, PyObject *kwds)
         goto done;
     }
     if (!readable && !writable) {
-        PyErr_SetString(PyExc_ValueError,
-                        "at least one of `readable` and `writable` must be True");
+        PyErr_SetString(PyExc_ValueError, "at least one of `readable` and `writable` must be True");
         goto done;
     }
     if (self->fd >= 0 && conn_close_fd(self) < 0)
@@ -394,11 +361,13 @@ tx_call_fn(void *p)
 /* Write iov (a whole frame) on self; if a signal handler raises after part
  * of it went out, keep the rest for the next send. */
 static int
-conn_write_frame(CmpConnection *self, struct iovec *iov, int iovcnt,
-                 const int *fds, int nfds)
+conn_write_frame(CmpConnection *self, struct iovec *iov, int iovcnt, const int *fds, int nfds)
 {
     struct tx_call a = {.fd = self->fd,
-                        .tx = {.iov = iov, .iovcnt = iovcnt, .fds = fds, .nfds = nfds,
+                        .tx = {.iov = iov,
+                               .iovcnt = iovcnt,
+                               .fds = fds,
+                               .nfds = nfds,
                                .is_socket = self->is_socket}};
     int st = cmp_run_blocking(tx_call_fn, &a);
     if (st == CMP_PYERR && a.tx.sent > 0 && a.tx.iovcnt > 0) {
@@ -446,7 +415,7 @@ conn_flush_rest(CmpConnection *self)
 /* Sending on a channel */
 
 struct ring_tx {
-    conn_chan *ch;
+    cmp_chan_seg *ch;
     int fd;
     int is_socket;
     cmp_ring *ring;
@@ -508,24 +477,27 @@ peer_check_due(CmpConnection *self)
 /* Put one message (its pieces, no header) in the channel; a message that
  * cannot be written whole is not written at all. */
 static int
-conn_ring_send(CmpConnection *self, const struct iovec *iov, int niov, size_t total,
-               const int *fds, int nfds)
+conn_ring_send(CmpConnection *self, const struct iovec *iov, int niov, size_t total, const int *fds,
+               int nfds)
 {
     if (peer_check_due(self) && cmp_chan_peer_gone(self->fd)) {
         errno = EPIPE;
         return CMP_ERRNO;
     }
     cmp_ring_msg msg = {iov, niov, total};
-    struct ring_tx a = {.ch = chan_hold(self->chan), .fd = self->fd,
-                        .is_socket = self->is_socket, .k = chan_tx(self),
-                        .fds = fds, .nfds = nfds};
+    struct ring_tx a = {.ch = cmp_chan_hold(self->chan),
+                        .fd = self->fd,
+                        .is_socket = self->is_socket,
+                        .k = chan_tx(self),
+                        .fds = fds,
+                        .nfds = nfds};
     a.ring = a.ch->c.ring[a.k];
     cmp_ring_wop_init(&a.op, &msg, 0);
     a.op.mark = nfds > 0;
     a.op.on_lock = nfds > 0 ? ring_tx_on_lock : NULL;
     a.op.on_publish = ring_tx_on_publish;
     a.op.arg = &a;
-    a.op.deadline = 0;                  /* first without waiting, with the GIL */
+    a.op.deadline = 0; /* first without waiting, with the GIL */
     int st = cmp_ring_write(a.ring, &a.op);
     if (st == CMP_ETIMEDOUT)
         st = cmp_run_blocking(ring_tx_fn, &a);
@@ -535,7 +507,7 @@ conn_ring_send(CmpConnection *self, const struct iovec *iov, int niov, size_t to
         errno = a.bell_errno;
         st = CMP_ERRNO;
     }
-    chan_release(a.ch);
+    cmp_chan_release(a.ch);
     return st;
 }
 
@@ -552,8 +524,7 @@ conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject 
     if (check_writable(self) < 0)
         return NULL;
     if (!PyObject_CheckBuffer(argv[0])) {
-        PyErr_Format(PyExc_TypeError,
-                     "memoryview: a bytes-like object is required, not '%.200s'",
+        PyErr_Format(PyExc_TypeError, "memoryview: a bytes-like object is required, not '%.200s'",
                      Py_TYPE(argv[0])->tp_name);
         return NULL;
     }
@@ -597,8 +568,8 @@ conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject 
     else if ((st = conn_flush_rest(self)) == CMP_OK) {
         unsigned char hdr[CMP_WIRE_HEADER_MAX];
         struct iovec iov[2] = {
-            {hdr, cmp_wire_header((uint64_t)size, hdr)},
-            {(char *)view.buf + offset, (size_t)size},
+                {hdr, cmp_wire_header((uint64_t)size, hdr)},
+                {(char *)view.buf + offset, (size_t)size},
         };
         st = conn_write_frame(self, iov, 2, NULL, 0);
     }
@@ -613,91 +584,22 @@ done:
     return ret;
 }
 
-/* A pickler from reduction._new_pickler(chunks): its dump and clear_memo
- * (bound methods, keeping it alive) and the list its file appends to. */
-typedef struct {
-    PyObject *dump;
-    PyObject *clear_memo;
-    PyObject *chunks;
-} conn_pickler;
-
-static void
-pickler_clear(conn_pickler *p)
-{
-    Py_CLEAR(p->dump);
-    Py_CLEAR(p->clear_memo);
-    Py_CLEAR(p->chunks);
-}
-
-static int
-pickler_new(cmp_state *st, conn_pickler *out)
-{
-    PyObject *red = NULL, *pickler = NULL;
-    conn_pickler p = {NULL, NULL, NULL};
-    int ret = -1;
-    red = PyImport_ImportModule("cmp.reduction");
-    if (red == NULL)
-        goto done;
-    if (st->conn_loads == NULL) {
-        st->conn_loads = PyObject_GetAttrString(red, "_loads");
-        if (st->conn_loads == NULL)
-            goto done;
-    }
-    p.chunks = PyList_New(0);
-    if (p.chunks == NULL)
-        goto done;
-    pickler = PyObject_CallMethod(red, "_new_pickler", "O", p.chunks);
-    if (pickler == NULL)
-        goto done;
-    p.dump = PyObject_GetAttrString(pickler, "dump");
-    if (p.dump == NULL)
-        goto done;
-    p.clear_memo = PyObject_GetAttrString(pickler, "clear_memo");
-    if (p.clear_memo == NULL)
-        goto done;
-    *out = p;
-    p.dump = p.clear_memo = p.chunks = NULL;
-    ret = 0;
-done:
-    pickler_clear(&p);
-    Py_XDECREF(pickler);
-    Py_XDECREF(red);
-    return ret;
-}
-
-/* The interpreter's cached pickler (and unpickler), made on first use. */
-static int
-pickler_ensure(cmp_state *st)
-{
-    if (st->conn_dump != NULL)
-        return 0;
-    conn_pickler p;
-    if (pickler_new(st, &p) < 0)
-        return -1;
-    st->conn_dump = p.dump;
-    st->conn_clear_memo = p.clear_memo;
-    st->conn_chunks = p.chunks;
-    return 0;
-}
-
 #define CONN_STACK_CHUNKS 8
 
 static PyObject *
-conn_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
-          Py_ssize_t nargs, PyObject *kwnames)
+conn_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args, Py_ssize_t nargs,
+          PyObject *kwnames)
 {
     static const char *const names[] = {"obj"};
     CmpConnection *self = (CmpConnection *)op;
     cmp_state *state = PyType_GetModuleState(defining_class);
     PyObject *argv[1] = {NULL};
-    PyObject *r = NULL, *ret = NULL;
-    conn_pickler p = {NULL, NULL, NULL};
+    PyObject *ret = NULL;
     PyObject *chunks = NULL;
     conn_fd_batch batch, *outer_batch = conn_tx_batch;
     Py_buffer stack_views[CONN_STACK_CHUNKS], *views = stack_views;
     struct iovec stack_iov[CONN_STACK_CHUNKS + 1], *iov = stack_iov;
     Py_ssize_t nviews = 0;
-    int own_pickler = 0;
     batch.nfds = 0;
 
     if (state == NULL)
@@ -707,47 +609,14 @@ conn_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
     if (check_writable(self) < 0)
         return NULL;
 
-    /* Pickle. The cached pickler is reused unless it is busy (a __reduce__
-     * that sends, or another thread while a reducer released the GIL). */
-    if (pickler_ensure(state) < 0)
-        return NULL;
-    if (!state->conn_pickler_busy) {
-        state->conn_pickler_busy = 1;
-        own_pickler = 1;
-        p.dump = state->conn_dump;
-        p.clear_memo = state->conn_clear_memo;
-        p.chunks = state->conn_chunks;
-        Py_INCREF(p.dump);
-        Py_INCREF(p.clear_memo);
-        Py_INCREF(p.chunks);
-    }
-    else if (pickler_new(state, &p) < 0) {
-        return NULL;
-    }
-    chunks = p.chunks;
+    /* Pickle (with the interpreter's cached pickler: codec.c). */
     conn_tx_batch = self->is_unix ? &batch : NULL;
-    r = PyObject_CallOneArg(p.dump, argv[0]);
+    chunks = cmp_codec_dump(state, argv[0]);
     conn_tx_batch = outer_batch;
-    {
-        /* Drop the memo (and its references) whether or not dump failed. */
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        PyObject *c = PyObject_CallNoArgs(p.clear_memo);
-        if (c == NULL) {
-            if (et != NULL)
-                PyErr_Clear();
-            else
-                Py_CLEAR(r);
-        }
-        Py_XDECREF(c);
-        if (et != NULL)
-            PyErr_Restore(et, ev, tb);
-    }
-    if (r == NULL)
+    if (chunks == NULL)
         goto done;
-    Py_DECREF(r);
 
-    /* Pin every piece, then free the pickler for the next sender. */
+    /* Pin every piece. */
     Py_ssize_t n = PyList_GET_SIZE(chunks);
     if (n > CONN_STACK_CHUNKS) {
         views = PyMem_New(Py_buffer, (size_t)n);
@@ -765,12 +634,6 @@ conn_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
         iov[i + 1].iov_base = views[i].buf;
         iov[i + 1].iov_len = (size_t)views[i].len;
         total += (uint64_t)views[i].len;
-    }
-    if (PyList_SetSlice(chunks, 0, n, NULL) < 0)
-        goto done;
-    if (own_pickler) {
-        state->conn_pickler_busy = 0;
-        own_pickler = 0;
     }
 
     int st;
@@ -796,24 +659,19 @@ done:
         PyMem_Free(views);
     if (iov != stack_iov)
         PyMem_Free(iov);
-    if (ret == NULL && chunks != NULL && PyList_GET_SIZE(chunks) > 0) {
-        PyObject *et, *ev, *tb;
-        PyErr_Fetch(&et, &ev, &tb);
-        if (PyList_SetSlice(chunks, 0, PyList_GET_SIZE(chunks), NULL) < 0)
-            PyErr_Clear();
-        PyErr_Restore(et, ev, tb);
-    }
-    if (own_pickler)
-        state->conn_pickler_busy = 0;
-    close_fds(batch.fds, batch.nfds);   /* our dups: the kernel holds its own */
-    pickler_clear(&p);
+    Py_XDECREF(chunks);
+    close_fds(batch.fds, batch.nfds); /* our dups: the kernel holds its own */
     return ret;
 }
 
 PyDoc_STRVAR(pass_fd_doc,
-"_pass_fd(fd) -> index\n\n"
-"While send() pickles on a Unix socket: dup fd into the frame's descriptors\n"
-"and return its index there. Otherwise RuntimeError.");
+             "_pass_fd($module, fd, /)\n"
+             "--\n"
+             "\n"
+             "While send() pickles on a Unix socket: dup fd into the frame's descriptors\n"
+             "and return its index there. Otherwise RuntimeError.\n"
+             "\n"
+             "Returns index.");
 
 static PyObject *
 cmp_py_pass_fd(PyObject *Py_UNUSED(module), PyObject *arg)
@@ -824,9 +682,9 @@ cmp_py_pass_fd(PyObject *Py_UNUSED(module), PyObject *arg)
     conn_fd_batch *b = conn_tx_batch;
     if (b == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
-            "a file descriptor can only be passed to a running process by "
-            "Connection.send() on a Unix socket (a duplex Pipe() or an AF_UNIX "
-            "Listener/Client), or to a child while it is being spawned");
+                        "a file descriptor can only be passed to a running process by "
+                        "Connection.send() on a Unix socket (a duplex Pipe() or an AF_UNIX "
+                        "Listener/Client), or to a child while it is being spawned");
         return NULL;
     }
     if (b->nfds >= CMP_WIRE_MAX_FDS) {
@@ -848,7 +706,7 @@ struct rx_call {
     int fd;
     int is_socket;
     cmp_wire_rx *rx;
-    cmp_spin_budget *spin_ns;   /* NULL once spun: a retry after a signal blocks */
+    cmp_spin_budget *spin_ns; /* NULL once spun: a retry after a signal blocks */
 };
 
 static int
@@ -939,22 +797,23 @@ static int
 ring_rx_fn(void *p)
 {
     struct ring_rx *a = p;
-    return cmp_ring_take(a->ring, &a->op, 0);
+    /* Never waits for a message (cmp_chan_wait does, watching the peer);
+     * waits for the rest of one as op->stream_deadline says. */
+    return cmp_ring_take(a->ring, &a->op, CMP_RING_NOW);
 }
 
 struct chan_wait_call {
-    conn_chan *ch;
+    cmp_chan_seg *ch;
     int k, fd, is_socket;
     int64_t deadline;
     cmp_spin_budget *spin_ns;
 };
 
 static void
-chan_wait_init(struct chan_wait_call *w, CmpConnection *self, conn_chan *ch,
-               int64_t deadline)
+chan_wait_init(struct chan_wait_call *w, CmpConnection *self, cmp_chan_seg *ch, int64_t deadline)
 {
-    *w = (struct chan_wait_call){ch, chan_rx(self), self->fd, self->is_socket, deadline,
-                                 &self->spin_ns};
+    *w = (struct chan_wait_call){ch,       chan_rx(self), self->fd, self->is_socket,
+                                 deadline, &self->spin_ns};
 }
 
 static int
@@ -1001,11 +860,11 @@ ring_park(CmpConnection *self, struct ring_rx *a, PyObject *buf)
 /* conn_recv_frame() for a Pipe() end. A message whose length is refused
  * (maxlength) stays in the ring. */
 static int
-conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
-                     char *into, Py_ssize_t room, PyObject **bufp)
+conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength, char *into,
+                     Py_ssize_t room, PyObject **bufp)
 {
     struct ring_rx a;
-    conn_chan *ch = chan_hold(self->chan);
+    cmp_chan_seg *ch = cmp_chan_hold(self->chan);
     int fd = self->fd, is_socket = self->is_socket;
     a.ring = ch->c.ring[chan_rx(self)];
     PyObject *buf = NULL;
@@ -1033,11 +892,11 @@ conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
         if (cap > sizeof(first))
             cap = sizeof(first);
         cmp_ring_rop_init(&a.op, dst, cap, a.lens, 1);
-        st = cmp_ring_take(a.ring, &a.op, 0);
+        st = cmp_ring_take(a.ring, &a.op, CMP_RING_NOW);
         if (st == CMP_OK) {
             if (dst == first) {
                 if (maxlength >= 0 && a.lens[0] > (size_t)maxlength) {
-                    st = CONN_EBADLEN;
+                    st = CMP_EBADMSG;
                     goto fail;
                 }
                 buf = PyBytes_FromStringAndSize((char *)first, (Py_ssize_t)a.lens[0]);
@@ -1048,10 +907,10 @@ conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
             }
             goto taken;
         }
-        if (st == CMP_RING_NEED) {
+        if (st == CMP_NEED) {
             size_t need = a.op.need;
             if ((maxlength >= 0 && need > (size_t)maxlength) || need > CONN_MAX_FRAME) {
-                st = CONN_EBADLEN;
+                st = CMP_EBADMSG;
                 goto fail;
             }
             if (into != NULL && need <= (size_t)room) {
@@ -1066,19 +925,20 @@ conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
                 dst = (unsigned char *)PyBytes_AS_STRING(buf);
             }
             cmp_ring_rop_init(&a.op, dst, need, a.lens, 1);
+            a.op.stream_deadline = CMP_FOREVER; /* recv() has no timeout */
             st = cmp_run_blocking(ring_rx_fn, &a);
             if (st == CMP_OK) {
                 if (buf != NULL && a.lens[0] < need
-                        && _PyBytes_Resize(&buf, (Py_ssize_t)a.lens[0]) < 0) {
-                    st = CMP_PYERR;     /* (buf is NULL now) */
+                    && _PyBytes_Resize(&buf, (Py_ssize_t)a.lens[0]) < 0) {
+                    st = CMP_PYERR; /* (buf is NULL now) */
                     goto fail;
                 }
                 goto taken;
             }
-            Py_CLEAR(buf);
-            if (st == CMP_EEMPTY || st == CMP_RING_NEED)
-                continue;       /* another process took it first */
-            goto fail;
+            if (st != CMP_EEMPTY && st != CMP_NEED)
+                goto fail; /* (a partly received message is in buf) */
+            Py_CLEAR(buf); /* another process took it first */
+            continue;
         }
         if (st != CMP_EEMPTY)
             goto fail;
@@ -1101,7 +961,7 @@ taken:
     }
     if (self->exact && cmp_ring_empty(a.ring))
         cmp_chan_quiesce(&ch->c, chan_rx(self), fd, is_socket);
-    chan_release(ch);
+    cmp_chan_release(ch);
     *bufp = buf;
     return CMP_OK;
 
@@ -1109,15 +969,15 @@ fail:
     if (st == CMP_PYERR && a.op.locked) {
         if (self->chan == ch)
             ring_park(self, &a, buf);
-        else            /* closed by another thread meanwhile */
+        else /* closed by another thread meanwhile */
             cmp_ring_take_abandon(a.ring, &a.op);
         Py_XDECREF(buf);
-        chan_release(ch);
+        cmp_chan_release(ch);
         return st;
     }
-    chan_release(ch);
+    cmp_chan_release(ch);
     Py_XDECREF(buf);
-    if (st == CONN_EBADLEN)
+    if (st == CMP_EBADMSG)
         bad_message_length(self);
     else if (st != CMP_PYERR)
         cmp_set_error(st);
@@ -1129,8 +989,8 @@ fail:
  * NULL if the payload went into `into`; rx holds the length and descriptors
  * (the caller closes them). Otherwise an exception is set. */
 static int
-conn_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
-                char *into, Py_ssize_t room, PyObject **bufp)
+conn_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength, char *into,
+                Py_ssize_t room, PyObject **bufp)
 {
     PyObject *buf = NULL;
     int st;
@@ -1153,7 +1013,7 @@ conn_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength,
             goto fail;
     }
     if ((maxlength >= 0 && rx->len > (uint64_t)maxlength) || rx->len > CONN_MAX_FRAME) {
-        st = CONN_EBADLEN;
+        st = CMP_EBADMSG;
         goto fail;
     }
     if (rx->body == NULL) {
@@ -1189,7 +1049,7 @@ fail:
     Py_XDECREF(buf);
     if (st == CMP_EEOF && started)
         PyErr_SetString(PyExc_OSError, "got end of file during message");
-    else if (st == CMP_EBADMSG || st == CONN_EBADLEN)
+    else if (st == CMP_EBADMSG)
         bad_message_length(self);
     else
         cmp_set_error(st);
@@ -1232,24 +1092,19 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject 
 }
 
 static PyObject *
-buffer_too_short(PyObject *msg)
+buffer_too_short(cmp_state *state, PyObject *msg)
 {
-    PyObject *ctx = PyImport_ImportModule("cmp.context");
-    if (ctx == NULL)
-        return NULL;
-    PyObject *cls = PyObject_GetAttrString(ctx, "BufferTooShort");
-    Py_DECREF(ctx);
-    if (cls == NULL)
-        return NULL;
-    PyErr_SetObject(cls, msg);
-    Py_DECREF(cls);
+    PyErr_SetObject(state->buffer_too_short, msg);
     return NULL;
 }
 
 static PyObject *
-conn_recv_bytes_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
-                     PyObject *kwnames)
+conn_recv_bytes_into(PyObject *op, PyTypeObject *defining_class, PyObject *const *args,
+                     Py_ssize_t nargs, PyObject *kwnames)
 {
+    cmp_state *state = PyType_GetModuleState(defining_class);
+    if (state == NULL)
+        return NULL;
     static const char *const names[] = {"buf", "offset"};
     CmpConnection *self = (CmpConnection *)op;
     PyObject *argv[2] = {NULL, NULL}, *buf = NULL, *ret = NULL;
@@ -1260,8 +1115,7 @@ conn_recv_bytes_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
     if (check_readable(self) < 0)
         return NULL;
     if (!PyObject_CheckBuffer(argv[0])) {
-        PyErr_Format(PyExc_TypeError,
-                     "memoryview: a bytes-like object is required, not '%.200s'",
+        PyErr_Format(PyExc_TypeError, "memoryview: a bytes-like object is required, not '%.200s'",
                      Py_TYPE(argv[0])->tp_name);
         return NULL;
     }
@@ -1294,13 +1148,13 @@ conn_recv_bytes_into(PyObject *op, PyObject *const *args, Py_ssize_t nargs,
         PyErr_SetString(PyExc_ValueError, "offset too large");
         goto done;
     }
-    if (conn_recv_frame(self, &rx, -1, (char *)view.buf + offset, bytesize - offset,
-                        &buf) != CMP_OK)
+    if (conn_recv_frame(self, &rx, -1, (char *)view.buf + offset, bytesize - offset, &buf)
+        != CMP_OK)
         goto done;
     close_fds(rx.fds, rx.nfds);
     if (buf != NULL) {
         if (rx.len > (uint64_t)(bytesize - offset)) {
-            buffer_too_short(buf);
+            buffer_too_short(state, buf);
             goto done;
         }
         memcpy((char *)view.buf + offset, PyBytes_AS_STRING(buf), (size_t)rx.len);
@@ -1328,30 +1182,32 @@ conn_recv(PyObject *op, PyTypeObject *defining_class, PyObject *const *Py_UNUSED
     }
     if (check_readable(self) < 0)
         return NULL;
-    if (pickler_ensure(state) < 0)
-        return NULL;
     if (conn_recv_frame(self, &rx, -1, NULL, 0, &buf) != CMP_OK)
         return NULL;
     if (rx.nfds == 0) {
-        obj = PyObject_CallOneArg(state->conn_loads, buf);
+        obj = cmp_codec_loads(state, buf);
     }
     else {
         conn_fd_batch batch, *outer = conn_rx_batch;
         memcpy(batch.fds, rx.fds, sizeof(int) * (size_t)rx.nfds);
         batch.nfds = rx.nfds;
         conn_rx_batch = &batch;
-        obj = PyObject_CallOneArg(state->conn_loads, buf);
+        obj = cmp_codec_loads(state, buf);
         conn_rx_batch = outer;
-        close_fds(batch.fds, batch.nfds);   /* the ones nobody took */
+        close_fds(batch.fds, batch.nfds); /* the ones nobody took */
     }
     Py_DECREF(buf);
     return obj;
 }
 
 PyDoc_STRVAR(take_fd_doc,
-"_take_fd(index) -> fd\n\n"
-"While recv() unpickles a frame that carried descriptors: the descriptor at\n"
-"index, now owned by the caller. Otherwise RuntimeError.");
+             "_take_fd($module, index, /)\n"
+             "--\n"
+             "\n"
+             "While recv() unpickles a frame that carried descriptors: the descriptor at\n"
+             "index, now owned by the caller. Otherwise RuntimeError.\n"
+             "\n"
+             "Returns fd.");
 
 static PyObject *
 cmp_py_take_fd(PyObject *Py_UNUSED(module), PyObject *arg)
@@ -1425,10 +1281,10 @@ conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
         if (!cmp_ring_empty(self->chan->c.ring[chan_rx(self)]))
             Py_RETURN_TRUE;
         struct chan_wait_call w;
-        chan_wait_init(&w, self, chan_hold(self->chan), deadline);
+        chan_wait_init(&w, self, cmp_chan_hold(self->chan), deadline);
         int st = deadline <= cmp_monotonic_ns() ? chan_wait_fn(&w)
                                                 : cmp_run_blocking(chan_wait_fn, &w);
-        chan_release(w.ch);
+        cmp_chan_release(w.ch);
         if (st == CMP_ETIMEDOUT)
             Py_RETURN_FALSE;
         if (st == CMP_OK || st == CMP_EEOF)
@@ -1445,10 +1301,14 @@ conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnam
 }
 
 PyDoc_STRVAR(wait_doc,
-"wait(object_list, timeout=None) -> list\n\n"
-"The objects of object_list (Connections, sockets, sentinels, objects with\n"
-"fileno(), raw descriptors) that are ready to read, in their order; [] when\n"
-"timeout seconds pass first. Releases the GIL; interrupted the PEP 475 way.");
+             "wait($module, /, object_list, timeout=None)\n"
+             "--\n"
+             "\n"
+             "The objects of object_list (Connections, sockets, sentinels, objects with\n"
+             "fileno(), raw descriptors) that are ready to read, in their order; [] when\n"
+             "timeout seconds pass first. Releases the GIL; interrupted the PEP 475 way.\n"
+             "\n"
+             "Returns list.");
 
 static PyObject *
 cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -1489,9 +1349,8 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
             goto done;
         }
         for (Py_ssize_t j = 0; j < i; j++) {
-            if (fds[j].fd == fd) {      /* as the stdlib's selector says it */
-                PyObject *msg = PyUnicode_FromFormat("%R (FD %d) is already registered",
-                                                     obj, fd);
+            if (fds[j].fd == fd) { /* as the stdlib's selector says it */
+                PyObject *msg = PyUnicode_FromFormat("%R (FD %d) is already registered", obj, fd);
                 if (msg != NULL) {
                     PyErr_SetObject(PyExc_KeyError, msg);
                     Py_DECREF(msg);
@@ -1514,8 +1373,9 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
             fds[i].revents = 0;
             if (chans[i] != NULL) {
                 CmpConnection *c = chans[i];
-                int rd = c->chan == NULL ? 1 /* closed meanwhile: let recv() say so */
-                         : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
+                int rd = c->chan == NULL
+                                 ? 1 /* closed meanwhile: let recv() say so */
+                                 : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
                 fds[i].events = (rd == 1 || rd == 3) ? 0 : POLLIN;
                 any |= fds[i].events == 0;
             }
@@ -1531,8 +1391,9 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
                 }
                 else if (fds[i].revents != 0) {
                     CmpConnection *c = chans[i];
-                    int rd = c->chan == NULL ? 1
-                             : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
+                    int rd = c->chan == NULL
+                                     ? 1
+                                     : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
                     fds[i].revents = (rd == 1 || rd == 3) ? POLLIN : 0;
                 }
                 fds[i].events = POLLIN;
@@ -1565,55 +1426,8 @@ done:
 /* ------------------------------------------------------------------------ */
 /* Pipe() channels                                                          */
 
-static conn_chan *
-chan_map(int memfd, size_t size)
-{
-    conn_chan *ch = PyMem_Calloc(1, sizeof(*ch));
-    if (ch == NULL) {
-        errno = ENOMEM;
-        return NULL;
-    }
-    ch->base = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, memfd, 0);
-    if (ch->base == MAP_FAILED) {
-        PyMem_Free(ch);
-        return NULL;
-    }
-    ch->size = size;
-    ch->memfd = memfd;
-    ch->refs = 1;
-    return ch;
-}
-
-/* A new channel of nrings rings in a memfd of its own, or NULL when none
- * is to be had -- or should be: a channel costs a third descriptor, so one is
- * made only while descriptors are plentiful (the lowest free one is in the
- * first quarter of the limit), and cmp's Pipes never use more than a
- * twelfth of the limit beyond what the stdlib's would. */
-static conn_chan *
-chan_create(int nrings, size_t size)
-{
-    int memfd = memfd_create("cmp-pipe", MFD_CLOEXEC);
-    if (memfd < 0)
-        return NULL;
-    struct rlimit rl;
-    conn_chan *ch = NULL;
-    if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
-            && (rlim_t)memfd >= rl.rlim_cur / 4)
-        goto fail;
-    if (ftruncate(memfd, (off_t)size) < 0 || (ch = chan_map(memfd, size)) == NULL)
-        goto fail;
-    if (cmp_chan_init(ch->base, nrings, CMP_CHAN_CAPACITY, &ch->c) != CMP_OK) {
-        chan_release(ch);       /* closes memfd */
-        return NULL;
-    }
-    return ch;
-fail:
-    close(memfd);
-    return NULL;
-}
-
 static void
-chan_attach(CmpConnection *self, conn_chan *ch, int end)
+chan_attach(CmpConnection *self, cmp_chan_seg *ch, int end)
 {
     ch->refs++;
     self->chan = ch;
@@ -1624,10 +1438,14 @@ chan_attach(CmpConnection *self, conn_chan *ch, int end)
 }
 
 PyDoc_STRVAR(pipe_doc,
-"_pipe(cls, duplex) -> (conn1, conn2) or None\n\n"
-"Pipe() on a channel: two cls(handle, readable, writable) whose messages go\n"
-"through rings in shared memory (see src/core/chan.h); None when no channel\n"
-"is to be had (then Pipe() makes a plain pipe).");
+             "_pipe($module, cls, duplex, /)\n"
+             "--\n"
+             "\n"
+             "Pipe() on a channel: two cls(handle, readable, writable) whose messages go\n"
+             "through rings in shared memory (see src/core/chan.h); None when no channel\n"
+             "is to be had (then Pipe() makes a plain pipe).\n"
+             "\n"
+             "Returns (conn1, conn2) or None.");
 
 static PyObject *
 cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -1640,16 +1458,12 @@ cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     int duplex = PyObject_IsTrue(args[1]);
     if (duplex < 0)
         return NULL;
-    int fds[2] = {-1, -1}, nrings = duplex ? 2 : 1;
-    size_t size = cmp_chan_size(nrings, CMP_CHAN_CAPACITY);
+    int fds[2] = {-1, -1};
     PyObject *c1 = NULL, *c2 = NULL, *ret = NULL;
-    conn_chan *ch = chan_create(nrings, size);
-    if (ch == NULL)
-        Py_RETURN_NONE;     /* no shared memory to be had: a plain pipe */
-    int ok = duplex ? socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, fds) == 0
-                    : pipe2(fds, O_CLOEXEC | O_NONBLOCK) == 0;
-    if (!ok) {
-        fds[0] = fds[1] = -1;
+    cmp_chan_seg *ch;
+    if (cmp_chan_create(duplex ? 2 : 1, &ch) != CMP_OK)
+        Py_RETURN_NONE; /* no shared memory to be had: a plain pipe */
+    if (cmp_chan_pair(duplex, fds) != CMP_OK) {
         cmp_set_error(CMP_ERRNO);
         goto done;
     }
@@ -1662,8 +1476,8 @@ cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         goto done;
     fds[1] = -1;
     PyTypeObject *tp = (PyTypeObject *)state->conn_type;
-    if (!PyObject_TypeCheck(c1, tp) || !PyObject_TypeCheck(c2, tp)
-            || ((CmpConnection *)c1)->fd < 0 || ((CmpConnection *)c2)->fd < 0) {
+    if (!PyObject_TypeCheck(c1, tp) || !PyObject_TypeCheck(c2, tp) || ((CmpConnection *)c1)->fd < 0
+        || ((CmpConnection *)c2)->fd < 0) {
         PyErr_SetString(PyExc_TypeError, "_pipe: cls must make Connections");
         goto done;
     }
@@ -1671,7 +1485,7 @@ cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     chan_attach((CmpConnection *)c2, ch, 1);
     ret = PyTuple_Pack(2, c1, c2);
 done:
-    chan_release(ch);
+    cmp_chan_release(ch);
     for (int i = 0; i < 2; i++) {
         if (fds[i] >= 0)
             close(fds[i]);
@@ -1703,19 +1517,11 @@ conn_ring_attach(PyObject *op, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "_ring_attach: bad arguments");
         return NULL;
     }
-    conn_chan *ch = chan_map(memfd, (size_t)size);
-    if (ch == NULL)
+    cmp_chan_seg *ch;
+    if (cmp_chan_attach(memfd, (size_t)size, end, self->readable, &ch) != CMP_OK)
         return cmp_set_error(CMP_ERRNO);
-    if (cmp_chan_open(ch->base, ch->size, &ch->c) != CMP_OK
-            || (ch->c.nrings == 1 && (end == 0) != (self->readable != 0))) {
-        ch->memfd = -1;         /* the caller still owns it */
-        munmap(ch->base, ch->size);
-        PyMem_Free(ch);
-        errno = EINVAL;
-        return cmp_set_error(CMP_ERRNO);
-    }
     chan_attach(self, ch, end);
-    ch->refs--;                 /* the Connection holds the only reference */
+    ch->refs--; /* the Connection holds the only reference */
     self->exact = (char)(exact != 0);
     Py_RETURN_NONE;
 }
@@ -1723,76 +1529,104 @@ conn_ring_attach(PyObject *op, PyObject *args)
 /* ------------------------------------------------------------------------ */
 /* Type and module glue                                                     */
 
-PyDoc_STRVAR(send_doc, "send(obj)\n\nSend a picklable object.");
-PyDoc_STRVAR(recv_doc, "recv()\n\nReceive a picklable object.");
-PyDoc_STRVAR(send_bytes_doc,
-"send_bytes(buf, offset=0, size=None)\n\nSend the bytes of a bytes-like object.");
-PyDoc_STRVAR(recv_bytes_doc,
-"recv_bytes(maxlength=None)\n\nReceive one message as a bytes object.");
+PyDoc_STRVAR(send_doc, "send($self, /, obj)\n"
+                       "--\n"
+                       "\n"
+                       "Send a picklable object.");
+PyDoc_STRVAR(recv_doc, "recv($self, /)\n"
+                       "--\n"
+                       "\n"
+                       "Receive a picklable object.");
+PyDoc_STRVAR(send_bytes_doc, "send_bytes($self, /, buf, offset=0, size=None)\n"
+                             "--\n"
+                             "\n"
+                             "Send the bytes of a bytes-like object.");
+PyDoc_STRVAR(recv_bytes_doc, "recv_bytes($self, /, maxlength=None)\n"
+                             "--\n"
+                             "\n"
+                             "Receive one message as a bytes object.");
 PyDoc_STRVAR(recv_bytes_into_doc,
-"recv_bytes_into(buf, offset=0)\n\n"
-"Receive one message into a writable bytes-like object; return its size.");
-PyDoc_STRVAR(poll_doc,
-"poll(timeout=0.0)\n\nWhether there is any input available to be read.");
+             "recv_bytes_into($self, /, buf, offset=0)\n"
+             "--\n"
+             "\n"
+             "Receive one message into a writable bytes-like object; return its size.");
+PyDoc_STRVAR(poll_doc, "poll($self, /, timeout=0.0)\n"
+                       "--\n"
+                       "\n"
+                       "Whether there is any input available to be read.");
 
 static PyMethodDef conn_methods[] = {
-    {"send", (PyCFunction)(void (*)(void))conn_send,
-     METH_METHOD | METH_FASTCALL | METH_KEYWORDS, send_doc},
-    {"recv", (PyCFunction)(void (*)(void))conn_recv,
-     METH_METHOD | METH_FASTCALL | METH_KEYWORDS, recv_doc},
-    {"send_bytes", (PyCFunction)(void (*)(void))conn_send_bytes,
-     METH_FASTCALL | METH_KEYWORDS, send_bytes_doc},
-    {"recv_bytes", (PyCFunction)(void (*)(void))conn_recv_bytes,
-     METH_FASTCALL | METH_KEYWORDS, recv_bytes_doc},
-    {"recv_bytes_into", (PyCFunction)(void (*)(void))conn_recv_bytes_into,
-     METH_FASTCALL | METH_KEYWORDS, recv_bytes_into_doc},
-    {"poll", (PyCFunction)(void (*)(void))conn_poll,
-     METH_FASTCALL | METH_KEYWORDS, poll_doc},
-    {"fileno", conn_fileno, METH_NOARGS, "File descriptor of the connection."},
-    {"close", conn_close, METH_NOARGS, "Close the connection."},
-    {"_detach", conn_detach, METH_NOARGS,
-     "Give up the descriptor (returned) without closing it."},
-    {"_ring_share", conn_ring_share, METH_NOARGS,
-     "A Pipe() end's channel: (memfd, size, end, exact), or None."},
-    {"_ring_attach", conn_ring_attach, METH_VARARGS,
-     "_ring_attach(memfd, size, end, exact): take over memfd (on success) as "
-     "this Connection's channel."},
-    {NULL, NULL, 0, NULL},
+        {"send", (PyCFunction)(void (*)(void))conn_send,
+         METH_METHOD | METH_FASTCALL | METH_KEYWORDS, send_doc},
+        {"recv", (PyCFunction)(void (*)(void))conn_recv,
+         METH_METHOD | METH_FASTCALL | METH_KEYWORDS, recv_doc},
+        {"send_bytes", (PyCFunction)(void (*)(void))conn_send_bytes, METH_FASTCALL | METH_KEYWORDS,
+         send_bytes_doc},
+        {"recv_bytes", (PyCFunction)(void (*)(void))conn_recv_bytes, METH_FASTCALL | METH_KEYWORDS,
+         recv_bytes_doc},
+        {"recv_bytes_into", (PyCFunction)(void (*)(void))conn_recv_bytes_into,
+         METH_METHOD | METH_FASTCALL | METH_KEYWORDS, recv_bytes_into_doc},
+        {"poll", (PyCFunction)(void (*)(void))conn_poll, METH_FASTCALL | METH_KEYWORDS, poll_doc},
+        {"fileno", conn_fileno, METH_NOARGS,
+         "fileno($self, /)\n"
+         "--\n"
+         "\n"
+         "File descriptor of the connection."},
+        {"close", conn_close, METH_NOARGS,
+         "close($self, /)\n"
+         "--\n"
+         "\n"
+         "Close the connection."},
+        {"_detach", conn_detach, METH_NOARGS,
+         "_detach($self, /)\n"
+         "--\n"
+         "\n"
+         "Give up the descriptor (returned) without closing it."},
+        {"_ring_share", conn_ring_share, METH_NOARGS,
+         "_ring_share($self, /)\n"
+         "--\n"
+         "\n"
+         "A Pipe() end's channel: (memfd, size, end, exact), or None."},
+        {"_ring_attach", conn_ring_attach, METH_VARARGS,
+         "_ring_attach($self, memfd, size, end, exact, /)\n"
+         "--\n"
+         "\n"
+         "Take over memfd (on success) as this Connection's channel."},
+        {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef conn_getset[] = {
-    {"closed", conn_get_closed, NULL, "True if the connection is closed", NULL},
-    {"readable", conn_get_readable, NULL, "True if the connection is readable", NULL},
-    {"writable", conn_get_writable, NULL, "True if the connection is writable", NULL},
-    {"_handle", conn_get_handle, NULL, "The descriptor, or None once closed", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
+        {"closed", conn_get_closed, NULL, "True if the connection is closed", NULL},
+        {"readable", conn_get_readable, NULL, "True if the connection is readable", NULL},
+        {"writable", conn_get_writable, NULL, "True if the connection is writable", NULL},
+        {"_handle", conn_get_handle, NULL, "The descriptor, or None once closed", NULL},
+        {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot conn_slots[] = {
-    {Py_tp_new, conn_new},
-    {Py_tp_init, conn_init},
-    {Py_tp_dealloc, conn_dealloc},
-    {Py_tp_methods, conn_methods},
-    {Py_tp_getset, conn_getset},
-    {Py_tp_doc, "Connection(handle, readable=True, writable=True): the C core of "
-                "cmp.connection.Connection."},
-    {0, NULL},
+        {Py_tp_new, conn_new},
+        {Py_tp_init, conn_init},
+        {Py_tp_dealloc, conn_dealloc},
+        {Py_tp_methods, conn_methods},
+        {Py_tp_getset, conn_getset},
+        {Py_tp_doc, "Connection(handle, readable=True, writable=True): the C core of "
+                    "cmp.connection.Connection."},
+        {0, NULL},
 };
 
 static PyType_Spec conn_spec = {
-    .name = "cmp._core.Connection",
-    .basicsize = sizeof(CmpConnection),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = conn_slots,
+        .name = "cmp._core.Connection",
+        .basicsize = sizeof(CmpConnection),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+        .slots = conn_slots,
 };
 
 static PyMethodDef conn_module_methods[] = {
-    {"wait", (PyCFunction)(void (*)(void))cmp_py_wait, METH_FASTCALL | METH_KEYWORDS,
-     wait_doc},
-    {"_pass_fd", cmp_py_pass_fd, METH_O, pass_fd_doc},
-    {"_pipe", (PyCFunction)(void (*)(void))cmp_py_pipe, METH_FASTCALL, pipe_doc},
-    {"_take_fd", cmp_py_take_fd, METH_O, take_fd_doc},
-    {NULL, NULL, 0, NULL},
+        {"wait", (PyCFunction)(void (*)(void))cmp_py_wait, METH_FASTCALL | METH_KEYWORDS, wait_doc},
+        {"_pass_fd", cmp_py_pass_fd, METH_O, pass_fd_doc},
+        {"_pipe", (PyCFunction)(void (*)(void))cmp_py_pipe, METH_FASTCALL, pipe_doc},
+        {"_take_fd", cmp_py_take_fd, METH_O, take_fd_doc},
+        {NULL, NULL, 0, NULL},
 };
 
 int

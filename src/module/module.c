@@ -1,148 +1,14 @@
-/* cmp._core: module definition (multi-phase init), errors, blocking calls. */
+/* cmp._core: the module definition (multi-phase init): its state and the
+ * areas' initialisation, in order. */
 #include "module.h"
-
-#include <errno.h>
-#include <math.h>
-
-/* ------------------------------------------------------------------------ */
-/* Errors: the one place a core status becomes an exception                 */
-
-PyObject *
-cmp_set_error(int status)
-{
-    switch (status) {
-    case CMP_PYERR:
-        assert(PyErr_Occurred());
-        break;
-    case CMP_ERRNO:
-        PyErr_SetFromErrno(PyExc_OSError);
-        break;
-    case CMP_ETIMEDOUT:
-        PyErr_SetString(PyExc_TimeoutError, "timed out");
-        break;
-    case CMP_EEOF:
-        PyErr_SetNone(PyExc_EOFError);
-        break;
-    case CMP_ECLOSED:
-        PyErr_SetString(PyExc_OSError, "handle is closed");
-        break;
-    case CMP_EBADMSG:
-        PyErr_SetString(PyExc_OSError, "bad message length");
-        break;
-    case CMP_EFULL:
-        PyErr_SetString(PyExc_OSError, "table full");
-        break;
-    case CMP_EOVERFLOW:
-        PyErr_SetString(PyExc_OverflowError, "counter overflow");
-        break;
-    default:
-        PyErr_Format(PyExc_SystemError, "cmp: unexpected status %d", status);
-        break;
-    }
-    return NULL;
-}
-
-PyObject *
-cmp_set_error_with_filename(int status, PyObject *filename)
-{
-    if (status == CMP_ERRNO && filename != NULL)
-        return PyErr_SetFromErrnoWithFilenameObject(PyExc_OSError, filename);
-    return cmp_set_error(status);
-}
-
-int
-cmp_deadline_from_timeout(PyObject *timeout, int64_t *deadline)
-{
-    if (timeout == NULL || timeout == Py_None) {
-        *deadline = CMP_FOREVER;
-        return 0;
-    }
-    double t = PyFloat_AsDouble(timeout);
-    if (t == -1.0 && PyErr_Occurred())
-        return -1;
-    *deadline = isnan(t) ? cmp_monotonic_ns() : cmp_deadline_after(t);
-    return 0;
-}
-
-int
-cmp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-               PyObject *kwnames, const char *const *names, Py_ssize_t n,
-               Py_ssize_t required, cmp_args_style style, PyObject **out)
-{
-    int py = style == CMP_ARGS_PY;
-    if (nargs > n) {
-        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd argument%s (%zd given)",
-                     fname, n, (n == 1 && !py) ? "" : "s", nargs);
-        return -1;
-    }
-    for (Py_ssize_t i = 0; i < nargs; i++)
-        out[i] = args[i];
-    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    for (Py_ssize_t k = 0; k < nkw; k++) {
-        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
-        Py_ssize_t i;
-        for (i = 0; i < n; i++) {
-            if (PyUnicode_CompareWithASCIIString(key, names[i]) == 0)
-                break;
-        }
-        if (i == n) {
-            /* CPython's own argument parser words it like Python from 3.13 on. */
-            if (py || PY_VERSION_HEX >= 0x030D0000)
-                PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
-                             fname, key);
-            else
-                PyErr_Format(PyExc_TypeError, "'%U' is an invalid keyword argument for %s()",
-                             key, fname);
-            return -1;
-        }
-        if (i < nargs) {
-            if (py)
-                PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
-                             fname, names[i]);
-            else
-                PyErr_Format(PyExc_TypeError,
-                             "argument for %s() given by name ('%s') and position (%zd)",
-                             fname, names[i], i + 1);
-            return -1;
-        }
-        out[i] = args[nargs + k];
-    }
-    for (Py_ssize_t i = 0; i < required; i++) {
-        if (out[i] == NULL) {
-            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'",
-                         fname, names[i]);
-            return -1;
-        }
-    }
-    return 0;
-}
-
-int
-cmp_run_blocking(cmp_blocking_fn fn, void *arg)
-{
-    for (;;) {
-        int st;
-        Py_BEGIN_ALLOW_THREADS
-        st = fn(arg);
-        Py_END_ALLOW_THREADS
-        if (st != CMP_EINTR)
-            return st;
-        if (PyErr_CheckSignals() < 0)
-            return CMP_PYERR;
-    }
-}
+#include "codec.h"
 
 /* ------------------------------------------------------------------------ */
 /* Module                                                                   */
 
 static int (*const cmp_area_execs[])(PyObject *) = {
-    cmp_proc_exec,
-    cmp_pshm_exec,
-    cmp_sync_exec,
-    cmp_sharedctypes_exec,
-    cmp_queue_exec,
-    cmp_pool_exec,
-    cmp_conn_exec,
+        cmp_codec_exec,        cmp_proc_exec,  cmp_pshm_exec, cmp_sync_exec,
+        cmp_sharedctypes_exec, cmp_queue_exec, cmp_pool_exec, cmp_conn_exec,
 };
 
 static int
@@ -161,10 +27,6 @@ cmp_traverse(PyObject *module, visitproc visit, void *arg)
     cmp_state *st = PyModule_GetState(module);
     Py_VISIT(st->mapping_type);
     Py_VISIT(st->conn_type);
-    Py_VISIT(st->conn_dump);
-    Py_VISIT(st->conn_clear_memo);
-    Py_VISIT(st->conn_chunks);
-    Py_VISIT(st->conn_loads);
     Py_VISIT(st->semlock_type);
     Py_VISIT(st->condvar_type);
     Py_VISIT(st->event_type);
@@ -174,7 +36,8 @@ cmp_traverse(PyObject *module, visitproc visit, void *arg)
     Py_VISIT(st->sync_value_type);
     Py_VISIT(st->sync_array_type);
     Py_VISIT(st->sync_string_type);
-    return cmp_queue_traverse(st, visit, arg);
+    int rc = cmp_codec_traverse(st, visit, arg);
+    return rc != 0 ? rc : cmp_queue_traverse(st, visit, arg);
 }
 
 static int
@@ -192,11 +55,8 @@ cmp_clear(PyObject *module)
     Py_CLEAR(st->sync_array_type);
     Py_CLEAR(st->sync_string_type);
     cmp_queue_clear(st);
+    cmp_codec_clear(st);
     Py_CLEAR(st->conn_type);
-    Py_CLEAR(st->conn_dump);
-    Py_CLEAR(st->conn_clear_memo);
-    Py_CLEAR(st->conn_chunks);
-    Py_CLEAR(st->conn_loads);
     return 0;
 }
 
@@ -207,19 +67,19 @@ cmp_free(void *module)
 }
 
 static PyModuleDef_Slot cmp_slots[] = {
-    {Py_mod_exec, cmp_exec},
-    {0, NULL},
+        {Py_mod_exec, cmp_exec},
+        {0, NULL},
 };
 
 static struct PyModuleDef cmp_module = {
-    PyModuleDef_HEAD_INIT,
-    .m_name = "cmp._core",
-    .m_doc = "The C core of cmp: processes, pipes, locks, queues, shared memory.",
-    .m_size = sizeof(cmp_state),
-    .m_slots = cmp_slots,
-    .m_traverse = cmp_traverse,
-    .m_clear = cmp_clear,
-    .m_free = cmp_free,
+        PyModuleDef_HEAD_INIT,
+        .m_name = "cmp._core",
+        .m_doc = "The C core of cmp: processes, pipes, locks, queues, shared memory.",
+        .m_size = sizeof(cmp_state),
+        .m_slots = cmp_slots,
+        .m_traverse = cmp_traverse,
+        .m_clear = cmp_clear,
+        .m_free = cmp_free,
 };
 
 PyMODINIT_FUNC

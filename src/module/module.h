@@ -8,36 +8,35 @@
 
 #include "cmp_core.h"
 
-/* Binding-level status: a Python exception is already set. */
-#define CMP_PYERR (-1000)
+/* The core's CMP_EREPORTED, as the binding reads it: a Python exception
+ * is already set. */
+#define CMP_PYERR CMP_EREPORTED
 
 /* Module state; every type and exception lives here (see module.c). */
 typedef struct {
-    PyTypeObject *mapping_type;     /* shared_memory.c: CmpMapping */
-    PyTypeObject *semlock_type;     /* synchronize.c: CmpSemLock */
-    PyTypeObject *condvar_type;     /* synchronize.c: CmpCondVar */
-    PyTypeObject *event_type;       /* synchronize.c: CmpEvent */
-    PyTypeObject *block_type;       /* synchronize.c: CmpSharedBlock */
-    PyTypeObject *shared_value_type;    /* sharedctypes.c: CmpShared */
-    PyTypeObject *shared_array_type;    /* sharedctypes.c: CmpShared */
-    PyTypeObject *sync_value_type;      /* sharedctypes.c: CmpSync */
-    PyTypeObject *sync_array_type;      /* sharedctypes.c: CmpSync */
-    PyTypeObject *sync_string_type;     /* sharedctypes.c: CmpSync */
+    PyTypeObject *mapping_type;      /* shared_memory.c: CmpMapping */
+    PyTypeObject *semlock_type;      /* synchronize.c: CmpSemLock */
+    PyTypeObject *condvar_type;      /* synchronize.c: CmpCondVar */
+    PyTypeObject *event_type;        /* synchronize.c: CmpEvent */
+    PyTypeObject *block_type;        /* synchronize.c: CmpSharedBlock */
+    PyTypeObject *shared_value_type; /* sharedctypes.c: CmpShared */
+    PyTypeObject *shared_array_type; /* sharedctypes.c: CmpShared */
+    PyTypeObject *sync_value_type;   /* sharedctypes.c: CmpSync */
+    PyTypeObject *sync_array_type;   /* sharedctypes.c: CmpSync */
+    PyTypeObject *sync_string_type;  /* sharedctypes.c: CmpSync */
+    /* codec.c: the message layer's collaborators and its cached pickler */
+    PyTypeObject *sink_type; /* what the cached pickler writes to */
+    PyObject *pickler_type, *dispatch_table, *loads;
+    int protocol;
+    PyObject *empty, *full;     /* queue.Empty, queue.Full */
+    PyObject *buffer_too_short; /* cmp.context.BufferTooShort */
+    int pickler_busy;           /* the cached pickler is in use */
+    PyObject *pickler_sink, *pickler_dump, *pickler_clear_memo;
     /* queue.c */
-    PyTypeObject *q_ring_type;      /* Ring: the base of Queue */
-    PyTypeObject *q_simple_type;    /* SimpleRing: the base of SimpleQueue */
-    PyTypeObject *q_sink_type;      /* what the cached pickler writes to */
-    PyObject *q_pickler_type, *q_dispatch_table, *q_loads, *q_empty, *q_full;
-    int q_protocol;
-    int q_pickler_busy;
-    PyObject *q_sink, *q_dump, *q_clear_memo;   /* the cached pickler */
+    PyTypeObject *q_ring_type;   /* Ring: the base of Queue */
+    PyTypeObject *q_simple_type; /* SimpleRing: the base of the Pool's result queue */
     /* connection.c */
-    PyObject *conn_type;        /* cmp._core.Connection */
-    PyObject *conn_dump;        /* the cached pickler's dump, clear_memo, */
-    PyObject *conn_clear_memo;  /* and the list its file's write appends to */
-    PyObject *conn_chunks;
-    int conn_pickler_busy;      /* the cached pickler is in use */
-    PyObject *conn_loads;       /* reduction._loads */
+    PyObject *conn_type; /* cmp._core.Connection */
 } cmp_state;
 
 /* Turn a core status into an exception (errno read for CMP_ERRNO).
@@ -59,9 +58,9 @@ int cmp_deadline_from_timeout(PyObject *timeout, int64_t *deadline);
  * written in Python (Connection.send_bytes, Queue.put) or in C with
  * Argument Clinic (SemLock.acquire). 0, or -1 with TypeError set. */
 typedef enum { CMP_ARGS_PY, CMP_ARGS_CLINIC } cmp_args_style;
-int cmp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs,
-                   PyObject *kwnames, const char *const *names, Py_ssize_t n,
-                   Py_ssize_t required, cmp_args_style style, PyObject **out);
+int cmp_parse_args(const char *fname, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                   const char *const *names, Py_ssize_t n, Py_ssize_t required,
+                   cmp_args_style style, PyObject **out);
 
 /* Run fn(arg) with the GIL released, the PEP 475 way: on CMP_EINTR run the
  * signal handlers and retry (deadlines are absolute, so retries never stretch
@@ -79,6 +78,7 @@ int cmp_semlock_exit(PyObject *lock);
 
 /* Per-area initialisation, called in order from the module's exec slot.
  * Each adds its functions and types to the module; 0 or -1 with an exception. */
+int cmp_codec_exec(PyObject *module);
 int cmp_proc_exec(PyObject *module);
 int cmp_pshm_exec(PyObject *module);
 int cmp_sync_exec(PyObject *module);
@@ -89,14 +89,12 @@ void cmp_queue_clear(cmp_state *st);
 int cmp_conn_exec(PyObject *module);
 int cmp_pool_exec(PyObject *module);
 
-/* queue.c, for pool.c: queue internals behind framed messages. A message is
- * a list of bytes-like pieces (a raw header, then what encode returned). */
+/* queue.c, for pool.c: framed messages (lists of bytes-like pieces: a raw
+ * header, then what cmp_codec_encode returned) on a Queue or SimpleRing. */
 struct cmp_ring;
-struct cmp_ring *cmp_queue_ring(cmp_state *st, PyObject *queue);     /* NULL: TypeError */
-PyObject *cmp_queue_encode(cmp_state *st, PyObject *obj);            /* pickle: pieces */
-PyObject *cmp_queue_decode(cmp_state *st, unsigned char *buf, size_t len);
+struct cmp_ring *cmp_queue_ring(cmp_state *st, PyObject *queue); /* NULL: TypeError */
 /* put() the messages in order: a Queue never blocks (its overflow takes what
- * does not fit), a SimpleQueue waits for room. 0 or -1. */
+ * does not fit), a SimpleRing waits for room. 0 or -1. */
 int cmp_queue_put_pieces(cmp_state *st, PyObject *queue, PyObject *const *pieces, size_t n);
 
 #endif /* CMP_MODULE_H */

@@ -29,6 +29,7 @@
  * claim and the removal of the task leaves the task in the ring as well:
  * it is failed, and the result of its other run is dropped.) */
 #include "module.h"
+#include "codec.h"
 #include "ring.h"
 
 #include <stdatomic.h>
@@ -44,17 +45,15 @@ _Static_assert(POOL_SLOT_WORDS >= CMP_RING_CLAIM_WORDS, "a slot holds a claim");
 
 /* task kinds, and flags */
 enum { TASK_APPLY = 0, TASK_MAP = 1, TASK_STARMAP = 2, TASK_STOP = 3 };
-#define TASK_CACHED 1u      /* the function may be cached by its pickle */
-#define FUNC_CACHE_MAX 256  /* entries in either side's function cache */
+#define TASK_CACHED 1u     /* the function may be cached by its pickle */
+#define FUNC_CACHE_MAX 256 /* entries in either side's function cache */
 
 /* result flags */
-#define RES_ERROR 1u    /* the payload is the task's exception */
-#define RES_DEAD 2u     /* posted by the pool: the slot's worker died holding seq */
-#define RES_STOP 4u     /* the dispatcher returns */
+#define RES_ERROR 1u /* the payload is the task's exception */
+#define RES_DEAD 2u  /* posted by the pool: the slot's worker died holding seq */
+#define RES_STOP 4u  /* the dispatcher returns */
 
 #define DISPATCH_BATCH 256
-#define BUF_MIN (64 * 1024)
-#define BUF_KEEP (4 * 1024 * 1024)
 
 /* ------------------------------------------------------------------------ */
 /* Exceptions as objects (PyErr_GetRaisedException is 3.12+)                */
@@ -92,7 +91,7 @@ head_bytes(uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3)
 static PyObject *
 frame(cmp_state *st, uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3, PyObject *obj)
 {
-    PyObject *pieces = cmp_queue_encode(st, obj);
+    PyObject *pieces = cmp_codec_encode(st, obj);
     if (pieces == NULL)
         return NULL;
     PyObject *head = head_bytes(w0, w1, w2, w3);
@@ -105,77 +104,32 @@ frame(cmp_state *st, uint64_t w0, uint64_t w1, uint64_t w2, uint64_t w3, PyObjec
     return pieces;
 }
 
-/* A growable receive buffer. */
-typedef struct {
-    unsigned char *buf;
-    size_t cap;
-} pool_buf;
-
-static int
-buf_grow(pool_buf *b, size_t need)
-{
-    size_t want = need > b->cap * 2 ? need : b->cap * 2;
-    if (want < BUF_MIN)
-        want = BUF_MIN;
-    unsigned char *nb = realloc(b->buf, want);
-    if (nb == NULL) {
-        PyErr_NoMemory();
-        return -1;
-    }
-    b->buf = nb;
-    b->cap = want;
-    return 0;
-}
-
-static void
-buf_trim(pool_buf *b)
-{
-    if (b->cap > BUF_KEEP) {
-        free(b->buf);
-        b->buf = NULL;
-        b->cap = 0;
-    }
-}
-
-struct take_call {
-    cmp_ring *ring;
-    cmp_ring_rop op;
-};
-
-static int
-take_blocking(void *arg)
-{
-    struct take_call *c = arg;
-    return cmp_ring_take(c->ring, &c->op, CMP_FOREVER);
-}
-
 /* Take 1..max messages into b (lens[]), waiting as long as it takes. The
  * number taken, or -1 with an exception. */
 static Py_ssize_t
-take(cmp_ring *ring, pool_buf *b, size_t *lens, size_t max, _Atomic uint64_t *claim)
+take(cmp_ring *ring, cmp_rxbuf *b, size_t *lens, size_t max, _Atomic uint64_t *claim)
 {
-    struct take_call c = {ring};
+    cmp_ring_rop op;
     int st;
     for (;;) {
-        if (b->buf == NULL && buf_grow(b, BUF_MIN) < 0)
+        if (cmp_rxbuf_grow(b, CMP_RXBUF_MIN) < 0)
             return -1;
-        cmp_ring_rop_init(&c.op, b->buf, b->cap, lens, max);
-        c.op.claim = claim;
-        st = cmp_ring_take(ring, &c.op, 0);
-        if (st == CMP_EEMPTY)
-            st = cmp_run_blocking(take_blocking, &c);
-        if (st != CMP_RING_NEED)
+        cmp_ring_rop_init(&op, b->buf, b->cap, lens, max);
+        op.claim = claim;
+        st = cmp_codec_take(ring, &op, CMP_FOREVER);
+        if (st != CMP_NEED)
             break;
-        if (buf_grow(b, c.op.need) < 0)
+        if (cmp_rxbuf_grow(b, op.need) < 0)
             return -1;
     }
     if (st != CMP_OK) {
-        cmp_ring_take_abandon(ring, &c.op);
+        /* A signal's handler raised (in a worker: it is going away) */
+        cmp_ring_take_abandon(ring, &op);
         if (st != CMP_PYERR)
             cmp_set_error(st);
         return -1;
     }
-    return (Py_ssize_t)c.op.n;
+    return (Py_ssize_t)op.n;
 }
 
 static void
@@ -194,8 +148,8 @@ run_task(uint64_t kind, PyObject *func, PyObject *payload)
     if (kind == TASK_APPLY) {
         PyObject *args, *kwds;
         if (!PyTuple_Check(payload) || PyTuple_GET_SIZE(payload) != 2
-                || !PyTuple_Check(args = PyTuple_GET_ITEM(payload, 0))
-                || !PyDict_Check(kwds = PyTuple_GET_ITEM(payload, 1))) {
+            || !PyTuple_Check(args = PyTuple_GET_ITEM(payload, 0))
+            || !PyDict_Check(kwds = PyTuple_GET_ITEM(payload, 1))) {
             PyErr_SetString(PyExc_TypeError, "malformed pool task");
             return NULL;
         }
@@ -245,7 +199,7 @@ static PyObject *
 task_func(cmp_state *st, PyObject *cache, unsigned char *p, size_t flen, int cached)
 {
     if (!cached)
-        return cmp_queue_decode(st, p, flen);
+        return cmp_codec_load(st, p, flen);
     PyObject *key = PyBytes_FromStringAndSize((const char *)p, (Py_ssize_t)flen);
     if (key == NULL)
         return NULL;
@@ -253,7 +207,7 @@ task_func(cmp_state *st, PyObject *cache, unsigned char *p, size_t flen, int cac
     if (func != NULL) {
         Py_INCREF(func);
     }
-    else if (!PyErr_Occurred() && (func = cmp_queue_decode(st, p, flen)) != NULL) {
+    else if (!PyErr_Occurred() && (func = cmp_codec_load(st, p, flen)) != NULL) {
         if (PyDict_GET_SIZE(cache) >= FUNC_CACHE_MAX)
             PyDict_Clear(cache);
         if (PyDict_SetItem(cache, key, func) < 0)
@@ -281,12 +235,15 @@ task_failure(PyObject *hook, PyObject *value)
 }
 
 PyDoc_STRVAR(pool_worker_doc,
-"_pool_worker(tasks, results, slots, slot, maxtasks, wrap_exception, encoding_error)\n\n"
-"A pool worker's loop: take a task from the tasks queue, unpickle it, run it,\n"
-"pickle the result and put it in the results queue, until a stop task comes\n"
-"or maxtasks (if not None) tasks are done; returns the number done.\n"
-"wrap_exception(e) makes what a failed task sends; encoding_error(e, value)\n"
-"what is sent when the result cannot be pickled.");
+             "_pool_worker($module, tasks, results, slots, slot, maxtasks, wrap_exception, "
+             "encoding_error, /)\n"
+             "--\n"
+             "\n"
+             "A pool worker's loop: take a task from the tasks queue, unpickle it, run it,\n"
+             "pickle the result and put it in the results queue, until a stop task comes\n"
+             "or maxtasks (if not None) tasks are done; returns the number done.\n"
+             "wrap_exception(e) makes what a failed task sends; encoding_error(e, value)\n"
+             "what is sent when the result cannot be pickled.");
 
 static PyObject *
 pool_worker(PyObject *module, PyObject *args)
@@ -294,8 +251,8 @@ pool_worker(PyObject *module, PyObject *args)
     cmp_state *st = PyModule_GetState(module);
     PyObject *tasks, *results, *slots, *maxobj, *wrap, *encerr;
     Py_ssize_t slot;
-    if (!PyArg_ParseTuple(args, "OOOnOOO:_pool_worker", &tasks, &results, &slots, &slot,
-                          &maxobj, &wrap, &encerr))
+    if (!PyArg_ParseTuple(args, "OOOnOOO:_pool_worker", &tasks, &results, &slots, &slot, &maxobj,
+                          &wrap, &encerr))
         return NULL;
     Py_ssize_t maxtasks = 0;
     if (maxobj != Py_None && (maxtasks = PyLong_AsSsize_t(maxobj)) == -1 && PyErr_Occurred())
@@ -307,12 +264,12 @@ pool_worker(PyObject *module, PyObject *args)
     if (PyObject_GetBuffer(slots, &view, PyBUF_WRITABLE) < 0)
         return NULL;
     PyObject *ret = NULL, *fcache = PyDict_New();
-    pool_buf b = {NULL, 0};
+    cmp_rxbuf b = {NULL, 0};
     Py_ssize_t done = 0;
     if (fcache == NULL)
         goto done;
     if (slot < 0 || (size_t)view.len < (size_t)(slot + 1) * POOL_SLOT_WORDS * sizeof(uint64_t)
-            || ((uintptr_t)view.buf % sizeof(uint64_t)) != 0) {
+        || ((uintptr_t)view.buf % sizeof(uint64_t)) != 0) {
         PyErr_SetString(PyExc_ValueError, "bad pool slot");
         goto done;
     }
@@ -338,13 +295,11 @@ pool_worker(PyObject *module, PyObject *args)
             PyErr_SetString(PyExc_ValueError, "malformed pool task");
         }
         else {
-            func = task_func(st, fcache, b.buf + POOL_HEAD, flen,
-                             (h[3] >> 8) & TASK_CACHED);
+            func = task_func(st, fcache, b.buf + POOL_HEAD, flen, (h[3] >> 8) & TASK_CACHED);
             if (func != NULL)
-                payload = cmp_queue_decode(st, b.buf + POOL_HEAD + flen,
-                                           len - POOL_HEAD - flen);
+                payload = cmp_codec_load(st, b.buf + POOL_HEAD + flen, len - POOL_HEAD - flen);
         }
-        buf_trim(&b);
+        cmp_rxbuf_trim(&b);
         if (payload != NULL)
             value = run_task(kind, func, payload);
         Py_XDECREF(func);
@@ -374,7 +329,7 @@ pool_worker(PyObject *module, PyObject *args)
     }
     ret = PyLong_FromSsize_t(done);
 done:
-    free(b.buf);
+    cmp_rxbuf_free(&b);
     Py_XDECREF(fcache);
     PyBuffer_Release(&view);
     return ret;
@@ -396,7 +351,7 @@ deliver(PyObject *cache, PyObject *set_name, uint64_t job, uint64_t idx, int suc
     if (target == NULL) {
         if (PyErr_Occurred())
             goto error;
-        goto done;      /* gone: terminated, or a duplicate */
+        goto done; /* gone: terminated, or a duplicate */
     }
     Py_INCREF(target);
     pair = PyTuple_Pack(2, success ? Py_True : Py_False, value);
@@ -418,11 +373,13 @@ done:
 }
 
 PyDoc_STRVAR(pool_dispatch_doc,
-"_pool_dispatch(results, cache, nslots)\n\n"
-"The pool's result loop: take results from the results queue and call\n"
-"cache[job]._set(idx, (success, value)) for each, until a stop record.\n"
-"A DEAD record fails the task a dead worker held, unless that worker's\n"
-"last result was for it.");
+             "_pool_dispatch($module, results, cache, nslots, /)\n"
+             "--\n"
+             "\n"
+             "The pool's result loop: take results from the results queue and call\n"
+             "cache[job]._set(idx, (success, value)) for each, until a stop record.\n"
+             "A DEAD record fails the task a dead worker held, unless that worker's\n"
+             "last result was for it.");
 
 static PyObject *
 pool_dispatch(PyObject *module, PyObject *args)
@@ -443,7 +400,7 @@ pool_dispatch(PyObject *module, PyObject *args)
     PyObject *set_name = PyUnicode_InternFromString("_set");
     uint64_t *last = PyMem_Calloc((size_t)nslots + 1, sizeof(uint64_t));
     size_t lens[DISPATCH_BATCH];
-    pool_buf b = {NULL, 0};
+    cmp_rxbuf b = {NULL, 0};
     int stop = 0;
     if (set_name == NULL || last == NULL) {
         if (last == NULL)
@@ -468,7 +425,7 @@ pool_dispatch(PyObject *module, PyObject *args)
             }
             if (flags & RES_DEAD) {
                 if (slot < (uint64_t)nslots && last[slot] == h[0])
-                    continue;       /* it finished that task before dying */
+                    continue; /* it finished that task before dying */
                 if (failed == NULL && (failed = PySet_New(NULL)) == NULL)
                     goto done;
                 PyObject *seq = PyLong_FromUnsignedLongLong(h[0]);
@@ -486,13 +443,13 @@ pool_dispatch(PyObject *module, PyObject *args)
                     if (was < 0)
                         goto done;
                     if (was)
-                        continue;   /* a second run of a task already failed */
+                        continue; /* a second run of a task already failed */
                 }
                 if (slot < (uint64_t)nslots)
                     last[slot] = h[0];
             }
             int success = !(flags & (RES_ERROR | RES_DEAD));
-            PyObject *value = cmp_queue_decode(st, p + POOL_HEAD, lens[i] - POOL_HEAD);
+            PyObject *value = cmp_codec_load(st, p + POOL_HEAD, lens[i] - POOL_HEAD);
             if (value == NULL) {
                 /* An unpicklable result fails its task (the stdlib's result
                  * thread dies here). */
@@ -502,11 +459,11 @@ pool_dispatch(PyObject *module, PyObject *args)
             deliver(cache, set_name, h[1], h[2], success, value);
             Py_DECREF(value);
         }
-        buf_trim(&b);
+        cmp_rxbuf_trim(&b);
     }
     ret = Py_NewRef(Py_None);
 done:
-    free(b.buf);
+    cmp_rxbuf_free(&b);
     PyMem_Free(last);
     Py_XDECREF(failed);
     Py_XDECREF(set_name);
@@ -576,7 +533,7 @@ task_pieces(cmp_state *st, PyObject *fcache, unsigned long long seq, unsigned lo
         Py_XINCREF(fbytes);
     }
     if (fbytes == NULL) {
-        PyObject *fp = cmp_queue_encode(st, func);
+        PyObject *fp = cmp_codec_encode(st, func);
         if (fp == NULL)
             return NULL;
         fbytes = join_pieces(fp);
@@ -592,9 +549,9 @@ task_pieces(cmp_state *st, PyObject *fcache, unsigned long long seq, unsigned lo
     }
     uint64_t w3 = ((uint64_t)PyBytes_GET_SIZE(fbytes) << 32)
                   | ((uint64_t)(cached ? TASK_CACHED : 0) << 8) | (kind & 0xff);
-    if ((pieces = cmp_queue_encode(st, payload)) == NULL
-            || (head = head_bytes(seq, job, idx, w3)) == NULL
-            || PyList_Insert(pieces, 0, fbytes) < 0 || PyList_Insert(pieces, 0, head) < 0)
+    if ((pieces = cmp_codec_encode(st, payload)) == NULL
+        || (head = head_bytes(seq, job, idx, w3)) == NULL || PyList_Insert(pieces, 0, fbytes) < 0
+        || PyList_Insert(pieces, 0, head) < 0)
         Py_CLEAR(pieces);
 done:
     Py_XDECREF(head);
@@ -603,10 +560,14 @@ done:
 }
 
 PyDoc_STRVAR(pool_put_tasks_doc,
-"_pool_put_tasks(tasks, fcache, items) -> failures\n\n"
-"Put tasks, each item (seq, job, idx, kind, func, payload), in order; items\n"
-"that cannot be pickled are skipped and returned as a list of (item,\n"
-"exception). fcache: a dict of function pickles (None: no caching).");
+             "_pool_put_tasks($module, tasks, fcache, items, /)\n"
+             "--\n"
+             "\n"
+             "Put tasks, each item (seq, job, idx, kind, func, payload), in order; items\n"
+             "that cannot be pickled are skipped and returned as a list of (item,\n"
+             "exception). fcache: a dict of function pickles (None: no caching).\n"
+             "\n"
+             "Returns failures.");
 
 static PyObject *
 pool_put_tasks(PyObject *module, PyObject *args)
@@ -627,8 +588,8 @@ pool_put_tasks(PyObject *module, PyObject *args)
     for (Py_ssize_t i = 0; i < n; i++) {
         PyObject *item = PyList_GET_ITEM(items, i), *func, *payload;
         unsigned long long w[4];
-        if (!PyArg_ParseTuple(item, "KKKKOO:_pool_put_tasks", &w[0], &w[1], &w[2], &w[3],
-                              &func, &payload))
+        if (!PyArg_ParseTuple(item, "KKKKOO:_pool_put_tasks", &w[0], &w[1], &w[2], &w[3], &func,
+                              &payload))
             goto error;
         PyObject *pieces = task_pieces(st, fcache, w[0], w[1], w[2], w[3], func, payload);
         if (pieces == NULL) {
@@ -654,13 +615,15 @@ pool_put_tasks(PyObject *module, PyObject *args)
     return failures;
 error:
     Py_XDECREF(failures);
-    Py_XDECREF(all);    /* unset slots are NULL: fine for a list being freed */
+    Py_XDECREF(all); /* unset slots are NULL: fine for a list being freed */
     return NULL;
 }
 
 PyDoc_STRVAR(pool_put_task_doc,
-"_pool_put_task(tasks, fcache, seq, job, idx, kind, func, payload)\n\n"
-"Put one task; raises what pickling it raised.");
+             "_pool_put_task($module, tasks, fcache, seq, job, idx, kind, func, payload, /)\n"
+             "--\n"
+             "\n"
+             "Put one task; raises what pickling it raised.");
 
 static PyObject *
 pool_put_task(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
@@ -690,9 +653,10 @@ pool_put_task(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(pool_post_doc,
-"_pool_post(queue, seq, job, idx, word3, obj)\n\n"
-"Put one framed message (header words, then obj pickled) in queue.");
+PyDoc_STRVAR(pool_post_doc, "_pool_post($module, queue, seq, job, idx, word3, obj, /)\n"
+                            "--\n"
+                            "\n"
+                            "Put one framed message (header words, then obj pickled) in queue.");
 
 static PyObject *
 pool_post(PyObject *module, PyObject *args)
@@ -712,9 +676,12 @@ pool_post(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(pool_slot_doc,
-"_pool_slot(slots, slot) -> (seq, job, idx)\n\n"
-"What a worker's slot says it holds (seq 0: nothing).");
+PyDoc_STRVAR(pool_slot_doc, "_pool_slot($module, slots, slot, /)\n"
+                            "--\n"
+                            "\n"
+                            "What a worker's slot says it holds (seq 0: nothing).\n"
+                            "\n"
+                            "Returns (seq, job, idx).");
 
 static PyObject *
 pool_slot(PyObject *module, PyObject *args)
@@ -744,27 +711,26 @@ pool_slot(PyObject *module, PyObject *args)
 }
 
 static PyMethodDef pool_functions[] = {
-    {"_pool_worker", pool_worker, METH_VARARGS, pool_worker_doc},
-    {"_pool_dispatch", pool_dispatch, METH_VARARGS, pool_dispatch_doc},
-    {"_pool_put_tasks", pool_put_tasks, METH_VARARGS, pool_put_tasks_doc},
-    {"_pool_put_task", (PyCFunction)(void (*)(void))pool_put_task, METH_FASTCALL,
-     pool_put_task_doc},
-    {"_pool_post", pool_post, METH_VARARGS, pool_post_doc},
-    {"_pool_slot", pool_slot, METH_VARARGS, pool_slot_doc},
-    {NULL, NULL, 0, NULL},
+        {"_pool_worker", pool_worker, METH_VARARGS, pool_worker_doc},
+        {"_pool_dispatch", pool_dispatch, METH_VARARGS, pool_dispatch_doc},
+        {"_pool_put_tasks", pool_put_tasks, METH_VARARGS, pool_put_tasks_doc},
+        {"_pool_put_task", (PyCFunction)(void (*)(void))pool_put_task, METH_FASTCALL,
+         pool_put_task_doc},
+        {"_pool_post", pool_post, METH_VARARGS, pool_post_doc},
+        {"_pool_slot", pool_slot, METH_VARARGS, pool_slot_doc},
+        {NULL, NULL, 0, NULL},
 };
 
 int
 cmp_pool_exec(PyObject *module)
 {
-    if (PyModule_AddIntConstant(module, "POOL_SLOT_BYTES",
-                                POOL_SLOT_WORDS * sizeof(uint64_t)) < 0
-            || PyModule_AddIntConstant(module, "POOL_TASK_APPLY", TASK_APPLY) < 0
-            || PyModule_AddIntConstant(module, "POOL_TASK_MAP", TASK_MAP) < 0
-            || PyModule_AddIntConstant(module, "POOL_TASK_STARMAP", TASK_STARMAP) < 0
-            || PyModule_AddIntConstant(module, "POOL_TASK_STOP", TASK_STOP) < 0
-            || PyModule_AddIntConstant(module, "POOL_RES_DEAD", RES_DEAD) < 0
-            || PyModule_AddIntConstant(module, "POOL_RES_STOP", RES_STOP) < 0)
+    if (PyModule_AddIntConstant(module, "POOL_SLOT_BYTES", POOL_SLOT_WORDS * sizeof(uint64_t)) < 0
+        || PyModule_AddIntConstant(module, "POOL_TASK_APPLY", TASK_APPLY) < 0
+        || PyModule_AddIntConstant(module, "POOL_TASK_MAP", TASK_MAP) < 0
+        || PyModule_AddIntConstant(module, "POOL_TASK_STARMAP", TASK_STARMAP) < 0
+        || PyModule_AddIntConstant(module, "POOL_TASK_STOP", TASK_STOP) < 0
+        || PyModule_AddIntConstant(module, "POOL_RES_DEAD", RES_DEAD) < 0
+        || PyModule_AddIntConstant(module, "POOL_RES_STOP", RES_STOP) < 0)
         return -1;
     return PyModule_AddFunctions(module, pool_functions);
 }

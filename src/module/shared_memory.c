@@ -3,7 +3,6 @@
 #include "module.h"
 #include "pshm.h"
 
-#include <sys/mman.h>
 #include <unistd.h>
 
 /* ------------------------------------------------------------------------ */
@@ -41,7 +40,7 @@ static void
 mapping_unmap(CmpMapping *self)
 {
     if (self->addr != NULL) {
-        munmap(self->addr, (size_t)self->size);
+        cmp_pshm_unmap(self->addr, (size_t)self->size);
         self->addr = NULL;
     }
 }
@@ -73,26 +72,29 @@ mapping_dealloc(CmpMapping *self)
 }
 
 static PyMethodDef mapping_methods[] = {
-    {"close", (PyCFunction)mapping_close, METH_NOARGS,
-     "Unmap (BufferError while views are exported)."},
-    {NULL, NULL, 0, NULL},
+        {"close", (PyCFunction)mapping_close, METH_NOARGS,
+         "close($self, /)\n"
+         "--\n"
+         "\n"
+         "Unmap (BufferError while views are exported)."},
+        {NULL, NULL, 0, NULL},
 };
 
 static PyType_Slot mapping_slots[] = {
-    {Py_tp_doc, "A shared memory mapping (the memory behind SharedMemory.buf)."},
-    {Py_tp_dealloc, mapping_dealloc},
-    {Py_tp_methods, mapping_methods},
-    {Py_bf_getbuffer, mapping_getbuffer},
-    {Py_bf_releasebuffer, mapping_releasebuffer},
-    {Py_sq_length, mapping_len},
-    {0, NULL},
+        {Py_tp_doc, "A shared memory mapping (the memory behind SharedMemory.buf)."},
+        {Py_tp_dealloc, mapping_dealloc},
+        {Py_tp_methods, mapping_methods},
+        {Py_bf_getbuffer, mapping_getbuffer},
+        {Py_bf_releasebuffer, mapping_releasebuffer},
+        {Py_sq_length, mapping_len},
+        {0, NULL},
 };
 
 static PyType_Spec mapping_spec = {
-    .name = "cmp._core.Mapping",
-    .basicsize = sizeof(CmpMapping),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
-    .slots = mapping_slots,
+        .name = "cmp._core.Mapping",
+        .basicsize = sizeof(CmpMapping),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_IMMUTABLETYPE | Py_TPFLAGS_DISALLOW_INSTANTIATION,
+        .slots = mapping_slots,
 };
 
 /* Map fd's [0, size) and close fd; a new CmpMapping or NULL. */
@@ -103,21 +105,21 @@ map_and_close(PyObject *module, int fd, size_t size)
     CmpMapping *m = NULL;
     if (size == 0) {
         PyErr_SetString(PyExc_ValueError, "cannot mmap an empty file");
-        goto done;
+        close(fd);
+        return NULL;
     }
     m = PyObject_New(CmpMapping, st->mapping_type);
-    if (m == NULL)
-        goto done;
+    if (m == NULL) {
+        close(fd);
+        return NULL;
+    }
     m->exports = 0;
     m->size = (Py_ssize_t)size;
-    m->addr = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    if (m->addr == MAP_FAILED) {
-        m->addr = NULL;
+    m->addr = cmp_pshm_map_and_close(fd, size);
+    if (m->addr == NULL) {
         Py_CLEAR(m);
         cmp_set_error(CMP_ERRNO);
     }
-done:
-    close(fd);
     return (PyObject *)m;
 }
 
@@ -137,11 +139,15 @@ shm_name(PyObject *name)
 }
 
 PyDoc_STRVAR(shm_create_doc,
-"shm_create(name, size, track) -> (name, mapping, slot)\n\n"
-"Create a block of size bytes named name (str with its leading '/'), or\n"
-"under a fresh stdlib-style random name when name is None, and map it.\n"
-"With track, register it with the resource tracker; slot is then its\n"
-"registration (for tracker_remove), else None.");
+             "shm_create($module, name, size, track, /)\n"
+             "--\n"
+             "\n"
+             "Create a block of size bytes named name (str with its leading '/'), or\n"
+             "under a fresh stdlib-style random name when name is None, and map it.\n"
+             "With track, register it with the resource tracker; slot is then its\n"
+             "registration (for tracker_remove), else None.\n"
+             "\n"
+             "Returns (name, mapping, slot).");
 
 static PyObject *
 cmp_py_shm_create(PyObject *module, PyObject *args)
@@ -159,15 +165,12 @@ cmp_py_shm_create(PyObject *module, PyObject *args)
         return NULL;
     }
     if (name == Py_None) {
-        Py_BEGIN_ALLOW_THREADS
-        fd = cmp_pshm_create_random((size_t)size, random_name);
-        Py_END_ALLOW_THREADS
-        if (fd < 0)
-            return cmp_set_error(fd);
+        Py_BEGIN_ALLOW_THREADS fd = cmp_pshm_create_random((size_t)size, random_name);
+        Py_END_ALLOW_THREADS if (fd < 0) return cmp_set_error(fd);
         cname = random_name;
         name = PyUnicode_FromString(random_name);
         if (name == NULL) {
-            shm_unlink(random_name);
+            cmp_pshm_unlink(random_name);
             close(fd);
             return NULL;
         }
@@ -176,11 +179,8 @@ cmp_py_shm_create(PyObject *module, PyObject *args)
         if ((cname = shm_name(name)) == NULL)
             return NULL;
         size_t sz = (size_t)size;
-        Py_BEGIN_ALLOW_THREADS
-        fd = cmp_pshm_open(cname, 1, &sz);
-        Py_END_ALLOW_THREADS
-        if (fd < 0)
-            return cmp_set_error_with_filename(fd, name);
+        Py_BEGIN_ALLOW_THREADS fd = cmp_pshm_open(cname, 1, &sz);
+        Py_END_ALLOW_THREADS if (fd < 0) return cmp_set_error_with_filename(fd, name);
         Py_INCREF(name);
     }
     if (track) {
@@ -208,7 +208,7 @@ fail:
     /* Nothing half-made survives: no block, no registration. */
     if (slot >= 0)
         cmp_tracker_remove(slot);
-    shm_unlink(cname);
+    cmp_pshm_unlink(cname);
 done:
     Py_XDECREF(slot_o);
     Py_XDECREF(mapping);
@@ -216,9 +216,12 @@ done:
     return result;
 }
 
-PyDoc_STRVAR(shm_attach_doc,
-"shm_attach(name) -> (mapping, size)\n\n"
-"Map the existing block name (str with its leading '/').");
+PyDoc_STRVAR(shm_attach_doc, "shm_attach($module, name, /)\n"
+                             "--\n"
+                             "\n"
+                             "Map the existing block name (str with its leading '/').\n"
+                             "\n"
+                             "Returns (mapping, size).");
 
 static PyObject *
 cmp_py_shm_attach(PyObject *module, PyObject *name)
@@ -228,11 +231,8 @@ cmp_py_shm_attach(PyObject *module, PyObject *name)
         return NULL;
     size_t size = 0;
     int fd;
-    Py_BEGIN_ALLOW_THREADS
-    fd = cmp_pshm_open(cname, 0, &size);
-    Py_END_ALLOW_THREADS
-    if (fd < 0)
-        return cmp_set_error_with_filename(fd, name);
+    Py_BEGIN_ALLOW_THREADS fd = cmp_pshm_open(cname, 0, &size);
+    Py_END_ALLOW_THREADS if (fd < 0) return cmp_set_error_with_filename(fd, name);
     PyObject *mapping = map_and_close(module, fd, size);
     if (mapping == NULL)
         return NULL;
@@ -247,11 +247,8 @@ cmp_py_shm_unlink(PyObject *Py_UNUSED(module), PyObject *name)
     if (cname == NULL)
         return NULL;
     int st;
-    Py_BEGIN_ALLOW_THREADS
-    st = cmp_pshm_unlink(cname);
-    Py_END_ALLOW_THREADS
-    if (st != CMP_OK)
-        return cmp_set_error_with_filename(st, name);
+    Py_BEGIN_ALLOW_THREADS st = cmp_pshm_unlink(cname);
+    Py_END_ALLOW_THREADS if (st != CMP_OK) return cmp_set_error_with_filename(st, name);
     Py_RETURN_NONE;
 }
 
@@ -267,7 +264,9 @@ cmp_py_tracker_remove(PyObject *Py_UNUSED(module), PyObject *arg)
 }
 
 PyDoc_STRVAR(tracker_add_doc,
-"tracker_add(name, fd, kind) -> slot\n\n"
+"tracker_add($module, name, fd, kind, /)\n"
+"--\n"
+"\n"
 "Register the resource open on fd, whose file is /dev/shm/NAME (name with\n"
 "its leading '/'), with the tracker, as kind 0 (shared_memory) or 1\n"
 "(semaphore); starts the tracker.");
@@ -317,18 +316,30 @@ cmp_py_tracker_fd(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(arg))
 }
 
 static PyMethodDef pshm_methods[] = {
-    {"shm_create", cmp_py_shm_create, METH_VARARGS, shm_create_doc},
-    {"shm_attach", cmp_py_shm_attach, METH_O, shm_attach_doc},
-    {"shm_unlink", cmp_py_shm_unlink, METH_O, "shm_unlink(name)"},
-    {"tracker_remove", cmp_py_tracker_remove, METH_O,
-     "tracker_remove(slot): forget a block registered by shm_create"},
-    {"tracker_add", cmp_py_tracker_add, METH_VARARGS, tracker_add_doc},
-    {"tracker_forget", cmp_py_tracker_forget, METH_VARARGS,
-     "tracker_forget(name, kind) -> n: forget every registration of name"},
-    {"tracker_fd", cmp_py_tracker_fd, METH_NOARGS,
-     "tracker_fd() -> (fd, pid, relaunched): start the tracker, or a new one\n"
-     "if it died; its pipe and pid"},
-    {NULL, NULL, 0, NULL},
+        {"shm_create", cmp_py_shm_create, METH_VARARGS, shm_create_doc},
+        {"shm_attach", cmp_py_shm_attach, METH_O, shm_attach_doc},
+        {"shm_unlink", cmp_py_shm_unlink, METH_O,
+         "shm_unlink($module, name, /)\n"
+         "--\n"
+         "\n"
+         "Unlink the block name (str with its leading '/')."},
+        {"tracker_remove", cmp_py_tracker_remove, METH_O,
+         "tracker_remove($module, slot, /)\n"
+         "--\n"
+         "\n"
+         "Forget a block registered by shm_create"},
+        {"tracker_add", cmp_py_tracker_add, METH_VARARGS, tracker_add_doc},
+        {"tracker_forget", cmp_py_tracker_forget, METH_VARARGS,
+         "tracker_forget($module, name, kind, /)\n"
+         "--\n"
+         "\n"
+         "Forget every registration of name as kind; how many there were."},
+        {"tracker_fd", cmp_py_tracker_fd, METH_NOARGS,
+         "tracker_fd($module, /)\n"
+         "--\n"
+         "\n"
+         "Start the tracker, or a new one if it died: (its pipe, its pid, relaunched)."},
+        {NULL, NULL, 0, NULL},
 };
 
 int

@@ -30,11 +30,18 @@ static Py_ssize_t
 code_size(char code)
 {
     switch (code) {
-    case 'b': case 'B': case 'c': case '?': return 1;
-    case 'h': case 'H': return sizeof(short);
-    case 'i': case 'I': return sizeof(int);
-    case 'l': case 'L': return sizeof(long);
-    case 'q': case 'Q': return sizeof(long long);
+    case 'b':
+    case 'B':
+    case 'c':
+    case '?': return 1;
+    case 'h':
+    case 'H': return sizeof(short);
+    case 'i':
+    case 'I': return sizeof(int);
+    case 'l':
+    case 'L': return sizeof(long);
+    case 'q':
+    case 'Q': return sizeof(long long);
     case 'f': return sizeof(float);
     case 'd': return sizeof(double);
     case 'u': return sizeof(wchar_t);
@@ -62,9 +69,7 @@ item_get(char code, const char *p)
     case '?': return PyBool_FromLong(*(const unsigned char *)p != 0);
     case 'c': return PyBytes_FromStringAndSize(p, 1);
     case 'u': return PyUnicode_FromWideChar((const wchar_t *)p, 1);
-    default:
-        PyErr_SetString(PyExc_SystemError, "cmp: bad type code");
-        return NULL;
+    default: PyErr_SetString(PyExc_SystemError, "cmp: bad type code"); return NULL;
     }
 }
 
@@ -75,21 +80,34 @@ static inline int
 item_set(char code, char *p, PyObject *v)
 {
     switch (code) {
-    case 'b': case 'B': case 'h': case 'H': case 'i': case 'I':
-    case 'l': case 'L': case 'q': case 'Q': {
+    case 'b':
+    case 'B':
+    case 'h':
+    case 'H':
+    case 'i':
+    case 'I':
+    case 'l':
+    case 'L':
+    case 'q':
+    case 'Q': {
         unsigned long long x = PyLong_AsUnsignedLongLongMask(v);
         if (x == (unsigned long long)-1 && PyErr_Occurred())
             return -1;
         switch (code) {
-        case 'b': case 'B': *(unsigned char *)p = (unsigned char)x; break;
-        case 'h': case 'H': *(unsigned short *)p = (unsigned short)x; break;
-        case 'i': case 'I': *(unsigned int *)p = (unsigned int)x; break;
-        case 'l': case 'L': *(unsigned long *)p = (unsigned long)x; break;
+        case 'b':
+        case 'B': *(unsigned char *)p = (unsigned char)x; break;
+        case 'h':
+        case 'H': *(unsigned short *)p = (unsigned short)x; break;
+        case 'i':
+        case 'I': *(unsigned int *)p = (unsigned int)x; break;
+        case 'l':
+        case 'L': *(unsigned long *)p = (unsigned long)x; break;
         default: *(unsigned long long *)p = x; break;
         }
         return 0;
     }
-    case 'f': case 'd': {
+    case 'f':
+    case 'd': {
         double x = PyFloat_CheckExact(v) ? PyFloat_AS_DOUBLE(v) : PyFloat_AsDouble(v);
         if (x == -1.0 && PyErr_Occurred())
             return -1;
@@ -144,9 +162,7 @@ item_set(char code, char *p, PyObject *v)
         *(wchar_t *)p = ch[0];
         return 0;
     }
-    default:
-        PyErr_SetString(PyExc_SystemError, "cmp: bad type code");
-        return -1;
+    default: PyErr_SetString(PyExc_SystemError, "cmp: bad type code"); return -1;
     }
 }
 
@@ -155,15 +171,15 @@ item_set(char code, char *p, PyObject *v)
 
 typedef struct {
     PyObject_HEAD
-    char *data;             /* blk.addr */
-    Py_ssize_t length;      /* items (1 for a value) */
+    char *data;        /* blk.addr */
+    Py_ssize_t length; /* items (1 for a value) */
     Py_ssize_t itemsize;
     Py_ssize_t nbytes;
-    char code;              /* type code, see code_size() */
-    char format[3];         /* the buffer's format string */
+    char code;      /* type code, see code_size() */
+    char format[3]; /* the buffer's format string */
     int is_array;
-    PyObject *ctype;        /* the ctypes item type (c_int, ...) */
-    PyObject *ctobj;        /* cached ctypes object over data, or NULL */
+    PyObject *ctype; /* the ctypes item type (c_int, ...) */
+    PyObject *ctobj; /* cached ctypes object over data, or NULL */
     cmp_shm_block blk;
 } CmpShared;
 
@@ -173,7 +189,8 @@ set_format(CmpShared *self)
 {
     if (self->code == 'u') {
         strcpy(self->format, "<u");
-    } else {
+    }
+    else {
         self->format[0] = self->code;
         self->format[1] = '\0';
     }
@@ -188,7 +205,7 @@ shared_create(PyTypeObject *type, PyObject *ctype, PyObject *code_obj, Py_ssize_
 {
     char code = 0;
     if (PyUnicode_Check(code_obj) && PyUnicode_GET_LENGTH(code_obj) == 1
-            && PyUnicode_READ_CHAR(code_obj, 0) < 128)
+        && PyUnicode_READ_CHAR(code_obj, 0) < 128)
         code = (char)PyUnicode_READ_CHAR(code_obj, 0);
     Py_ssize_t itemsize = code_size(code);
     if (itemsize == 0) {
@@ -244,8 +261,7 @@ array_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"ctype", "code", "length", NULL};
     PyObject *ctype, *code;
     Py_ssize_t length;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OUn:SharedArray", kwlist, &ctype, &code,
-                                     &length))
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OUn:SharedArray", kwlist, &ctype, &code, &length))
         return NULL;
     return shared_create(type, ctype, code, length, 1, -1, 0);
 }
@@ -309,8 +325,8 @@ no_attribute(CmpShared *self, const char *attr)
     PyObject *name = PyObject_GetAttrString(self->ctype, "__name__");
     if (name == NULL)
         return -1;
-    PyErr_Format(PyExc_AttributeError, "'%U_Array_%zd' object has no attribute '%s'",
-                 name, self->length, attr);
+    PyErr_Format(PyExc_AttributeError, "'%U_Array_%zd' object has no attribute '%s'", name,
+                 self->length, attr);
     Py_DECREF(name);
     return -1;
 }
@@ -321,8 +337,8 @@ static PyObject *
 array_get_value(CmpShared *self, void *Py_UNUSED(closure))
 {
     if (self->code == 'c')
-        return PyBytes_FromStringAndSize(self->data, (Py_ssize_t)strnlen(self->data,
-                                                                         (size_t)self->length));
+        return PyBytes_FromStringAndSize(self->data,
+                                         (Py_ssize_t)strnlen(self->data, (size_t)self->length));
     if (self->code == 'u') {
         const wchar_t *w = (const wchar_t *)self->data;
         return PyUnicode_FromWideChar(w, (Py_ssize_t)wcsnlen(w, (size_t)self->length));
@@ -360,15 +376,15 @@ array_set_value(CmpShared *self, PyObject *v, void *Py_UNUSED(closure))
                          Py_TYPE(v)->tp_name);
             return -1;
         }
-        Py_ssize_t n = PyUnicode_AsWideChar(v, NULL, 0);    /* with the NUL */
+        Py_ssize_t n = PyUnicode_AsWideChar(v, NULL, 0); /* with the NUL */
         if (n < 0)
             return -1;
         if (n - 1 > self->length) {
             PyErr_SetString(PyExc_ValueError, "string too long");
             return -1;
         }
-        if (PyUnicode_AsWideChar(v, (wchar_t *)self->data,
-                                 n <= self->length ? n : self->length) < 0)
+        if (PyUnicode_AsWideChar(v, (wchar_t *)self->data, n <= self->length ? n : self->length)
+            < 0)
             return -1;
         return 0;
     }
@@ -403,7 +419,8 @@ array_set_raw(CmpShared *self, PyObject *v, void *Py_UNUSED(closure))
     if (view.len > self->length) {
         PyErr_SetString(PyExc_ValueError, "byte string too long");
         rc = -1;
-    } else {
+    }
+    else {
         memcpy(self->data, view.buf, (size_t)view.len);
     }
     PyBuffer_Release(&view);
@@ -463,15 +480,15 @@ array_slice(CmpShared *self, Py_ssize_t start, Py_ssize_t step, Py_ssize_t n)
     PyObject **items = ((PyListObject *)list)->ob_item;
 
     /* One loop per type, so the conversion inlines. */
-#define CMP_SLICE_LOOP(ctype, make)                                             \
-    do {                                                                        \
-        const ctype *src = (const ctype *)self->data;                           \
-        for (Py_ssize_t k = 0, i = start; k < n; k++, i += step) {              \
-            PyObject *o = make(src[i]);                                         \
-            if (o == NULL)                                                      \
-                goto error;                                                     \
-            items[k] = o;                                                       \
-        }                                                                       \
+#define CMP_SLICE_LOOP(ctype, make)                                \
+    do {                                                           \
+        const ctype *src = (const ctype *)self->data;              \
+        for (Py_ssize_t k = 0, i = start; k < n; k++, i += step) { \
+            PyObject *o = make(src[i]);                            \
+            if (o == NULL)                                         \
+                goto error;                                        \
+            items[k] = o;                                          \
+        }                                                          \
     } while (0)
 
     switch (self->code) {
@@ -500,14 +517,14 @@ array_slice(CmpShared *self, Py_ssize_t start, Py_ssize_t step, Py_ssize_t n)
     return list;
 
 error:
-    Py_DECREF(list);    /* unfilled slots are NULL */
+    Py_DECREF(list); /* unfilled slots are NULL */
     return NULL;
 }
 
 static PyObject *
 array_subscript(CmpShared *self, PyObject *key)
 {
-    if (PyLong_CheckExact(key)) {   /* the common case, without __index__ */
+    if (PyLong_CheckExact(key)) { /* the common case, without __index__ */
         Py_ssize_t i = PyLong_AsSsize_t(key);
         if (i == -1 && PyErr_Occurred()) {
             PyErr_Clear();
@@ -570,7 +587,7 @@ array_ass_slice(CmpShared *self, Py_ssize_t start, Py_ssize_t step, Py_ssize_t n
         PyObject *item;
         if (is_tuple)
             item = Py_NewRef(PyTuple_GET_ITEM(v, k));
-        else if (is_list && k < PyList_GET_SIZE(v))     /* a conversion may shrink it */
+        else if (is_list && k < PyList_GET_SIZE(v)) /* a conversion may shrink it */
             item = Py_NewRef(PyList_GET_ITEM(v, k));
         else
             item = PySequence_GetItem(v, k);
@@ -648,8 +665,11 @@ shared_getbuffer(CmpShared *self, Py_buffer *view, int flags)
 }
 
 PyDoc_STRVAR(shared_as_ctypes_doc,
-"_as_ctypes()\n\nThe ctypes object (c_int, c_int_Array_N, ...) over the same memory,\n"
-"made once and then cached.");
+             "_as_ctypes($self, /)\n"
+             "--\n"
+             "\n"
+             "The ctypes object (c_int, c_int_Array_N, ...) over the same memory,\n"
+             "made once and then cached.");
 
 static PyObject *
 shared_as_ctypes(CmpShared *self, PyObject *Py_UNUSED(ignored))
@@ -690,10 +710,12 @@ shared_shm_handle(CmpShared *self, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(shared_rebuild_doc,
-"_rebuild(fd, offset, ctype, code, length)\n\n"
-"The array (a value if length is -1) whose memory is at offset of the shared\n"
-"segment open as fd (which it takes over), as passed to a child started by\n"
-"spawn or forkserver.");
+             "_rebuild($type, fd, offset, ctype, code, length, /)\n"
+             "--\n"
+             "\n"
+             "The array (a value if length is -1) whose memory is at offset of the shared\n"
+             "segment open as fd (which it takes over), as passed to a child started by\n"
+             "spawn or forkserver.");
 
 static PyObject *
 shared_rebuild(PyTypeObject *type, PyObject *args)
@@ -711,7 +733,10 @@ shared_rebuild(PyTypeObject *type, PyObject *args)
     return shared_create(type, ctype, code, is_array ? length : 1, is_array, fd, off);
 }
 
-PyDoc_STRVAR(shared_copy_doc, "_copy()\n\nA new object (in new shared memory) with the same items.");
+PyDoc_STRVAR(shared_copy_doc, "_copy($self, /)\n"
+                              "--\n"
+                              "\n"
+                              "A new object (in new shared memory) with the same items.");
 
 static PyObject *
 shared_copy(CmpShared *self, PyObject *Py_UNUSED(ignored))
@@ -719,8 +744,8 @@ shared_copy(CmpShared *self, PyObject *Py_UNUSED(ignored))
     PyObject *code = PyUnicode_FromOrdinal((unsigned char)self->code);
     if (code == NULL)
         return NULL;
-    CmpShared *copy = (CmpShared *)shared_create(Py_TYPE(self), self->ctype, code,
-                                                 self->length, self->is_array, -1, 0);
+    CmpShared *copy = (CmpShared *)shared_create(Py_TYPE(self), self->ctype, code, self->length,
+                                                 self->is_array, -1, 0);
     Py_DECREF(code);
     if (copy != NULL)
         memcpy(copy->data, self->data, (size_t)self->nbytes);
@@ -734,82 +759,88 @@ shared_code(CmpShared *self, void *Py_UNUSED(closure))
 }
 
 static PyMethodDef shared_methods[] = {
-    {"_as_ctypes", (PyCFunction)shared_as_ctypes, METH_NOARGS, shared_as_ctypes_doc},
-    {"_ctypes_type", (PyCFunction)shared_ctypes_type, METH_NOARGS,
-     "The ctypes type of _as_ctypes(): the item type, or an array type of it."},
-    {"_shm_handle", (PyCFunction)shared_shm_handle, METH_NOARGS,
-     "(fd, offset) of the memory, to pass to a child."},
-    {"_rebuild", (PyCFunction)shared_rebuild, METH_VARARGS | METH_CLASS, shared_rebuild_doc},
-    {"_copy", (PyCFunction)shared_copy, METH_NOARGS, shared_copy_doc},
-    {NULL, NULL, 0, NULL},
+        {"_as_ctypes", (PyCFunction)shared_as_ctypes, METH_NOARGS, shared_as_ctypes_doc},
+        {"_ctypes_type", (PyCFunction)shared_ctypes_type, METH_NOARGS,
+         "_ctypes_type($self, /)\n"
+         "--\n"
+         "\n"
+         "The ctypes type of _as_ctypes(): the item type, or an array type of it."},
+        {"_shm_handle", (PyCFunction)shared_shm_handle, METH_NOARGS,
+         "_shm_handle($self, /)\n"
+         "--\n"
+         "\n"
+         "(fd, offset) of the memory, to pass to a child."},
+        {"_rebuild", (PyCFunction)shared_rebuild, METH_VARARGS | METH_CLASS, shared_rebuild_doc},
+        {"_copy", (PyCFunction)shared_copy, METH_NOARGS, shared_copy_doc},
+        {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef shared_members[] = {
-    {"_type_", T_OBJECT, offsetof(CmpShared, ctype), READONLY, "The ctypes item type."},
-    {"_length_", T_PYSSIZET, offsetof(CmpShared, length), READONLY, "Items (1 for a value)."},
-    {NULL, 0, 0, 0, NULL},
+        {"_type_", T_OBJECT, offsetof(CmpShared, ctype), READONLY, "The ctypes item type."},
+        {"_length_", T_PYSSIZET, offsetof(CmpShared, length), READONLY, "Items (1 for a value)."},
+        {NULL, 0, 0, 0, NULL},
 };
 
 static PyGetSetDef value_getset[] = {
-    {"value", (getter)value_get_value, (setter)value_set_value, "The value.", NULL},
-    {"_code", (getter)shared_code, NULL, "The type code.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
+        {"value", (getter)value_get_value, (setter)value_set_value, "The value.", NULL},
+        {"_code", (getter)shared_code, NULL, "The type code.", NULL},
+        {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyGetSetDef array_getset[] = {
-    {"value", (getter)array_get_value, (setter)array_set_value,
-     "'c' arrays: the bytes before the first NUL; 'u': the characters.", NULL},
-    {"raw", (getter)array_get_raw, (setter)array_set_raw, "'c' arrays: all the bytes.", NULL},
-    {"_code", (getter)shared_code, NULL, "The type code.", NULL},
-    {NULL, NULL, NULL, NULL, NULL},
+        {"value", (getter)array_get_value, (setter)array_set_value,
+         "'c' arrays: the bytes before the first NUL; 'u': the characters.", NULL},
+        {"raw", (getter)array_get_raw, (setter)array_set_raw, "'c' arrays: all the bytes.", NULL},
+        {"_code", (getter)shared_code, NULL, "The type code.", NULL},
+        {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot value_slots[] = {
-    {Py_tp_doc, "SharedValue(ctype, code): one zeroed item of a simple ctypes type in "
-                "shared memory."},
-    {Py_tp_new, value_new},
-    {Py_tp_dealloc, shared_dealloc},
-    {Py_tp_traverse, shared_traverse},
-    {Py_tp_clear, shared_clear},
-    {Py_tp_methods, shared_methods},
-    {Py_tp_members, shared_members},
-    {Py_tp_getset, value_getset},
-    {Py_bf_getbuffer, shared_getbuffer},
-    {0, NULL},
+        {Py_tp_doc, "SharedValue(ctype, code): one zeroed item of a simple ctypes type in "
+                    "shared memory."},
+        {Py_tp_new, value_new},
+        {Py_tp_dealloc, shared_dealloc},
+        {Py_tp_traverse, shared_traverse},
+        {Py_tp_clear, shared_clear},
+        {Py_tp_methods, shared_methods},
+        {Py_tp_members, shared_members},
+        {Py_tp_getset, value_getset},
+        {Py_bf_getbuffer, shared_getbuffer},
+        {0, NULL},
 };
 
 static PyType_Spec value_spec = {
-    .name = "cmp._core.SharedValue",
-    .basicsize = sizeof(CmpShared),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .slots = value_slots,
+        .name = "cmp._core.SharedValue",
+        .basicsize = sizeof(CmpShared),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+        .slots = value_slots,
 };
 
 static PyType_Slot array_slots[] = {
-    {Py_tp_doc, "SharedArray(ctype, code, length): zeroed items of a simple ctypes type "
-                "in shared memory."},
-    {Py_tp_new, array_new},
-    {Py_tp_dealloc, shared_dealloc},
-    {Py_tp_traverse, shared_traverse},
-    {Py_tp_clear, shared_clear},
-    {Py_tp_methods, shared_methods},
-    {Py_tp_members, shared_members},
-    {Py_tp_getset, array_getset},
-    {Py_bf_getbuffer, shared_getbuffer},
-    {Py_sq_length, array_length},
-    {Py_sq_item, array_item},
-    {Py_sq_ass_item, array_sq_ass_item},
-    {Py_mp_length, array_length},
-    {Py_mp_subscript, array_subscript},
-    {Py_mp_ass_subscript, array_ass_subscript},
-    {0, NULL},
+        {Py_tp_doc, "SharedArray(ctype, code, length): zeroed items of a simple ctypes type "
+                    "in shared memory."},
+        {Py_tp_new, array_new},
+        {Py_tp_dealloc, shared_dealloc},
+        {Py_tp_traverse, shared_traverse},
+        {Py_tp_clear, shared_clear},
+        {Py_tp_methods, shared_methods},
+        {Py_tp_members, shared_members},
+        {Py_tp_getset, array_getset},
+        {Py_bf_getbuffer, shared_getbuffer},
+        {Py_sq_length, array_length},
+        {Py_sq_item, array_item},
+        {Py_sq_ass_item, array_sq_ass_item},
+        {Py_mp_length, array_length},
+        {Py_mp_subscript, array_subscript},
+        {Py_mp_ass_subscript, array_ass_subscript},
+        {0, NULL},
 };
 
 static PyType_Spec array_spec = {
-    .name = "cmp._core.SharedArray",
-    .basicsize = sizeof(CmpShared),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .slots = array_slots,
+        .name = "cmp._core.SharedArray",
+        .basicsize = sizeof(CmpShared),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+        .slots = array_slots,
 };
 
 /* Whether obj is a SharedValue or SharedArray (or a subclass of one). */
@@ -828,12 +859,12 @@ as_shared(PyObject *obj)
 
 typedef struct {
     PyObject_HEAD
-    PyObject *obj;          /* the wrapped object */
+    PyObject *obj; /* the wrapped object */
     PyObject *lock;
-    PyObject *acquire;      /* lock.acquire and lock.release, as the stdlib */
-    PyObject *release;      /* keeps them on the wrapper */
-    CmpShared *data;        /* obj, when it is one of ours: C accessors */
-    int fast;               /* lock is a cmp lock: C enter/exit */
+    PyObject *acquire; /* lock.acquire and lock.release, as the stdlib */
+    PyObject *release; /* keeps them on the wrapper */
+    CmpShared *data;   /* obj, when it is one of ours: C accessors */
+    int fast;          /* lock is a cmp lock: C enter/exit */
 } CmpSync;
 
 /* `with lock:` around every access, as the stdlib's `with self:`. */
@@ -860,9 +891,9 @@ sync_exit(CmpSync *self)
     int rc;
     if (self->fast) {
         rc = cmp_semlock_exit(self->lock);
-    } else {
-        PyObject *r = PyObject_CallMethod(self->lock, "__exit__", "OOO",
-                                          Py_None, Py_None, Py_None);
+    }
+    else {
+        PyObject *r = PyObject_CallMethod(self->lock, "__exit__", "OOO", Py_None, Py_None, Py_None);
         rc = r == NULL ? -1 : 0;
         Py_XDECREF(r);
     }
@@ -907,7 +938,7 @@ error:
 static int
 sync_init(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwds))
 {
-    return 0;   /* all done in __new__ */
+    return 0; /* all done in __new__ */
 }
 
 static int
@@ -1013,21 +1044,35 @@ sync_getbuffer(CmpSync *self, Py_buffer *view, int flags)
 }
 
 static PyMethodDef sync_methods[] = {
-    {"get_obj", (PyCFunction)sync_get_obj, METH_NOARGS,
-     "The wrapped object (a ctypes object over the shared memory)."},
-    {"get_lock", (PyCFunction)sync_get_lock, METH_NOARGS, "The lock."},
-    {"__enter__", (PyCFunction)sync_enter_method, METH_NOARGS, "Acquire the lock."},
-    {"__exit__", (PyCFunction)(void (*)(void))sync_exit_method, METH_FASTCALL,
-     "Release the lock."},
-    {NULL, NULL, 0, NULL},
+        {"get_obj", (PyCFunction)sync_get_obj, METH_NOARGS,
+         "get_obj($self, /)\n"
+         "--\n"
+         "\n"
+         "The wrapped object (a ctypes object over the shared memory)."},
+        {"get_lock", (PyCFunction)sync_get_lock, METH_NOARGS,
+         "get_lock($self, /)\n"
+         "--\n"
+         "\n"
+         "The lock."},
+        {"__enter__", (PyCFunction)sync_enter_method, METH_NOARGS,
+         "__enter__($self, /)\n"
+         "--\n"
+         "\n"
+         "Acquire the lock."},
+        {"__exit__", (PyCFunction)(void (*)(void))sync_exit_method, METH_FASTCALL,
+         "__exit__($self, /, *args)\n"
+         "--\n"
+         "\n"
+         "Release the lock."},
+        {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef sync_members[] = {
-    {"_obj", T_OBJECT, offsetof(CmpSync, obj), READONLY, "The wrapped object."},
-    {"_lock", T_OBJECT, offsetof(CmpSync, lock), READONLY, "The lock."},
-    {"acquire", T_OBJECT_EX, offsetof(CmpSync, acquire), 0, "The lock's acquire."},
-    {"release", T_OBJECT_EX, offsetof(CmpSync, release), 0, "The lock's release."},
-    {NULL, 0, 0, 0, NULL},
+        {"_obj", T_OBJECT, offsetof(CmpSync, obj), READONLY, "The wrapped object."},
+        {"_lock", T_OBJECT, offsetof(CmpSync, lock), READONLY, "The lock."},
+        {"acquire", T_OBJECT_EX, offsetof(CmpSync, acquire), 0, "The lock's acquire."},
+        {"release", T_OBJECT_EX, offsetof(CmpSync, release), 0, "The lock's release."},
+        {NULL, 0, 0, 0, NULL},
 };
 
 /* ------------------------------------------------------------------------ */
@@ -1071,30 +1116,30 @@ sync_set_value(CmpSync *self, PyObject *v, void *Py_UNUSED(closure))
 }
 
 static PyGetSetDef value_sync_getset[] = {
-    {"value", (getter)sync_get_value, (setter)sync_set_value, "The value (under the lock).",
-     NULL},
-    {NULL, NULL, NULL, NULL, NULL},
+        {"value", (getter)sync_get_value, (setter)sync_set_value, "The value (under the lock).",
+         NULL},
+        {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot value_sync_slots[] = {
-    {Py_tp_doc, "Synchronized(obj, lock): a value whose accesses take the lock."},
-    {Py_tp_new, sync_new},
-    {Py_tp_init, sync_init},
-    {Py_tp_dealloc, sync_dealloc},
-    {Py_tp_traverse, sync_traverse},
-    {Py_tp_clear, sync_clear},
-    {Py_tp_methods, sync_methods},
-    {Py_tp_members, sync_members},
-    {Py_tp_getset, value_sync_getset},
-    {Py_bf_getbuffer, sync_getbuffer},
-    {0, NULL},
+        {Py_tp_doc, "Synchronized(obj, lock): a value whose accesses take the lock."},
+        {Py_tp_new, sync_new},
+        {Py_tp_init, sync_init},
+        {Py_tp_dealloc, sync_dealloc},
+        {Py_tp_traverse, sync_traverse},
+        {Py_tp_clear, sync_clear},
+        {Py_tp_methods, sync_methods},
+        {Py_tp_members, sync_members},
+        {Py_tp_getset, value_sync_getset},
+        {Py_bf_getbuffer, sync_getbuffer},
+        {0, NULL},
 };
 
 static PyType_Spec value_sync_spec = {
-    .name = "cmp._core.Synchronized",
-    .basicsize = sizeof(CmpSync),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .slots = value_sync_slots,
+        .name = "cmp._core.Synchronized",
+        .basicsize = sizeof(CmpSync),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+        .slots = value_sync_slots,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -1143,7 +1188,7 @@ sync_array_item(CmpSync *self, Py_ssize_t i)
 static int
 sync_array_ass_subscript(CmpSync *self, PyObject *key, PyObject *v)
 {
-    if (v == NULL) {    /* the stdlib's wrapper has no __delitem__ */
+    if (v == NULL) { /* the stdlib's wrapper has no __delitem__ */
         PyErr_SetString(PyExc_AttributeError, "__delitem__");
         return -1;
     }
@@ -1168,29 +1213,29 @@ sync_array_ass_item(CmpSync *self, Py_ssize_t i, PyObject *v)
 }
 
 static PyType_Slot array_sync_slots[] = {
-    {Py_tp_doc, "SynchronizedArray(obj, lock): an array whose accesses take the lock."},
-    {Py_tp_new, sync_new},
-    {Py_tp_init, sync_init},
-    {Py_tp_dealloc, sync_dealloc},
-    {Py_tp_traverse, sync_traverse},
-    {Py_tp_clear, sync_clear},
-    {Py_tp_methods, sync_methods},
-    {Py_tp_members, sync_members},
-    {Py_bf_getbuffer, sync_getbuffer},
-    {Py_sq_length, sync_array_length},
-    {Py_sq_item, sync_array_item},
-    {Py_sq_ass_item, sync_array_ass_item},
-    {Py_mp_length, sync_array_length},
-    {Py_mp_subscript, sync_array_subscript},
-    {Py_mp_ass_subscript, sync_array_ass_subscript},
-    {0, NULL},
+        {Py_tp_doc, "SynchronizedArray(obj, lock): an array whose accesses take the lock."},
+        {Py_tp_new, sync_new},
+        {Py_tp_init, sync_init},
+        {Py_tp_dealloc, sync_dealloc},
+        {Py_tp_traverse, sync_traverse},
+        {Py_tp_clear, sync_clear},
+        {Py_tp_methods, sync_methods},
+        {Py_tp_members, sync_members},
+        {Py_bf_getbuffer, sync_getbuffer},
+        {Py_sq_length, sync_array_length},
+        {Py_sq_item, sync_array_item},
+        {Py_sq_ass_item, sync_array_ass_item},
+        {Py_mp_length, sync_array_length},
+        {Py_mp_subscript, sync_array_subscript},
+        {Py_mp_ass_subscript, sync_array_ass_subscript},
+        {0, NULL},
 };
 
 static PyType_Spec array_sync_spec = {
-    .name = "cmp._core.SynchronizedArray",
-    .basicsize = sizeof(CmpSync),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .slots = array_sync_slots,
+        .name = "cmp._core.SynchronizedArray",
+        .basicsize = sizeof(CmpSync),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+        .slots = array_sync_slots,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -1226,27 +1271,27 @@ sync_set_raw(CmpSync *self, PyObject *v, void *Py_UNUSED(closure))
 }
 
 static PyGetSetDef string_sync_getset[] = {
-    {"value", (getter)sync_get_value, (setter)sync_set_value,
-     "The bytes before the first NUL (under the lock).", NULL},
-    {"raw", (getter)sync_get_raw, (setter)sync_set_raw, "All the bytes (under the lock).",
-     NULL},
-    {NULL, NULL, NULL, NULL, NULL},
+        {"value", (getter)sync_get_value, (setter)sync_set_value,
+         "The bytes before the first NUL (under the lock).", NULL},
+        {"raw", (getter)sync_get_raw, (setter)sync_set_raw, "All the bytes (under the lock).",
+         NULL},
+        {NULL, NULL, NULL, NULL, NULL},
 };
 
 static PyType_Slot string_sync_slots[] = {
-    {Py_tp_doc, "SynchronizedString(obj, lock): a 'c' array whose accesses take the lock."},
-    {Py_tp_getset, string_sync_getset},
-    {Py_tp_dealloc, sync_dealloc},
-    {Py_tp_traverse, sync_traverse},
-    {Py_tp_clear, sync_clear},
-    {0, NULL},
+        {Py_tp_doc, "SynchronizedString(obj, lock): a 'c' array whose accesses take the lock."},
+        {Py_tp_getset, string_sync_getset},
+        {Py_tp_dealloc, sync_dealloc},
+        {Py_tp_traverse, sync_traverse},
+        {Py_tp_clear, sync_clear},
+        {0, NULL},
 };
 
 static PyType_Spec string_sync_spec = {
-    .name = "cmp._core.SynchronizedString",
-    .basicsize = sizeof(CmpSync),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .slots = string_sync_slots,
+        .name = "cmp._core.SynchronizedString",
+        .basicsize = sizeof(CmpSync),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+        .slots = string_sync_slots,
 };
 
 /* ======================================================================== */
@@ -1258,7 +1303,7 @@ add_type(PyObject *module, PyType_Spec *spec, PyObject *base, PyTypeObject **slo
     PyObject *tp = PyType_FromModuleAndSpec(module, spec, base);
     if (tp == NULL)
         return -1;
-    *slot = (PyTypeObject *)tp;     /* owned by the module state */
+    *slot = (PyTypeObject *)tp; /* owned by the module state */
     return PyModule_AddType(module, *slot);
 }
 
@@ -1267,11 +1312,12 @@ cmp_sharedctypes_exec(PyObject *module)
 {
     cmp_state *st = PyModule_GetState(module);
     if (add_type(module, &value_spec, NULL, &st->shared_value_type) < 0
-            || add_type(module, &array_spec, NULL, &st->shared_array_type) < 0
-            || add_type(module, &value_sync_spec, NULL, &st->sync_value_type) < 0
-            || add_type(module, &array_sync_spec, NULL, &st->sync_array_type) < 0
-            || add_type(module, &string_sync_spec, (PyObject *)st->sync_array_type,
-                        &st->sync_string_type) < 0)
+        || add_type(module, &array_spec, NULL, &st->shared_array_type) < 0
+        || add_type(module, &value_sync_spec, NULL, &st->sync_value_type) < 0
+        || add_type(module, &array_sync_spec, NULL, &st->sync_array_type) < 0
+        || add_type(module, &string_sync_spec, (PyObject *)st->sync_array_type,
+                    &st->sync_string_type)
+                   < 0)
         return -1;
     return 0;
 }

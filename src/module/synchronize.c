@@ -14,7 +14,6 @@
 #include <stddef.h>
 #include <structmember.h>
 
-
 /* timeout (None or seconds) -> deadline; *nonblocking set when it is <= 0. */
 static int
 parse_timeout(PyObject *timeout, int64_t *deadline, int *nonblocking)
@@ -100,11 +99,11 @@ rebuild_attached(PyTypeObject *type, PyObject *args, size_t size)
 /* ======================================================================== */
 /* SemLock                                                                  */
 
-enum { CMP_KIND_RLOCK = 0, CMP_KIND_SEMAPHORE = 1 };   /* the stdlib's values */
+enum { CMP_KIND_RLOCK = 0, CMP_KIND_SEMAPHORE = 1 }; /* the stdlib's values */
 
 typedef struct {
     PyObject_HEAD
-    cmp_shm_block blk;      /* first, as in CmpShmObject */
+    cmp_shm_block blk; /* first, as in CmpShmObject */
     int kind;
     uint32_t maxvalue;
     /* This process's view, as the stdlib's SemLock keeps it: acquisitions by
@@ -162,8 +161,8 @@ semlock_new(PyTypeObject *type, PyObject *args, PyObject *Py_UNUSED(kwds))
     PyObject *kind_obj, *value_obj, *maxvalue_obj;
     int kind, value, maxvalue;
     if (!PyArg_ParseTuple(args, "OOO:SemLock", &kind_obj, &value_obj, &maxvalue_obj)
-            || as_int(kind_obj, &kind) < 0 || as_int(value_obj, &value) < 0
-            || as_int(maxvalue_obj, &maxvalue) < 0)
+        || as_int(kind_obj, &kind) < 0 || as_int(value_obj, &value) < 0
+        || as_int(maxvalue_obj, &maxvalue) < 0)
         return NULL;
     if (kind != CMP_KIND_RLOCK && kind != CMP_KIND_SEMAPHORE) {
         PyErr_SetString(PyExc_ValueError, "unrecognized kind");
@@ -242,18 +241,20 @@ semlock_do_acquire(CmpSemLock *self, int blocking, PyObject *timeout)
     return 1;
 }
 
-PyDoc_STRVAR(semlock_acquire_doc,
-"acquire(block=True, timeout=None) -> bool\n\nAcquire the semaphore/lock.");
+PyDoc_STRVAR(semlock_acquire_doc, "acquire($self, /, block=True, timeout=None)\n"
+                                  "--\n"
+                                  "\n"
+                                  "Acquire the semaphore/lock.\n"
+                                  "\n"
+                                  "Returns bool.");
 
 static PyObject *
-semlock_acquire(CmpSemLock *self, PyObject *const *args, Py_ssize_t nargs,
-                PyObject *kwnames)
+semlock_acquire(CmpSemLock *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     static const char *const names[] = {"block", "timeout"};
     PyObject *argv[2] = {Py_True, Py_None};
     if ((nargs > 0 || kwnames != NULL)
-            && cmp_parse_args("acquire", args, nargs, kwnames,
-                              names, 2, 0, CMP_ARGS_CLINIC, argv) < 0)
+        && cmp_parse_args("acquire", args, nargs, kwnames, names, 2, 0, CMP_ARGS_CLINIC, argv) < 0)
         return NULL;
     int blocking = argv[0] == Py_True ? 1 : PyObject_IsTrue(argv[0]);
     if (blocking < 0)
@@ -271,14 +272,17 @@ semlock_post(CmpSemLock *self)
     int st = cmp_sem_post(SEM(self), self->maxvalue);
     if (st == CMP_OK)
         return 0;
-    if (st == CMP_EOVERFLOW)    /* the stdlib's message, not an overflow */
+    if (st == CMP_EOVERFLOW) /* the stdlib's message, not an overflow */
         PyErr_SetString(PyExc_ValueError, "semaphore or lock released too many times");
     else
         cmp_set_error(st);
     return -1;
 }
 
-PyDoc_STRVAR(semlock_release_doc, "release()\n\nRelease the semaphore/lock.");
+PyDoc_STRVAR(semlock_release_doc, "release($self, /)\n"
+                                  "--\n"
+                                  "\n"
+                                  "Release the semaphore/lock.");
 
 static PyObject *
 semlock_release(CmpSemLock *self, PyObject *Py_UNUSED(ignored))
@@ -352,9 +356,11 @@ semlock_after_fork(CmpSemLock *self, PyObject *Py_UNUSED(ignored))
 }
 
 PyDoc_STRVAR(semlock_rebuild_doc,
-"_rebuild(fd, offset, kind, maxvalue)\n\n"
-"The lock at offset of the shared segment open as fd (which it takes over),\n"
-"as passed to a child started by spawn or forkserver.");
+             "_rebuild($type, fd, offset, kind, maxvalue, /)\n"
+             "--\n"
+             "\n"
+             "The lock at offset of the shared segment open as fd (which it takes over),\n"
+             "as passed to a child started by spawn or forkserver.");
 
 static PyObject *
 semlock_rebuild(PyTypeObject *type, PyObject *args)
@@ -392,46 +398,78 @@ no_pickle(PyObject *self, PyObject *Py_UNUSED(ignored))
 }
 
 static PyMethodDef semlock_methods[] = {
-    {"acquire", (PyCFunction)(void (*)(void))semlock_acquire,
-     METH_FASTCALL | METH_KEYWORDS, semlock_acquire_doc},
-    {"release", (PyCFunction)semlock_release, METH_NOARGS, semlock_release_doc},
-    {"__enter__", (PyCFunction)semlock_enter, METH_NOARGS, "Enter the semaphore/lock."},
-    {"__exit__", (PyCFunction)(void (*)(void))semlock_exit, METH_FASTCALL,
-     "Exit the semaphore/lock."},
-    {"_is_mine", (PyCFunction)semlock_is_mine, METH_NOARGS,
-     "Whether the lock is owned by this thread."},
-    {"_count", (PyCFunction)semlock_get_count, METH_NOARGS,
-     "Times this thread has acquired it (in this process)."},
-    {"_get_value", (PyCFunction)semlock_get_value, METH_NOARGS, "The semaphore's value."},
-    {"_is_zero", (PyCFunction)semlock_is_zero, METH_NOARGS, "Whether the value is zero."},
-    {"_after_fork", (PyCFunction)semlock_after_fork, METH_NOARGS, "Rezero the count."},
-    {"_shm_handle", shm_handle, METH_NOARGS,
-     "(fd, offset) of the shared word, to pass to a child."},
-    {"_rebuild", (PyCFunction)semlock_rebuild, METH_VARARGS | METH_CLASS, semlock_rebuild_doc},
-    {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
+        {"acquire", (PyCFunction)(void (*)(void))semlock_acquire, METH_FASTCALL | METH_KEYWORDS,
+         semlock_acquire_doc},
+        {"release", (PyCFunction)semlock_release, METH_NOARGS, semlock_release_doc},
+        {"__enter__", (PyCFunction)semlock_enter, METH_NOARGS,
+         "__enter__($self, /)\n"
+         "--\n"
+         "\n"
+         "Enter the semaphore/lock."},
+        {"__exit__", (PyCFunction)(void (*)(void))semlock_exit, METH_FASTCALL,
+         "__exit__($self, /, *args)\n"
+         "--\n"
+         "\n"
+         "Exit the semaphore/lock."},
+        {"_is_mine", (PyCFunction)semlock_is_mine, METH_NOARGS,
+         "_is_mine($self, /)\n"
+         "--\n"
+         "\n"
+         "Whether the lock is owned by this thread."},
+        {"_count", (PyCFunction)semlock_get_count, METH_NOARGS,
+         "_count($self, /)\n"
+         "--\n"
+         "\n"
+         "Times this thread has acquired it (in this process)."},
+        {"_get_value", (PyCFunction)semlock_get_value, METH_NOARGS,
+         "_get_value($self, /)\n"
+         "--\n"
+         "\n"
+         "The semaphore's value."},
+        {"_is_zero", (PyCFunction)semlock_is_zero, METH_NOARGS,
+         "_is_zero($self, /)\n"
+         "--\n"
+         "\n"
+         "Whether the value is zero."},
+        {"_after_fork", (PyCFunction)semlock_after_fork, METH_NOARGS,
+         "_after_fork($self, /)\n"
+         "--\n"
+         "\n"
+         "Rezero the count."},
+        {"_shm_handle", shm_handle, METH_NOARGS,
+         "_shm_handle($self, /)\n"
+         "--\n"
+         "\n"
+         "(fd, offset) of the shared word, to pass to a child."},
+        {"_rebuild", (PyCFunction)semlock_rebuild, METH_VARARGS | METH_CLASS, semlock_rebuild_doc},
+        {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS,
+         "__reduce__($self, /)\n"
+         "--\n"
+         "\n"
+         "Refuses: a lock is passed to a child only as it starts."},
+        {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef semlock_members[] = {
-    {"kind", T_INT, offsetof(CmpSemLock, kind), READONLY, "0: recursive, 1: semaphore"},
-    {"maxvalue", T_UINT, offsetof(CmpSemLock, maxvalue), READONLY, "The largest value."},
-    {NULL, 0, 0, 0, NULL},
+        {"kind", T_INT, offsetof(CmpSemLock, kind), READONLY, "0: recursive, 1: semaphore"},
+        {"maxvalue", T_UINT, offsetof(CmpSemLock, maxvalue), READONLY, "The largest value."},
+        {NULL, 0, 0, 0, NULL},
 };
 
 static PyType_Slot semlock_slots[] = {
-    {Py_tp_doc, "A semaphore or (recursive) lock in shared memory."},
-    {Py_tp_new, semlock_new},
-    {Py_tp_dealloc, semlock_dealloc},
-    {Py_tp_methods, semlock_methods},
-    {Py_tp_members, semlock_members},
-    {0, NULL},
+        {Py_tp_doc, "A semaphore or (recursive) lock in shared memory."},
+        {Py_tp_new, semlock_new},
+        {Py_tp_dealloc, semlock_dealloc},
+        {Py_tp_methods, semlock_methods},
+        {Py_tp_members, semlock_members},
+        {0, NULL},
 };
 
 static PyType_Spec semlock_spec = {
-    .name = "cmp._core.SemLock",
-    .basicsize = sizeof(CmpSemLock),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = semlock_slots,
+        .name = "cmp._core.SemLock",
+        .basicsize = sizeof(CmpSemLock),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+        .slots = semlock_slots,
 };
 
 /* For the binding's other types (sharedctypes.c): `with lock:` from C, so a
@@ -488,12 +526,13 @@ semlock_reacquire(CmpSemLock *lk, long times)
         if (cmp_sem_trywait(SEM(lk)) == CMP_OK)
             continue;
         int st;
-        Py_BEGIN_ALLOW_THREADS
-        do {
+        Py_BEGIN_ALLOW_THREADS do
+        {
             st = cmp_sem_wait(SEM(lk), CMP_FOREVER);
-        } while (st == CMP_EINTR);
-        Py_END_ALLOW_THREADS
-        (void)st;       /* CMP_OK; CMP_ERRNO would be EFAULT: a bug */
+        }
+        while (st == CMP_EINTR)
+            ;
+        Py_END_ALLOW_THREADS(void) st; /* CMP_OK; CMP_ERRNO would be EFAULT: a bug */
     }
 }
 
@@ -515,7 +554,7 @@ condvar_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
         Py_DECREF(self);
         return cmp_set_error(st);
     }
-    return (PyObject *)self;        /* zeroed: a valid empty condition */
+    return (PyObject *)self; /* zeroed: a valid empty condition */
 }
 
 static void
@@ -531,7 +570,7 @@ condvar_dealloc(CmpCondVar *self)
 static CmpSemLock *
 condvar_lock_arg(CmpCondVar *self, PyObject *lock)
 {
-    cmp_state *st = PyType_GetModuleState(Py_TYPE(self));   /* not subclassable */
+    cmp_state *st = PyType_GetModuleState(Py_TYPE(self)); /* not subclassable */
     if (st == NULL || !PyObject_TypeCheck(lock, st->semlock_type)) {
         PyErr_Format(PyExc_TypeError, "a cmp lock is required, not '%.200s'",
                      Py_TYPE(lock)->tp_name);
@@ -554,9 +593,13 @@ cond_sleep_fn(void *p)
 }
 
 PyDoc_STRVAR(condvar_wait_doc,
-"wait(lock, timeout=None) -> bool\n\n"
-"Release lock (which this thread holds, however deeply), wait to be notified\n"
-"or for the timeout, and reacquire it. False on timeout.");
+             "wait($self, lock, timeout=None, /)\n"
+             "--\n"
+             "\n"
+             "Release lock (which this thread holds, however deeply), wait to be notified\n"
+             "or for the timeout, and reacquire it. False on timeout.\n"
+             "\n"
+             "Returns bool.");
 
 static PyObject *
 condvar_wait(CmpCondVar *self, PyObject *const *args, Py_ssize_t nargs)
@@ -583,7 +626,7 @@ condvar_wait(CmpCondVar *self, PyObject *const *args, Py_ssize_t nargs)
     long times = lk->kind == CMP_KIND_RLOCK ? 1 : saved;
     lk->count = 0;
     for (long i = 0; i < times; i++)
-        (void)cmp_sem_post(SEM(lk), lk->maxvalue);  /* held: cannot overflow */
+        (void)cmp_sem_post(SEM(lk), lk->maxvalue); /* held: cannot overflow */
 
     int st = cmp_run_blocking(cond_sleep_fn, &a);
 
@@ -598,8 +641,10 @@ condvar_wait(CmpCondVar *self, PyObject *const *args, Py_ssize_t nargs)
     return cmp_set_error(st);
 }
 
-PyDoc_STRVAR(condvar_notify_doc,
-"notify(lock, n)\n\nWake up to n waiters; this thread must hold lock.");
+PyDoc_STRVAR(condvar_notify_doc, "notify($self, lock, n, /)\n"
+                                 "--\n"
+                                 "\n"
+                                 "Wake up to n waiters; this thread must hold lock.");
 
 static PyObject *
 condvar_notify(CmpCondVar *self, PyObject *const *args, Py_ssize_t nargs)
@@ -611,7 +656,7 @@ condvar_notify(CmpCondVar *self, PyObject *const *args, Py_ssize_t nargs)
     CmpSemLock *lk = condvar_lock_arg(self, args[0]);
     if (lk == NULL)
         return NULL;
-    Py_ssize_t n = PyNumber_AsSsize_t(args[1], NULL);   /* clamps big ints */
+    Py_ssize_t n = PyNumber_AsSsize_t(args[1], NULL); /* clamps big ints */
     if (n == -1 && PyErr_Occurred())
         return NULL;
     if (!semlock_ismine(lk)) {
@@ -639,29 +684,44 @@ condvar_rebuild(PyTypeObject *type, PyObject *args)
 }
 
 static PyMethodDef condvar_methods[] = {
-    {"wait", (PyCFunction)(void (*)(void))condvar_wait, METH_FASTCALL, condvar_wait_doc},
-    {"notify", (PyCFunction)(void (*)(void))condvar_notify, METH_FASTCALL, condvar_notify_doc},
-    {"_waiting", (PyCFunction)condvar_waiting, METH_NOARGS, "Waiters (approximate)."},
-    {"_shm_handle", shm_handle, METH_NOARGS, "(fd, offset)"},
-    {"_rebuild", (PyCFunction)condvar_rebuild, METH_VARARGS | METH_CLASS,
-     "_rebuild(fd, offset): the condition passed to a spawned child."},
-    {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
+        {"wait", (PyCFunction)(void (*)(void))condvar_wait, METH_FASTCALL, condvar_wait_doc},
+        {"notify", (PyCFunction)(void (*)(void))condvar_notify, METH_FASTCALL, condvar_notify_doc},
+        {"_waiting", (PyCFunction)condvar_waiting, METH_NOARGS,
+         "_waiting($self, /)\n"
+         "--\n"
+         "\n"
+         "Waiters (approximate)."},
+        {"_shm_handle", shm_handle, METH_NOARGS,
+         "_shm_handle($self, /)\n"
+         "--\n"
+         "\n"
+         "(fd, offset)"},
+        {"_rebuild", (PyCFunction)condvar_rebuild, METH_VARARGS | METH_CLASS,
+         "_rebuild($type, fd, offset, /)\n"
+         "--\n"
+         "\n"
+         "The condition passed to a spawned child."},
+        {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS,
+         "__reduce__($self, /)\n"
+         "--\n"
+         "\n"
+         "Refuses: a condition is passed to a child only as it starts."},
+        {NULL, NULL, 0, NULL},
 };
 
 static PyType_Slot condvar_slots[] = {
-    {Py_tp_doc, "The shared part of a Condition: waiter tickets on a futex word."},
-    {Py_tp_new, condvar_new},
-    {Py_tp_dealloc, condvar_dealloc},
-    {Py_tp_methods, condvar_methods},
-    {0, NULL},
+        {Py_tp_doc, "The shared part of a Condition: waiter tickets on a futex word."},
+        {Py_tp_new, condvar_new},
+        {Py_tp_dealloc, condvar_dealloc},
+        {Py_tp_methods, condvar_methods},
+        {0, NULL},
 };
 
 static PyType_Spec condvar_spec = {
-    .name = "cmp._core.CondVar",
-    .basicsize = sizeof(CmpCondVar),
-    .flags = Py_TPFLAGS_DEFAULT,
-    .slots = condvar_slots,
+        .name = "cmp._core.CondVar",
+        .basicsize = sizeof(CmpCondVar),
+        .flags = Py_TPFLAGS_DEFAULT,
+        .slots = condvar_slots,
 };
 
 /* ======================================================================== */
@@ -680,7 +740,7 @@ event_new(PyTypeObject *type, PyObject *Py_UNUSED(args), PyObject *Py_UNUSED(kwd
         Py_DECREF(self);
         return cmp_set_error(st);
     }
-    return (PyObject *)self;        /* zeroed: unset */
+    return (PyObject *)self; /* zeroed: unset */
 }
 
 static void
@@ -733,8 +793,7 @@ event_wait(CmpEvent *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kw
     static const char *const names[] = {"timeout"};
     PyObject *timeout = Py_None;
     if ((nargs > 0 || kwnames != NULL)
-            && cmp_parse_args("wait", args, nargs, kwnames,
-                              names, 1, 0, CMP_ARGS_CLINIC, &timeout) < 0)
+        && cmp_parse_args("wait", args, nargs, kwnames, names, 1, 0, CMP_ARGS_CLINIC, &timeout) < 0)
         return NULL;
     uint32_t seen = cmp_event_snapshot(EVENT(self));
     if (seen & 1)
@@ -758,32 +817,60 @@ event_rebuild(PyTypeObject *type, PyObject *args)
 }
 
 static PyMethodDef event_methods[] = {
-    {"is_set", (PyCFunction)event_is_set, METH_NOARGS, "Whether the flag is set."},
-    {"set", (PyCFunction)event_set, METH_NOARGS, "Set the flag and wake every waiter."},
-    {"clear", (PyCFunction)event_clear, METH_NOARGS, "Reset the flag."},
-    {"wait", (PyCFunction)(void (*)(void))event_wait, METH_FASTCALL | METH_KEYWORDS,
-     "wait(timeout=None) -> bool\n\nBlock until the flag is set or the timeout passes;\n"
-     "returns the flag."},
-    {"_shm_handle", shm_handle, METH_NOARGS, "(fd, offset)"},
-    {"_rebuild", (PyCFunction)event_rebuild, METH_VARARGS | METH_CLASS,
-     "_rebuild(fd, offset): the event passed to a spawned child."},
-    {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
+        {"is_set", (PyCFunction)event_is_set, METH_NOARGS,
+         "is_set($self, /)\n"
+         "--\n"
+         "\n"
+         "Whether the flag is set."},
+        {"set", (PyCFunction)event_set, METH_NOARGS,
+         "set($self, /)\n"
+         "--\n"
+         "\n"
+         "Set the flag and wake every waiter."},
+        {"clear", (PyCFunction)event_clear, METH_NOARGS,
+         "clear($self, /)\n"
+         "--\n"
+         "\n"
+         "Reset the flag."},
+        {"wait", (PyCFunction)(void (*)(void))event_wait, METH_FASTCALL | METH_KEYWORDS,
+         "wait($self, /, timeout=None)\n"
+         "--\n"
+         "\n"
+         "Block until the flag is set or the timeout passes;\n"
+         "returns the flag.\n"
+         "\n"
+         "Returns bool."},
+        {"_shm_handle", shm_handle, METH_NOARGS,
+         "_shm_handle($self, /)\n"
+         "--\n"
+         "\n"
+         "(fd, offset)"},
+        {"_rebuild", (PyCFunction)event_rebuild, METH_VARARGS | METH_CLASS,
+         "_rebuild($type, fd, offset, /)\n"
+         "--\n"
+         "\n"
+         "The event passed to a spawned child."},
+        {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS,
+         "__reduce__($self, /)\n"
+         "--\n"
+         "\n"
+         "Refuses: an event is passed to a child only as it starts."},
+        {NULL, NULL, 0, NULL},
 };
 
 static PyType_Slot event_slots[] = {
-    {Py_tp_doc, "An event flag in shared memory."},
-    {Py_tp_new, event_new},
-    {Py_tp_dealloc, event_dealloc},
-    {Py_tp_methods, event_methods},
-    {0, NULL},
+        {Py_tp_doc, "An event flag in shared memory."},
+        {Py_tp_new, event_new},
+        {Py_tp_dealloc, event_dealloc},
+        {Py_tp_methods, event_methods},
+        {0, NULL},
 };
 
 static PyType_Spec event_spec = {
-    .name = "cmp._core.Event",
-    .basicsize = sizeof(CmpEvent),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .slots = event_slots,
+        .name = "cmp._core.Event",
+        .basicsize = sizeof(CmpEvent),
+        .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+        .slots = event_slots,
 };
 
 /* ======================================================================== */
@@ -791,7 +878,7 @@ static PyType_Spec event_spec = {
 
 typedef struct {
     PyObject_HEAD
-    cmp_shm_block blk;      /* first, as in CmpShmObject */
+    cmp_shm_block blk; /* first, as in CmpShmObject */
     Py_ssize_t size;
 } CmpSharedBlock;
 
@@ -864,27 +951,38 @@ block_rebuild(PyTypeObject *type, PyObject *args)
 }
 
 static PyMethodDef block_methods[] = {
-    {"_shm_handle", (PyCFunction)block_shm_handle, METH_NOARGS, "(fd, offset, size)"},
-    {"_rebuild", (PyCFunction)block_rebuild, METH_VARARGS | METH_CLASS,
-     "_rebuild(fd, offset, size): the block passed to a spawned child."},
-    {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS, NULL},
-    {NULL, NULL, 0, NULL},
+        {"_shm_handle", (PyCFunction)block_shm_handle, METH_NOARGS,
+         "_shm_handle($self, /)\n"
+         "--\n"
+         "\n"
+         "(fd, offset, size)"},
+        {"_rebuild", (PyCFunction)block_rebuild, METH_VARARGS | METH_CLASS,
+         "_rebuild($type, fd, offset, size, /)\n"
+         "--\n"
+         "\n"
+         "The block passed to a spawned child."},
+        {"__reduce__", (PyCFunction)no_pickle, METH_NOARGS,
+         "__reduce__($self, /)\n"
+         "--\n"
+         "\n"
+         "Refuses: a block is passed to a child only as it starts."},
+        {NULL, NULL, 0, NULL},
 };
 
 static PyType_Slot block_slots[] = {
-    {Py_tp_doc, "SharedBlock(size): zeroed bytes in shared memory (a writable buffer)."},
-    {Py_tp_new, block_new},
-    {Py_tp_dealloc, block_dealloc},
-    {Py_tp_methods, block_methods},
-    {Py_bf_getbuffer, block_getbuffer},
-    {0, NULL},
+        {Py_tp_doc, "SharedBlock(size): zeroed bytes in shared memory (a writable buffer)."},
+        {Py_tp_new, block_new},
+        {Py_tp_dealloc, block_dealloc},
+        {Py_tp_methods, block_methods},
+        {Py_bf_getbuffer, block_getbuffer},
+        {0, NULL},
 };
 
 static PyType_Spec block_spec = {
-    .name = "cmp._core.SharedBlock",
-    .basicsize = sizeof(CmpSharedBlock),
-    .flags = Py_TPFLAGS_DEFAULT,
-    .slots = block_slots,
+        .name = "cmp._core.SharedBlock",
+        .basicsize = sizeof(CmpSharedBlock),
+        .flags = Py_TPFLAGS_DEFAULT,
+        .slots = block_slots,
 };
 
 /* ======================================================================== */
@@ -900,9 +998,12 @@ cmp_py_shm_stats(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
 }
 
 static PyMethodDef sync_functions[] = {
-    {"shm_stats", cmp_py_shm_stats, METH_NOARGS,
-     "shm_stats() -> (segments, bytes mapped, arena blocks in use)"},
-    {NULL, NULL, 0, NULL},
+        {"shm_stats", cmp_py_shm_stats, METH_NOARGS,
+         "shm_stats($module, /)\n"
+         "--\n"
+         "\n"
+         "Returns (segments, bytes mapped, arena blocks in use)."},
+        {NULL, NULL, 0, NULL},
 };
 
 static int
@@ -911,7 +1012,7 @@ add_type(PyObject *module, PyType_Spec *spec, PyTypeObject **slot)
     PyObject *tp = PyType_FromModuleAndSpec(module, spec, NULL);
     if (tp == NULL)
         return -1;
-    *slot = (PyTypeObject *)tp;     /* owned by the module state */
+    *slot = (PyTypeObject *)tp; /* owned by the module state */
     return PyModule_AddType(module, *slot);
 }
 
@@ -920,15 +1021,15 @@ cmp_sync_exec(PyObject *module)
 {
     cmp_state *st = PyModule_GetState(module);
     if (add_type(module, &semlock_spec, &st->semlock_type) < 0
-            || add_type(module, &condvar_spec, &st->condvar_type) < 0
-            || add_type(module, &event_spec, &st->event_type) < 0
-            || add_type(module, &block_spec, &st->block_type) < 0)
+        || add_type(module, &condvar_spec, &st->condvar_type) < 0
+        || add_type(module, &event_spec, &st->event_type) < 0
+        || add_type(module, &block_spec, &st->block_type) < 0)
         return -1;
     if (PyModule_AddFunctions(module, sync_functions) < 0)
         return -1;
     if (PyModule_AddIntConstant(module, "RECURSIVE_MUTEX", CMP_KIND_RLOCK) < 0
-            || PyModule_AddIntConstant(module, "SEMAPHORE", CMP_KIND_SEMAPHORE) < 0
-            || PyModule_AddIntConstant(module, "SEM_VALUE_MAX", CMP_SEM_VALUE_MAX) < 0)
+        || PyModule_AddIntConstant(module, "SEMAPHORE", CMP_KIND_SEMAPHORE) < 0
+        || PyModule_AddIntConstant(module, "SEM_VALUE_MAX", CMP_SEM_VALUE_MAX) < 0)
         return -1;
     return 0;
 }

@@ -22,33 +22,33 @@ struct ctest_case {
 static struct ctest_case ctest_cases[CTEST_MAX];
 static int ctest_ncases;
 
-#define CTEST(name)                                                           \
-    static void ctest_##name(int *ctest_failed);                              \
-    __attribute__((constructor)) static void ctest_register_##name(void)      \
-    {                                                                         \
-        if (ctest_ncases < CTEST_MAX)                                         \
+#define CTEST(name)                                                                 \
+    static void ctest_##name(int *ctest_failed);                                    \
+    __attribute__((constructor)) static void ctest_register_##name(void)            \
+    {                                                                               \
+        if (ctest_ncases < CTEST_MAX)                                               \
             ctest_cases[ctest_ncases++] = (struct ctest_case){#name, ctest_##name}; \
-    }                                                                         \
+    }                                                                               \
     static void ctest_##name(int *ctest_failed)
 
-#define CHECK(cond)                                                           \
-    do {                                                                      \
-        if (!(cond)) {                                                        \
+#define CHECK(cond)                                                                  \
+    do {                                                                             \
+        if (!(cond)) {                                                               \
             fprintf(stderr, "%s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
-            *ctest_failed = 1;                                                \
-            return;                                                           \
-        }                                                                     \
+            *ctest_failed = 1;                                                       \
+            return;                                                                  \
+        }                                                                            \
     } while (0)
 
-#define CHECK_EQ(a, b)                                                        \
-    do {                                                                      \
-        long long ctest_a = (long long)(a), ctest_b = (long long)(b);         \
-        if (ctest_a != ctest_b) {                                             \
-            fprintf(stderr, "%s:%d: CHECK_EQ(%s, %s) failed: %lld != %lld\n", \
-                    __FILE__, __LINE__, #a, #b, ctest_a, ctest_b);            \
-            *ctest_failed = 1;                                                \
-            return;                                                           \
-        }                                                                     \
+#define CHECK_EQ(a, b)                                                                            \
+    do {                                                                                          \
+        long long ctest_a = (long long)(a), ctest_b = (long long)(b);                             \
+        if (ctest_a != ctest_b) {                                                                 \
+            fprintf(stderr, "%s:%d: CHECK_EQ(%s, %s) failed: %lld != %lld\n", __FILE__, __LINE__, \
+                    #a, #b, ctest_a, ctest_b);                                                    \
+            *ctest_failed = 1;                                                                    \
+            return;                                                                               \
+        }                                                                                         \
     } while (0)
 
 static int

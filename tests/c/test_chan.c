@@ -68,21 +68,21 @@ CTEST(bell_follows_the_ring)
     CHECK(!readable(sv[0]));
     CHECK_EQ(put(&c, 0, sv[1], "a"), CMP_OK);
     CHECK(readable(sv[0]));
-    CHECK_EQ(put(&c, 0, sv[1], "b"), CMP_OK);    /* rung already: no second bell */
+    CHECK_EQ(put(&c, 0, sv[1], "b"), CMP_OK); /* rung already: no second bell */
     char buf[64];
     CHECK_EQ(take(&c, 0, buf, sizeof(buf)), 1);
-    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), 1);  /* "b" is there: bell kept */
+    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), 1); /* "b" is there: bell kept */
     CHECK(readable(sv[0]));
     CHECK_EQ(take(&c, 0, buf, sizeof(buf)), 1);
     CHECK(!strcmp(buf, "b"));
     cmp_chan_quiesce(&c, 0, sv[0], 1);
-    CHECK(!readable(sv[0]));                      /* exact again */
+    CHECK(!readable(sv[0])); /* exact again */
     CHECK_EQ(put(&c, 0, sv[1], "c"), CMP_OK);
     CHECK(readable(sv[0]));
     CHECK_EQ(cmp_chan_wait(&c, 0, sv[0], 1, cmp_monotonic_ns(), &(cmp_spin_budget){0}), CMP_OK);
     close(sv[1]);
     CHECK_EQ(take(&c, 0, buf, sizeof(buf)), 1);
-    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), 3);  /* empty, and the end */
+    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), 3); /* empty, and the end */
     CHECK_EQ(cmp_chan_wait(&c, 0, sv[0], 1, CMP_FOREVER, &(cmp_spin_budget){0}), CMP_EEOF);
     close(sv[0]);
     munmap(mem, cmp_chan_size(2, CAP));
@@ -136,14 +136,14 @@ CTEST(descriptor_records_skip_bells)
     int sv[2], p[2];
     CHECK_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv), 0);
     CHECK_EQ(pipe(p), 0);
-    CHECK_EQ(send(sv[1], "b", 1, 0), 1);           /* a stale bell ahead */
+    CHECK_EQ(send(sv[1], "b", 1, 0), 1); /* a stale bell ahead */
     CHECK_EQ(cmp_chan_send_fds(sv[1], p, 2), CMP_OK);
     int fds[4], n = 4;
     CHECK_EQ(cmp_chan_recv_fds(sv[0], fds, &n), CMP_OK);
     CHECK_EQ(n, 2);
     CHECK_EQ(write(p[1], "x", 1), 1);
     char ch = 0;
-    CHECK_EQ(read(fds[0], &ch, 1), 1);             /* the same pipe */
+    CHECK_EQ(read(fds[0], &ch, 1), 1); /* the same pipe */
     CHECK_EQ(ch, 'x');
     for (int i = 0; i < 2; i++) {
         close(fds[i]);

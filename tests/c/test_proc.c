@@ -74,7 +74,7 @@ CTEST(child_dies_with_parent)
         }
         if (write(p[1], &g, sizeof g) != sizeof g)
             _exit(2);
-        _exit(0);           /* middle exits: the grandchild must follow */
+        _exit(0); /* middle exits: the grandchild must follow */
     }
     close(p[1]);
     pid_t g = 0;
@@ -83,7 +83,7 @@ CTEST(child_dies_with_parent)
     int st;
     CHECK(waitpid(middle, &st, 0) == middle);
     int gfd = cmp_pidfd_open(g);
-    if (gfd < 0) {          /* already gone and reaped by init */
+    if (gfd < 0) { /* already gone and reaped by init */
         CHECK(errno == ESRCH);
         return;
     }

@@ -35,7 +35,7 @@ offer1(cmp_ring *r, const void *data, size_t len, int64_t deadline)
     size_t accepted, written;
     int st = cmp_ring_offer(r, &m, 1, 0, deadline, CMP_RING_WAIT_LOCK, &accepted, &written);
     if (st == CMP_OK && written == 0)
-        return CMP_RING_NEED;   /* deferred: not expected in these tests */
+        return CMP_NEED; /* deferred: not expected in these tests */
     return st;
 }
 
@@ -58,7 +58,7 @@ take1(cmp_ring *r, void *buf, size_t cap, int64_t deadline)
     cmp_ring_rop_init(&op, buf, cap, &len, 1);
     int st = cmp_ring_take(r, &op, deadline);
     if (st != CMP_OK)
-        return st == CMP_RING_NEED ? -1000 - (long)op.need : st;
+        return st == CMP_NEED ? -1000 - (long)op.need : st;
     return (long)len;
 }
 
@@ -113,7 +113,7 @@ CTEST(bounded_slots_and_timeout)
     CHECK(cmp_monotonic_ns() - t0 >= 50 * 1000000LL);
     CHECK_EQ(cmp_ring_reserve(r, 0), CMP_EFULL);
     CHECK_EQ(take1(r, out, sizeof(out), 0), 1);
-    CHECK_EQ(cmp_ring_reserve(r, 0), CMP_OK);     /* a slot for the overflow */
+    CHECK_EQ(cmp_ring_reserve(r, 0), CMP_OK); /* a slot for the overflow */
     CHECK(cmp_ring_full(r));
     CHECK_EQ(write1(r, &b, 1, 1), CMP_OK);
     CHECK_EQ(cmp_ring_qsize(r), 2);
@@ -180,7 +180,7 @@ CTEST(dead_producer_mid_stream_is_recovered)
     pid_t pid = fork();
     if (pid == 0) {
         static char big[1 << 16];
-        write1(r, big, sizeof(big), 0);     /* blocks: nobody reads */
+        write1(r, big, sizeof(big), 0); /* blocks: nobody reads */
         _exit(0);
     }
     usleep(100 * 1000);
@@ -204,11 +204,11 @@ CTEST(dead_lock_holder_is_detected)
     pid_t pid = fork();
     if (pid == 0) {
         static char big[1 << 16];
-        write1(r, big, sizeof(big), 0);     /* holds the put lock */
+        write1(r, big, sizeof(big), 0); /* holds the put lock */
         _exit(0);
     }
     usleep(100 * 1000);
-    kill(pid, SIGKILL);     /* not reaped yet: a zombie holds the lock */
+    kill(pid, SIGKILL); /* not reaped yet: a zombie holds the lock */
     unsigned char out[1 << 16];
     /* drain its chunks so the recovering writer has room */
     take1(r, out, sizeof(out), cmp_deadline_after(0.1));
@@ -242,7 +242,7 @@ CTEST(claim_names_the_message_taken)
     CHECK_EQ(claim[0], 11);
     CHECK_EQ(claim[1], 22);
     CHECK_EQ(claim[2], 33);
-    CHECK_EQ(claim[3], 0);      /* only CMP_RING_CLAIM_WORDS words */
+    CHECK_EQ(claim[3], 0); /* only CMP_RING_CLAIM_WORDS words */
     /* a message too short to hold a claim leaves it alone */
     claim[0] = 0;
     cmp_ring_rop_init(&op, buf, sizeof(buf), lens, 1);
@@ -256,7 +256,7 @@ CTEST(claim_names_the_message_taken)
 CTEST(claim_of_a_streamed_message)
 {
     cmp_ring *r = new_ring(4096, 0, 0);
-    static uint64_t big[2048];      /* 16 KiB: streams through a 4 KiB ring */
+    static uint64_t big[2048]; /* 16 KiB: streams through a 4 KiB ring */
     static unsigned char out[sizeof(big)];
     for (size_t i = 0; i < 2048; i++)
         big[i] = i + 100;
@@ -273,6 +273,38 @@ CTEST(claim_of_a_streamed_message)
     CHECK(memcmp(out, big, sizeof(big)) == 0);
     CHECK_EQ(claim[0], 100);
     CHECK_EQ(claim[2], 102);
+    int status;
+    waitpid(pid, &status, 0);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    free_ring(r);
+}
+
+CTEST(stalled_stream_honours_the_deadline_and_resumes)
+{
+    cmp_ring *r = new_ring(4096, 0, 0);
+    static unsigned char big[16384], out[sizeof(big)];
+    for (size_t i = 0; i < sizeof(big); i++)
+        big[i] = (unsigned char)(i * 7);
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(write1(r, big, sizeof(big), 0) == CMP_OK ? 0 : 1);
+    size_t len;
+    cmp_ring_rop op;
+    cmp_ring_rop_init(&op, out, sizeof(out), &len, 1);
+    /* wait for the first chunk, then stop the producer mid-stream */
+    while (cmp_ring_empty(r))
+        usleep(100);
+    kill(pid, SIGSTOP);
+    int64_t t0 = cmp_monotonic_ns();
+    CHECK_EQ(cmp_ring_take(r, &op, cmp_deadline_after(0.05)), CMP_ETIMEDOUT);
+    CHECK(op.locked);
+    CHECK(cmp_monotonic_ns() - t0 < 2 * CMP_RING_PROBE_NS);
+    /* never waits: returns at once, still partial */
+    CHECK_EQ(cmp_ring_take(r, &op, CMP_RING_NOW), CMP_ETIMEDOUT);
+    kill(pid, SIGCONT);
+    CHECK_EQ(cmp_ring_take(r, &op, cmp_deadline_after(10)), CMP_OK);
+    CHECK_EQ(len, sizeof(big));
+    CHECK(memcmp(out, big, sizeof(big)) == 0);
     int status;
     waitpid(pid, &status, 0);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);

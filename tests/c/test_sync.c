@@ -115,7 +115,7 @@ CTEST(arena_large_block_shared_is_unmapped_at_free)
     pid_t pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
-        usleep(100 * 1000);     /* the parent frees its mapping meanwhile */
+        usleep(100 * 1000); /* the parent frees its mapping meanwhile */
         _exit(*(volatile int *)big.addr == 7 ? 0 : 1);
     }
     *(volatile int *)big.addr = 7;
@@ -160,7 +160,7 @@ CTEST(arena_attach_maps_by_descriptor_once)
     CHECK_EQ(errno, EINVAL);
     cmp_shm_free(&view1);
     cmp_shm_free(&a);
-    CHECK(fcntl(fd, F_GETFD) >= 0);     /* shared: the segment stays */
+    CHECK(fcntl(fd, F_GETFD) >= 0); /* shared: the segment stays */
 }
 
 /* ------------------------------------------------------------------------ */
@@ -186,7 +186,7 @@ CTEST(sem_mutual_exclusion_across_processes)
     cmp_shm_block blk;
     CHECK_EQ(cmp_shm_alloc(2 * sizeof(long) + sizeof(cmp_sem), 8, &blk), CMP_OK);
     cmp_sem *s = blk.addr;
-    volatile long *counter = (volatile long *)blk.addr + 2;  /* past the 12-byte sem */
+    volatile long *counter = (volatile long *)blk.addr + 2; /* past the 12-byte sem */
     cmp_sem_init(s, 1);
     pid_t pids[NPROC];
     for (int i = 0; i < NPROC; i++) {
@@ -248,8 +248,7 @@ CTEST(event_set_then_clear_still_ends_a_wait)
     cmp_event_clear(&e);
     CHECK_EQ(cmp_event_is_set(&e), 0);
     CHECK_EQ(cmp_event_wait(&e, seen, cmp_deadline_after(0.01)), CMP_OK);
-    CHECK_EQ(cmp_event_wait(&e, cmp_event_snapshot(&e), cmp_deadline_after(0.01)),
-             CMP_ETIMEDOUT);
+    CHECK_EQ(cmp_event_wait(&e, cmp_event_snapshot(&e), cmp_deadline_after(0.01)), CMP_ETIMEDOUT);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -345,7 +344,7 @@ CTEST(cond_timed_out_waiter_does_not_swallow_a_notify)
     cmp_sem_init(&sh->lock, 1);
     pid_t first = fork();
     CHECK(first >= 0);
-    if (first == 0)             /* the first ticket; gives up soon */
+    if (first == 0) /* the first ticket; gives up soon */
         _exit(cond_waiter(sh, 0.05) ? 1 : 0);
     while (waiting(sh) < 1)
         sleep_ms(1);
@@ -356,7 +355,7 @@ CTEST(cond_timed_out_waiter_does_not_swallow_a_notify)
     CHECK_EQ(wait_child(first), 0);
     while (waiting(sh) < 1)
         sleep_ms(1);
-    notify(sh, 1);              /* must reach the second waiter */
+    notify(sh, 1); /* must reach the second waiter */
     CHECK_EQ(wait_child(second), 0);
     CHECK_EQ(sh->woken, 1);
     CHECK_EQ(waiting(sh), 0);

@@ -132,7 +132,11 @@ CTEST(long_header_form_is_read)
 {
     int sv[2];
     CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-    CHECK_EQ(write(sv[0], "\xff\xff\xff\xff\0\0\0\0\0\0\0\x03" "abc", 15), 15);
+    CHECK_EQ(write(sv[0],
+                   "\xff\xff\xff\xff\0\0\0\0\0\0\0\x03"
+                   "abc",
+                   15),
+             15);
     cmp_wire_rx rx;
     char *buf;
     uint64_t len;
@@ -149,14 +153,14 @@ CTEST(bad_and_truncated_headers)
     int sv[2];
     cmp_wire_rx rx;
     CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-    CHECK_EQ(write(sv[0], "\xff\xff\xff\xfe", 4), 4);        /* -2 */
+    CHECK_EQ(write(sv[0], "\xff\xff\xff\xfe", 4), 4); /* -2 */
     cmp_wire_rx_reset(&rx);
     CHECK_EQ(recv_header(sv[1], 1, &rx), CMP_EBADMSG);
     close(sv[0]);
     close(sv[1]);
 
     CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-    CHECK_EQ(write(sv[0], "\0\0", 2), 2);                    /* half a header */
+    CHECK_EQ(write(sv[0], "\0\0", 2), 2); /* half a header */
     close(sv[0]);
     cmp_wire_rx_reset(&rx);
     CHECK_EQ(recv_header(sv[1], 1, &rx), CMP_EEOF);
@@ -164,7 +168,11 @@ CTEST(bad_and_truncated_headers)
     close(sv[1]);
 
     CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
-    CHECK_EQ(write(sv[0], "\0\0\0\x09" "abc", 7), 7);        /* short body */
+    CHECK_EQ(write(sv[0],
+                   "\0\0\0\x09"
+                   "abc",
+                   7),
+             7); /* short body */
     close(sv[0]);
     char *buf;
     uint64_t len;
@@ -184,7 +192,11 @@ CTEST(reads_resume_after_a_short_read)
     /* a short read: CMP_EINTR with the progress kept */
     CHECK_EQ(cmp_wire_recv_header(sv[1], 1, &rx), CMP_EINTR);
     CHECK_EQ(rx.hdr_have, 2);
-    CHECK_EQ(write(sv[0], "\0\x04" "ab", 4), 4);
+    CHECK_EQ(write(sv[0],
+                   "\0\x04"
+                   "ab",
+                   4),
+             4);
     CHECK_EQ(cmp_wire_recv_header(sv[1], 1, &rx), CMP_OK);
     CHECK_EQ(rx.len, 4);
     char body[4];
@@ -206,7 +218,7 @@ on_alarm(int sig)
 
 CTEST(blocked_read_returns_eintr_on_a_signal)
 {
-    struct sigaction sa = {.sa_handler = on_alarm}, old;   /* no SA_RESTART */
+    struct sigaction sa = {.sa_handler = on_alarm}, old; /* no SA_RESTART */
     sigemptyset(&sa.sa_mask);
     CHECK_EQ(sigaction(SIGALRM, &sa, &old), 0);
     int sv[2];
@@ -312,7 +324,7 @@ CTEST(send_to_a_closed_reader_is_epipe)
     CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
     close(sv[1]);
     errno = 0;
-    CHECK_EQ(send_frame(sv[0], 1, "x", 1), CMP_ERRNO);   /* MSG_NOSIGNAL: no SIGPIPE */
+    CHECK_EQ(send_frame(sv[0], 1, "x", 1), CMP_ERRNO); /* MSG_NOSIGNAL: no SIGPIPE */
     CHECK_EQ(errno, EPIPE);
     close(sv[0]);
 }
@@ -357,7 +369,7 @@ CTEST(spin_reads_a_waiting_frame_without_blocking)
     int64_t start = -1;
     CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget, &start), CMP_OK);
     CHECK_EQ(rx.len, 3);
-    CHECK_EQ(budget, 0);          /* no spin happened: nothing to adapt */
+    CHECK_EQ(budget, 0); /* no spin happened: nothing to adapt */
     CHECK_EQ(start, 0);
     close(sv[0]);
     close(sv[1]);
@@ -383,7 +395,7 @@ CTEST(spin_gives_up_then_settles_on_the_wait)
     for (int i = 0; i < 20; i++)
         cmp_wire_spin_settle(&budget, cmp_monotonic_ns() - 10 * CMP_WIRE_SPIN_MAX_NS);
     CHECK(budget <= CMP_WIRE_SPIN_MIN_NS && budget > CMP_WIRE_SPIN_MIN_NS / 2);
-    cmp_wire_spin_settle(&budget, 0);                   /* did not spin */
+    cmp_wire_spin_settle(&budget, 0); /* did not spin */
     /* The peer closing is end of file, not "go on and block". */
     close(sv[0]);
     CHECK_EQ(cmp_wire_recv_header_spin(sv[1], 1, &rx, &budget, &start), CMP_EEOF);
@@ -395,7 +407,7 @@ CTEST(spin_header_split_across_reads)
     int sv[2];
     CHECK(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) == 0);
     unsigned char frame[] = {0, 0, 0, 2, 'h', 'i'};
-    CHECK(write(sv[0], frame, 2) == 2);       /* half a header now */
+    CHECK(write(sv[0], frame, 2) == 2); /* half a header now */
     cmp_wire_rx rx;
     cmp_wire_rx_reset(&rx);
     cmp_spin_budget budget = 0;
