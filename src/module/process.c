@@ -25,7 +25,10 @@ flush_std_streams(void)
 }
 
 PyDoc_STRVAR(fork_doc,
-"fork(die_with_parent, parent_pidfd) -> pid\n\n"
+"fork($module, die_with_parent, parent_pidfd, /)\n"
+"--\n"
+"\n"
+"Returns pid.\n\n"
 "Flush stdout/stderr and fork, running the interpreter's fork hooks\n"
 "(os.register_at_fork). With die_with_parent the child is killed when this\n"
 "process dies, even by SIGKILL. parent_pidfd (a pidfd of this process, or -1)\n"
@@ -90,7 +93,10 @@ wait_readable_call(void *p)
 }
 
 PyDoc_STRVAR(wait_readable_doc,
-"wait_readable(fd, timeout=None) -> bool\n\n"
+"wait_readable($module, fd, timeout=None, /)\n"
+"--\n"
+"\n"
+"Returns bool.\n\n"
 "Block until fd is readable (True) or timeout seconds pass (False).\n"
 "Releases the GIL; signals interrupt it the PEP 475 way.");
 
@@ -114,7 +120,10 @@ cmp_py_wait_readable(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 PyDoc_STRVAR(reap_doc,
-"reap(pid) -> exitcode or None\n\n"
+"reap($module, pid, /)\n"
+"--\n"
+"\n"
+"Returns exitcode or None.\n\n"
 "waitpid(pid, WNOHANG): the exit status, -signal if a signal killed it, or\n"
 "None while it runs. Raises ChildProcessError if it was reaped elsewhere.");
 
@@ -169,7 +178,10 @@ fail:
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn(path, argv, env, keep_fds, clean=False) -> pid\n\n"
+"spawn($module, path, argv, env, keep_fds, clean=False, /)\n"
+"--\n"
+"\n"
+"Returns pid.\n\n"
 "posix_spawn path with argv and env (sequences of str); the descriptors in\n"
 "keep_fds stay open in the child under the same numbers. With clean, the\n"
 "child has only 0, 1, 2 and keep_fds[i] as 3 + i.");
@@ -224,7 +236,9 @@ done:
 }
 
 PyDoc_STRVAR(die_with_parent_doc,
-"die_with_parent(ppid, pidfd=-1)\n\n"
+"die_with_parent($module, ppid, pidfd=-1, /)\n"
+"--\n"
+"\n"
 "Be killed when the parent process goes: with a watcher thread on pidfd when\n"
 "one is given (taking it over), else PR_SET_PDEATHSIG checked against ppid.");
 
@@ -290,7 +304,10 @@ key_arg(PyObject *obj, void *out)
 }
 
 PyDoc_STRVAR(forkserver_request_doc,
-"forkserver_request(address, listener_pid, key, payload, fds) -> (sock, pid)\n\n"
+"forkserver_request($module, address, listener_pid, key, payload, fds, /)\n"
+"--\n"
+"\n"
+"Returns (sock, pid).\n\n"
 "Ask the fork server at address (bytes) for a child that gets fds and\n"
 "reads payload; returns the connection (a descriptor: the exit code\n"
 "arrives on it) and the child's pid. EOFError if the server refused or\n"
@@ -374,7 +391,9 @@ done:
 }
 
 PyDoc_STRVAR(send_request_doc,
-"send_request(sock, payload, fds)\n\n"
+"send_request($module, sock, payload, fds, /)\n"
+"--\n"
+"\n"
 "Send payload with descriptors fds on a connected Unix socket, as a fork\n"
 "server request (for a spare interpreter). BrokenPipeError if the peer is gone.");
 
@@ -407,7 +426,10 @@ cmp_py_send_request(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 PyDoc_STRVAR(recv_request_doc,
-"recv_request(sock) -> (payload, fds) or None\n\n"
+"recv_request($module, sock, /)\n"
+"--\n"
+"\n"
+"Returns (payload, fds) or None.\n\n"
 "Wait for a request sent with send_request; None once the peer is gone.\n"
 "Closes sock.");
 
@@ -432,7 +454,9 @@ cmp_py_recv_request(PyObject *Py_UNUSED(module), PyObject *arg)
 }
 
 PyDoc_STRVAR(place_fds_doc,
-"place_fds(fds, targets)\n\n"
+"place_fds($module, fds, targets, /)\n"
+"--\n"
+"\n"
 "Make descriptor targets[i] (inheritable) refer to what fds[i] refers to,\n"
 "replacing whatever was there, and close fds.");
 
@@ -466,13 +490,19 @@ cmp_py_proc_state(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(arg))
 }
 
 PyDoc_STRVAR(proc_state_doc,
-"proc_state() -> bytes\n\n"
+"proc_state($module, /)\n"
+"--\n"
+"\n"
+"Returns bytes.\n\n"
 "What a process spawned now would inherit besides environment and working\n"
 "directory (credentials, umask, rlimits, nice, affinity, signal mask and\n"
 "ignored signals, which of 0-2 are open and terminals), to compare.");
 
 PyDoc_STRVAR(forkserver_serve_doc,
-"forkserver_serve(listener, alive, key) -> (payload, fds) or None\n\n"
+"forkserver_serve($module, listener, alive, key, /)\n"
+"--\n"
+"\n"
+"Returns (payload, fds) or None.\n\n"
 "The fork server's loop: accept requests on listener, fork a child for\n"
 "each, report pids and exit codes. Returns in each child, with its payload\n"
 "and descriptors; returns None in the server once alive reaches EOF.");
@@ -524,8 +554,8 @@ static PyMethodDef proc_methods[] = {
     {"forkserver_request", cmp_py_forkserver_request, METH_VARARGS, forkserver_request_doc},
     {"forkserver_serve", cmp_py_forkserver_serve, METH_VARARGS, forkserver_serve_doc},
     {"fork", cmp_py_fork, METH_VARARGS, fork_doc},
-    {"pidfd_open", cmp_py_pidfd_open, METH_O, "pidfd_open(pid) -> fd"},
-    {"pidfd_kill", cmp_py_pidfd_kill, METH_VARARGS, "pidfd_kill(pidfd, sig)"},
+    {"pidfd_open", cmp_py_pidfd_open, METH_O, "pidfd_open($module, pid, /)\n--\n\nA pidfd for process pid."},
+    {"pidfd_kill", cmp_py_pidfd_kill, METH_VARARGS, "pidfd_kill($module, pidfd, sig, /)\n--\n\nSend signal sig to the process of pidfd."},
     {"wait_readable", cmp_py_wait_readable, METH_VARARGS, wait_readable_doc},
     {"reap", cmp_py_reap, METH_O, reap_doc},
     {"spawn", cmp_py_spawn, METH_VARARGS, spawn_doc},
