@@ -82,6 +82,8 @@ def test_workload_files_import():
 @pytest.mark.parametrize('side', ['stdlib', 'cmp'])
 @pytest.mark.parametrize('workload', WORKLOADS, ids=lambda w: w.name)
 def test_workload_runs(workload, side):
+    if workload.name.startswith(('cluster.task.', 'cluster.cpu.')) and not workload.name.endswith('.local'):
+        pytest.skip('each run starts a Dask or Ray cluster; tests/test_cluster.py runs Pool on both')
     sample = harness.run_once(workload, side, scale=0.01, timeout=100)
     assert sample['ok'], '%s\n%s' % (sample.get('error'), sample.get('stderr', ''))
     assert sample['count'] > 0 and sample['seconds'] > 0
