@@ -176,7 +176,7 @@ class BaseContext:
         return _require('reduction')
 
     @reducer.setter
-    def reducer(self, reduction):
+    def reducer(self, value):
         raise NotImplementedError('cmp does not support replacing its reducer')
 
     def _check_available(self):

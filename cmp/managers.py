@@ -1091,8 +1091,7 @@ class PoolProxy(BasePoolProxy):
 
 
 def _Pool(*args, **kwds):
-    """cmp.pool.Pool, imported when a manager first makes one."""
-    from . import pool
+    """cmp.pool.Pool, for a manager's registered 'Pool'."""
     return pool.Pool(*args, **kwds)
 
 

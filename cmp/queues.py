@@ -435,7 +435,6 @@ class SimpleQueue:
     """
 
     def __init__(self, *, ctx=None):
-        from . import connection
         self._reader, self._writer = connection.Pipe(duplex=False)
         if self._reader._ring_share() is not None:
             self._rlock = self._wlock = None

@@ -272,7 +272,7 @@ def _register_defaults():
 _register_defaults()
 
 
-class AbstractReducer(metaclass=ABCMeta):
+class AbstractReducer(metaclass=ABCMeta):  # noqa: B024  (the stdlib's has none either)
     """Base of a replacement reduction module for a context's `reducer`:
     it carries this module's functions; instantiating it registers the
     default reductions again."""

@@ -92,7 +92,7 @@ class ResourceTracker:
         with self._lock:
             self._fd, self._pid, relaunched = _core.tracker_fd()
         if relaunched:
-            warnings.warn('resource_tracker: process died unexpectedly, '
+            warnings.warn('resource_tracker: process died unexpectedly, '  # noqa: B028  (as the stdlib)
                           'relaunching.  Some resources might leak.')
 
     def _check_alive(self):
@@ -207,13 +207,13 @@ def _clean_up(cache):
         if _versions.TRACKER_313:
             msg += ': %s' % (names,)
         if rtype != 'dummy':
-            warnings.warn(msg)
+            warnings.warn(msg)  # noqa: B028  (as the stdlib: the warning names no caller)
         for name in names:
             try:
                 _CLEANUP_FUNCS[rtype](name)
             except Exception as e:
                 exit_code = 2
-                warnings.warn('resource_tracker: %r: %s' % (name, e))
+                warnings.warn('resource_tracker: %r: %s' % (name, e))  # noqa: B028
     return exit_code
 
 

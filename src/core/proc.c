@@ -53,7 +53,7 @@ watch_parent_main(void *arg)
         if (r > 0)
             break;
         if (r < 0 && errno != EINTR)
-            break;          /* cannot watch any more: fail towards dying */
+            break; /* cannot watch any more: fail towards dying */
     }
     kill(getpid(), SIGKILL);
     return NULL;
@@ -69,8 +69,8 @@ cmp_watch_parent(int pidfd)
 
     if ((rc = pthread_attr_init(&attr)) != 0)
         goto fail;
-    if ((rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED)) != 0 ||
-        (rc = pthread_attr_setstacksize(&attr, 64 * 1024)) != 0) {
+    if ((rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED)) != 0
+        || (rc = pthread_attr_setstacksize(&attr, 64 * 1024)) != 0) {
         pthread_attr_destroy(&attr);
         goto fail;
     }
@@ -93,7 +93,7 @@ cmp_die_with_parent(pid_t expected_ppid)
 {
     if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0)
         return CMP_ERRNO;
-    if (getppid() != expected_ppid)     /* it died before the prctl */
+    if (getppid() != expected_ppid) /* it died before the prctl */
         kill(getpid(), SIGKILL);
     return CMP_OK;
 }
@@ -124,8 +124,7 @@ cmp_fork(int die_with_parent, int parent_pidfd)
 }
 
 pid_t
-cmp_spawn(const char *path, char *const argv[], char *const envp[],
-          const int *keep, size_t nkeep)
+cmp_spawn(const char *path, char *const argv[], char *const envp[], const int *keep, size_t nkeep)
 {
     posix_spawn_file_actions_t fa;
     pid_t pid;
@@ -151,8 +150,8 @@ done:
 }
 
 pid_t
-cmp_spawn_clean(const char *path, char *const argv[], char *const envp[],
-                const int *keep, size_t nkeep)
+cmp_spawn_clean(const char *path, char *const argv[], char *const envp[], const int *keep,
+                size_t nkeep)
 {
     posix_spawn_file_actions_t fa;
     pid_t pid;
@@ -218,8 +217,7 @@ cmp_proc_state(unsigned char *buf)
     unsigned char *p = buf, *end = buf + CMP_PROC_STATE_MAX;
     uid_t uids[3];
     gid_t gids[3], groups[64];
-    if (getresuid(&uids[0], &uids[1], &uids[2]) < 0 ||
-        getresgid(&gids[0], &gids[1], &gids[2]) < 0)
+    if (getresuid(&uids[0], &uids[1], &uids[2]) < 0 || getresgid(&gids[0], &gids[1], &gids[2]) < 0)
         return CMP_ERRNO;
     p = put(p, end, uids, sizeof(uids));
     p = put(p, end, gids, sizeof(gids));
@@ -243,7 +241,7 @@ cmp_proc_state(unsigned char *buf)
     sigset_t mask;
     sigemptyset(&mask);
     pthread_sigmask(SIG_BLOCK, NULL, &mask);
-    uint64_t blocked = 0, ignored = 0;     /* (glibc's sigset_t has slack) */
+    uint64_t blocked = 0, ignored = 0; /* (glibc's sigset_t has slack) */
     for (int sig = 1; sig < 64; sig++) {
         struct sigaction sa;
         if (sigismember(&mask, sig) == 1)
@@ -411,8 +409,8 @@ fail:;
 }
 
 int
-cmp_fs_send(int fd, const unsigned char key[CMP_FS_KEY_LEN],
-            const void *payload, size_t size, const int *fds, int nfds)
+cmp_fs_send(int fd, const unsigned char key[CMP_FS_KEY_LEN], const void *payload, size_t size,
+            const int *fds, int nfds)
 {
     cmp_fs_header h = {.magic = CMP_FS_MAGIC, .size = size};
     memcpy(h.key, key, CMP_FS_KEY_LEN);
@@ -448,8 +446,10 @@ cmp_fs_recv(int fd, cmp_fs_req *req)
     while (have < sizeof(h)) {
         struct iovec iov = {(unsigned char *)&h + have, sizeof(h) - have};
         cmp_cmsg_space cmsg;
-        struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1,
-                           .msg_control = cmsg.buf, .msg_controllen = sizeof(cmsg.buf)};
+        struct msghdr m = {.msg_iov = &iov,
+                           .msg_iovlen = 1,
+                           .msg_control = cmsg.buf,
+                           .msg_controllen = sizeof(cmsg.buf)};
         ssize_t n = recvmsg(fd, &m, MSG_CMSG_CLOEXEC);
         if (n < 0 && errno == EINTR)
             continue;
@@ -474,9 +474,8 @@ cmp_fs_recv(int fd, cmp_fs_req *req)
 
 int
 cmp_fs_request(const char *addr, size_t addrlen, pid_t listener_pid,
-               const unsigned char key[CMP_FS_KEY_LEN],
-               const void *payload, size_t size, const int *fds, int nfds,
-               int *sock, int64_t *pid)
+               const unsigned char key[CMP_FS_KEY_LEN], const void *payload, size_t size,
+               const int *fds, int nfds, int *sock, int64_t *pid)
 {
     int fd = fs_connect(addr, addrlen, listener_pid);
     if (fd < 0)
@@ -487,7 +486,7 @@ cmp_fs_request(const char *addr, size_t addrlen, pid_t listener_pid,
     if (st == CMP_OK || st == CMP_EEOF) {
         st = cmp_read_exact(fd, buf, sizeof(buf));
         if (st == CMP_ERRNO && errno == ECONNRESET)
-            st = CMP_EEOF;      /* closed with our bytes unread: refused */
+            st = CMP_EEOF; /* closed with our bytes unread: refused */
     }
     if (st != CMP_OK) {
         int saved = errno;
@@ -601,7 +600,7 @@ reap_children(cmp_fs_server *s)
 static int
 keys_equal(const unsigned char *a, const unsigned char *b)
 {
-    unsigned char diff = 0;     /* constant time: no early exit */
+    unsigned char diff = 0; /* constant time: no early exit */
     for (size_t i = 0; i < CMP_FS_KEY_LEN; i++)
         diff |= (unsigned char)(a[i] ^ b[i]);
     return diff == 0;
@@ -614,14 +613,15 @@ read_request(cmp_fs_server *s, int conn, cmp_fs_req *req)
 {
     struct ucred cred;
     socklen_t clen = sizeof(cred);
-    if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0 ||
-        cred.uid != geteuid())
+    if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &clen) < 0 || cred.uid != geteuid())
         return CMP_EBADMSG;
     cmp_fs_header h;
     struct iovec iov = {&h, sizeof(h)};
     cmp_cmsg_space cmsg;
-    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1,
-                       .msg_control = cmsg.buf, .msg_controllen = sizeof(cmsg.buf)};
+    struct msghdr m = {.msg_iov = &iov,
+                       .msg_iovlen = 1,
+                       .msg_control = cmsg.buf,
+                       .msg_controllen = sizeof(cmsg.buf)};
     ssize_t n;
     do {
         n = recvmsg(conn, &m, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
@@ -630,8 +630,8 @@ read_request(cmp_fs_server *s, int conn, cmp_fs_req *req)
     req->nfds = 0;
     if (n > 0)
         cmp_wire_take_fds(&m, req->fds, &req->nfds, CMP_WIRE_MAX_FDS);
-    if (n == (ssize_t)sizeof(h) && !(m.msg_flags & MSG_CTRUNC) &&
-        h.magic == CMP_FS_MAGIC && keys_equal(h.key, s->key)) {
+    if (n == (ssize_t)sizeof(h) && !(m.msg_flags & MSG_CTRUNC) && h.magic == CMP_FS_MAGIC
+        && keys_equal(h.key, s->key)) {
         req->size = h.size;
         return CMP_OK;
     }
@@ -646,8 +646,8 @@ cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req)
 {
     for (;;) {
         size_t n = 3 + s->npending;
-        if (grow((void **)&s->pfds, &s->cap_pfds, n, sizeof(*s->pfds)) != CMP_OK ||
-            grow((void **)&s->kids, &s->cap_kids, s->nkids + 1, sizeof(*s->kids)) != CMP_OK)
+        if (grow((void **)&s->pfds, &s->cap_pfds, n, sizeof(*s->pfds)) != CMP_OK
+            || grow((void **)&s->kids, &s->cap_kids, s->nkids + 1, sizeof(*s->kids)) != CMP_OK)
             return CMP_ERRNO;
         struct pollfd *p = s->pfds;
         p[0] = (struct pollfd){.fd = s->alive, .events = POLLIN};
@@ -669,22 +669,21 @@ cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req)
             int conn = s->pending[i];
             s->pending[i] = s->pending[--s->npending];
             if (read_request(s, conn, req) == CMP_OK)
-                return CMP_OK;      /* cmp_fs_forked has room to record it */
+                return CMP_OK; /* cmp_fs_forked has room to record it */
             close(conn);
         }
         if (p[2].revents) {
             int conn = accept4(s->listener, NULL, NULL, SOCK_CLOEXEC);
             if (conn >= 0) {
-                if (grow((void **)&s->pending, &s->cap_pending, s->npending + 1,
-                         sizeof(int)) != CMP_OK) {
+                if (grow((void **)&s->pending, &s->cap_pending, s->npending + 1, sizeof(int))
+                    != CMP_OK) {
                     close(conn);
                     return CMP_ERRNO;
                 }
                 s->pending[s->npending++] = conn;
             }
-            else if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED &&
-                     errno != EMFILE && errno != ENFILE && errno != ENOBUFS &&
-                     errno != ENOMEM && errno != EPROTO)
+            else if (errno != EINTR && errno != EAGAIN && errno != ECONNABORTED && errno != EMFILE
+                     && errno != ENFILE && errno != ENOBUFS && errno != ENOMEM && errno != EPROTO)
                 return CMP_ERRNO;
         }
     }
@@ -702,7 +701,7 @@ cmp_fs_forked(cmp_fs_server *s, cmp_fs_req *req, pid_t pid, int err)
         return;
     }
     answer(req->conn, pid);
-    CMP_ASSERT(s->nkids < s->cap_kids);     /* cmp_fs_next made room */
+    CMP_ASSERT(s->nkids < s->cap_kids); /* cmp_fs_next made room */
     s->kids[s->nkids++] = (cmp_fs_child){.pid = pid, .conn = req->conn};
 }
 

@@ -37,13 +37,13 @@ int cmp_die_with_parent(pid_t expected_ppid);
 /* Spawn `path` with `argv`/`envp`; the descriptors `keep[0..nkeep)` stay open
  * in the child under the same numbers, every close-on-exec one is closed.
  * Returns the pid or CMP_ERRNO. */
-pid_t cmp_spawn(const char *path, char *const argv[], char *const envp[],
-                const int *keep, size_t nkeep);
+pid_t cmp_spawn(const char *path, char *const argv[], char *const envp[], const int *keep,
+                size_t nkeep);
 
 /* Spawn like cmp_spawn, but with exactly 0, 1, 2 and keep[i] as 3 + i open
  * in the child (the stdlib's close_fds): for a spare interpreter. */
-pid_t cmp_spawn_clean(const char *path, char *const argv[], char *const envp[],
-                      const int *keep, size_t nkeep);
+pid_t cmp_spawn_clean(const char *path, char *const argv[], char *const envp[], const int *keep,
+                      size_t nkeep);
 
 /* What a process started now inherits besides its environment and working
  * directory, as bytes to compare: credentials, umask, rlimits, nice value,
@@ -81,12 +81,12 @@ int cmp_reap(pid_t pid, int *exitcode);
  */
 
 #define CMP_FS_KEY_LEN 32
-#define CMP_FS_MAGIC 0x31534d43u    /* "CMS1" */
+#define CMP_FS_MAGIC 0x31534d43u /* "CMS1" */
 
 typedef struct {
     uint32_t magic;
     uint32_t reserved;
-    uint64_t size;                          /* payload bytes after the header */
+    uint64_t size; /* payload bytes after the header */
     unsigned char key[CMP_FS_KEY_LEN];
 } cmp_fs_header;
 
@@ -101,8 +101,8 @@ typedef struct {
 
 /* Send header, descriptors and payload on connected socket fd (blocking;
  * EINTR retried). CMP_OK, CMP_EEOF (the peer is gone), CMP_ERRNO. */
-int cmp_fs_send(int fd, const unsigned char key[CMP_FS_KEY_LEN],
-                const void *payload, size_t size, const int *fds, int nfds);
+int cmp_fs_send(int fd, const unsigned char key[CMP_FS_KEY_LEN], const void *payload, size_t size,
+                const int *fds, int nfds);
 
 /* Receive a header and its descriptors from fd, blocking: CMP_OK with
  * req->size, req->fds set (req->conn = fd), CMP_EEOF, CMP_EBADMSG, CMP_ERRNO.
@@ -118,9 +118,8 @@ int cmp_fs_recv(int fd, cmp_fs_req *req);
  * closed the connection (it refused or died); CMP_ERRNO otherwise (fork
  * failing in the server is reported with its errno). EINTR is retried. */
 int cmp_fs_request(const char *addr, size_t addrlen, pid_t listener_pid,
-                   const unsigned char key[CMP_FS_KEY_LEN],
-                   const void *payload, size_t size, const int *fds, int nfds,
-                   int *sock, int64_t *pid);
+                   const unsigned char key[CMP_FS_KEY_LEN], const void *payload, size_t size,
+                   const int *fds, int nfds, int *sock, int64_t *pid);
 
 typedef struct {
     pid_t pid;
@@ -131,10 +130,10 @@ typedef struct {
 typedef struct {
     int listener, alive, sigfd;
     unsigned char key[CMP_FS_KEY_LEN];
-    sigset_t oldmask;           /* the mask before SIGCHLD was blocked */
-    int *pending;               /* accepted, header not yet read */
+    sigset_t oldmask; /* the mask before SIGCHLD was blocked */
+    int *pending;     /* accepted, header not yet read */
     size_t npending, cap_pending;
-    cmp_fs_child *kids;         /* forked, not yet reaped */
+    cmp_fs_child *kids; /* forked, not yet reaped */
     size_t nkids, cap_kids;
     struct pollfd *pfds;
     size_t cap_pfds;

@@ -90,7 +90,7 @@ cmp_pshm_unlink(const char *name)
 
 typedef struct {
     _Atomic uint32_t state;
-    uint32_t kind;              /* CMP_TRACK_SHM or CMP_TRACK_SEM */
+    uint32_t kind; /* CMP_TRACK_SHM or CMP_TRACK_SEM */
     uint64_t dev;
     uint64_t ino;
     char name[SLOT_NAME_MAX];
@@ -117,7 +117,7 @@ typedef struct {
 static track_table *tracker_table;
 static int tracker_pipe_w = -1;
 static pid_t tracker_pid = -1;
-static pid_t tracker_owner = -1;     /* the process that forked it */
+static pid_t tracker_owner = -1; /* the process that forked it */
 
 /* ------------------------------------------------------------------------ */
 /* The tracker process: async-signal-safe calls only (it is forked from a
@@ -176,7 +176,7 @@ tracker_main(int rfd, track_table *t)
     ign.sa_handler = SIG_IGN;
     sigaction(SIGINT, &ign, NULL); /* Ctrl-C in the terminal, like the stdlib's */
     sigaction(SIGTERM, &ign, NULL);
-    sigset_t both;                      /* blocked by launch_tracker until now */
+    sigset_t both; /* blocked by launch_tracker until now */
     sigemptyset(&both);
     sigaddset(&both, SIGINT);
     sigaddset(&both, SIGTERM);
@@ -387,8 +387,8 @@ cmp_tracker_forget(const char *name, int kind)
     uint32_t high = atomic_load(&tracker_table->head.high);
     for (uint32_t i = 0; i < high && i < TRACKER_SLOTS; i++) {
         track_slot *s = &tracker_table->slots[i];
-        if (atomic_load_explicit(&s->state, memory_order_acquire) == SLOT_USED &&
-            s->kind == (uint32_t)kind && strcmp(s->name, name) == 0) {
+        if (atomic_load_explicit(&s->state, memory_order_acquire) == SLOT_USED
+            && s->kind == (uint32_t)kind && strcmp(s->name, name) == 0) {
             cmp_tracker_remove((int)i);
             n++;
         }

@@ -14,7 +14,7 @@ flush_std_streams(void)
 {
     static const char *const names[] = {"stdout", "stderr"};
     for (size_t i = 0; i < 2; i++) {
-        PyObject *f = PySys_GetObject(names[i]);    /* borrowed */
+        PyObject *f = PySys_GetObject(names[i]); /* borrowed */
         if (f == NULL || f == Py_None)
             continue;
         PyObject *r = PyObject_CallMethod(f, "flush", NULL);
@@ -25,14 +25,14 @@ flush_std_streams(void)
 }
 
 PyDoc_STRVAR(fork_doc,
-"fork($module, die_with_parent, parent_pidfd, /)\n"
-"--\n"
-"\n"
-"Returns pid.\n\n"
-"Flush stdout/stderr and fork, running the interpreter's fork hooks\n"
-"(os.register_at_fork). With die_with_parent the child is killed when this\n"
-"process dies, even by SIGKILL. parent_pidfd (a pidfd of this process, or -1)\n"
-"serves when the caller is not the main thread.");
+             "fork($module, die_with_parent, parent_pidfd, /)\n"
+             "--\n"
+             "\n"
+             "Returns pid.\n\n"
+             "Flush stdout/stderr and fork, running the interpreter's fork hooks\n"
+             "(os.register_at_fork). With die_with_parent the child is killed when this\n"
+             "process dies, even by SIGKILL. parent_pidfd (a pidfd of this process, or -1)\n"
+             "serves when the caller is not the main thread.");
 
 static PyObject *
 cmp_py_fork(PyObject *Py_UNUSED(module), PyObject *args)
@@ -93,12 +93,12 @@ wait_readable_call(void *p)
 }
 
 PyDoc_STRVAR(wait_readable_doc,
-"wait_readable($module, fd, timeout=None, /)\n"
-"--\n"
-"\n"
-"Returns bool.\n\n"
-"Block until fd is readable (True) or timeout seconds pass (False).\n"
-"Releases the GIL; signals interrupt it the PEP 475 way.");
+             "wait_readable($module, fd, timeout=None, /)\n"
+             "--\n"
+             "\n"
+             "Returns bool.\n\n"
+             "Block until fd is readable (True) or timeout seconds pass (False).\n"
+             "Releases the GIL; signals interrupt it the PEP 475 way.");
 
 static PyObject *
 cmp_py_wait_readable(PyObject *Py_UNUSED(module), PyObject *args)
@@ -109,7 +109,7 @@ cmp_py_wait_readable(PyObject *Py_UNUSED(module), PyObject *args)
         return NULL;
     if (cmp_deadline_from_timeout(timeout, &a.deadline) < 0)
         return NULL;
-    int st = cmp_wait_readable(a.fd, cmp_monotonic_ns());   /* fast path, GIL held */
+    int st = cmp_wait_readable(a.fd, cmp_monotonic_ns()); /* fast path, GIL held */
     if (st == CMP_ETIMEDOUT && a.deadline != cmp_monotonic_ns())
         st = cmp_run_blocking(wait_readable_call, &a);
     if (st == CMP_OK)
@@ -119,13 +119,12 @@ cmp_py_wait_readable(PyObject *Py_UNUSED(module), PyObject *args)
     return cmp_set_error(st);
 }
 
-PyDoc_STRVAR(reap_doc,
-"reap($module, pid, /)\n"
-"--\n"
-"\n"
-"Returns exitcode or None.\n\n"
-"waitpid(pid, WNOHANG): the exit status, -signal if a signal killed it, or\n"
-"None while it runs. Raises ChildProcessError if it was reaped elsewhere.");
+PyDoc_STRVAR(reap_doc, "reap($module, pid, /)\n"
+                       "--\n"
+                       "\n"
+                       "Returns exitcode or None.\n\n"
+                       "waitpid(pid, WNOHANG): the exit status, -signal if a signal killed it, or\n"
+                       "None while it runs. Raises ChildProcessError if it was reaped elsewhere.");
 
 static PyObject *
 cmp_py_reap(PyObject *Py_UNUSED(module), PyObject *arg)
@@ -178,13 +177,13 @@ fail:
 }
 
 PyDoc_STRVAR(spawn_doc,
-"spawn($module, path, argv, env, keep_fds, clean=False, /)\n"
-"--\n"
-"\n"
-"Returns pid.\n\n"
-"posix_spawn path with argv and env (sequences of str); the descriptors in\n"
-"keep_fds stay open in the child under the same numbers. With clean, the\n"
-"child has only 0, 1, 2 and keep_fds[i] as 3 + i.");
+             "spawn($module, path, argv, env, keep_fds, clean=False, /)\n"
+             "--\n"
+             "\n"
+             "Returns pid.\n\n"
+             "posix_spawn path with argv and env (sequences of str); the descriptors in\n"
+             "keep_fds stay open in the child under the same numbers. With clean, the\n"
+             "child has only 0, 1, 2 and keep_fds[i] as 3 + i.");
 
 static PyObject *
 cmp_py_spawn(PyObject *Py_UNUSED(module), PyObject *args)
@@ -194,8 +193,8 @@ cmp_py_spawn(PyObject *Py_UNUSED(module), PyObject *args)
     char **argv = NULL, **envp = NULL;
     int *keep = NULL, clean = 0;
 
-    if (!PyArg_ParseTuple(args, "O&OOO|p:spawn", PyUnicode_FSConverter, &path,
-                          &argv_o, &env_o, &fds_o, &clean))
+    if (!PyArg_ParseTuple(args, "O&OOO|p:spawn", PyUnicode_FSConverter, &path, &argv_o, &env_o,
+                          &fds_o, &clean))
         return NULL;
     if ((argv = to_cstring_array(argv_o, &argv_keep)) == NULL)
         goto done;
@@ -218,8 +217,8 @@ cmp_py_spawn(PyObject *Py_UNUSED(module), PyObject *args)
         }
         keep[i] = (int)fd;
     }
-    pid_t pid = (clean ? cmp_spawn_clean : cmp_spawn)(PyBytes_AS_STRING(path), argv, envp,
-                                                      keep, (size_t)n);
+    pid_t pid = (clean ? cmp_spawn_clean : cmp_spawn)(PyBytes_AS_STRING(path), argv, envp, keep,
+                                                      (size_t)n);
     if (pid < 0)
         cmp_set_error(CMP_ERRNO);
     else
@@ -236,11 +235,11 @@ done:
 }
 
 PyDoc_STRVAR(die_with_parent_doc,
-"die_with_parent($module, ppid, pidfd=-1, /)\n"
-"--\n"
-"\n"
-"Be killed when the parent process goes: with a watcher thread on pidfd when\n"
-"one is given (taking it over), else PR_SET_PDEATHSIG checked against ppid.");
+             "die_with_parent($module, ppid, pidfd=-1, /)\n"
+             "--\n"
+             "\n"
+             "Be killed when the parent process goes: with a watcher thread on pidfd when\n"
+             "one is given (taking it over), else PR_SET_PDEATHSIG checked against ppid.");
 
 static PyObject *
 cmp_py_die_with_parent(PyObject *Py_UNUSED(module), PyObject *args)
@@ -304,14 +303,14 @@ key_arg(PyObject *obj, void *out)
 }
 
 PyDoc_STRVAR(forkserver_request_doc,
-"forkserver_request($module, address, listener_pid, key, payload, fds, /)\n"
-"--\n"
-"\n"
-"Returns (sock, pid).\n\n"
-"Ask the fork server at address (bytes) for a child that gets fds and\n"
-"reads payload; returns the connection (a descriptor: the exit code\n"
-"arrives on it) and the child's pid. EOFError if the server refused or\n"
-"is gone.");
+             "forkserver_request($module, address, listener_pid, key, payload, fds, /)\n"
+             "--\n"
+             "\n"
+             "Returns (sock, pid).\n\n"
+             "Ask the fork server at address (bytes) for a child that gets fds and\n"
+             "reads payload; returns the connection (a descriptor: the exit code\n"
+             "arrives on it) and the child's pid. EOFError if the server refused or\n"
+             "is gone.");
 
 static PyObject *
 cmp_py_forkserver_request(PyObject *Py_UNUSED(module), PyObject *args)
@@ -325,18 +324,17 @@ cmp_py_forkserver_request(PyObject *Py_UNUSED(module), PyObject *args)
     int fds[CMP_WIRE_MAX_FDS];
     int64_t pid = 0;
 
-    if (!PyArg_ParseTuple(args, "y#iO&y*O:forkserver_request", &addr, &addrlen,
-                          &listener_pid, key_arg, key, &payload, &fds_o))
+    if (!PyArg_ParseTuple(args, "y#iO&y*O:forkserver_request", &addr, &addrlen, &listener_pid,
+                          key_arg, key, &payload, &fds_o))
         return NULL;
     if (fd_array(fds_o, fds, CMP_WIRE_MAX_FDS, &nfds) < 0) {
         PyBuffer_Release(&payload);
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
-    st = cmp_fs_request(addr, (size_t)addrlen, (pid_t)listener_pid, key, payload.buf,
-                        (size_t)payload.len, fds, nfds, &sock, &pid);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&payload);
+    Py_BEGIN_ALLOW_THREADS st =
+            cmp_fs_request(addr, (size_t)addrlen, (pid_t)listener_pid, key, payload.buf,
+                           (size_t)payload.len, fds, nfds, &sock, &pid);
+    Py_END_ALLOW_THREADS PyBuffer_Release(&payload);
     if (st == CMP_EEOF) {
         PyErr_SetString(PyExc_EOFError, "the fork server closed the connection");
         return NULL;
@@ -391,11 +389,11 @@ done:
 }
 
 PyDoc_STRVAR(send_request_doc,
-"send_request($module, sock, payload, fds, /)\n"
-"--\n"
-"\n"
-"Send payload with descriptors fds on a connected Unix socket, as a fork\n"
-"server request (for a spare interpreter). BrokenPipeError if the peer is gone.");
+             "send_request($module, sock, payload, fds, /)\n"
+             "--\n"
+             "\n"
+             "Send payload with descriptors fds on a connected Unix socket, as a fork\n"
+             "server request (for a spare interpreter). BrokenPipeError if the peer is gone.");
 
 static PyObject *
 cmp_py_send_request(PyObject *Py_UNUSED(module), PyObject *args)
@@ -412,10 +410,9 @@ cmp_py_send_request(PyObject *Py_UNUSED(module), PyObject *args)
         PyBuffer_Release(&payload);
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS
-    st = cmp_fs_send(sock, nokey, payload.buf, (size_t)payload.len, fds, nfds);
-    Py_END_ALLOW_THREADS
-    PyBuffer_Release(&payload);
+    Py_BEGIN_ALLOW_THREADS st =
+            cmp_fs_send(sock, nokey, payload.buf, (size_t)payload.len, fds, nfds);
+    Py_END_ALLOW_THREADS PyBuffer_Release(&payload);
     if (st == CMP_EEOF) {
         errno = EPIPE;
         st = CMP_ERRNO;
@@ -426,12 +423,12 @@ cmp_py_send_request(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 PyDoc_STRVAR(recv_request_doc,
-"recv_request($module, sock, /)\n"
-"--\n"
-"\n"
-"Returns (payload, fds) or None.\n\n"
-"Wait for a request sent with send_request; None once the peer is gone.\n"
-"Closes sock.");
+             "recv_request($module, sock, /)\n"
+             "--\n"
+             "\n"
+             "Returns (payload, fds) or None.\n\n"
+             "Wait for a request sent with send_request; None once the peer is gone.\n"
+             "Closes sock.");
 
 static PyObject *
 cmp_py_recv_request(PyObject *Py_UNUSED(module), PyObject *arg)
@@ -441,10 +438,9 @@ cmp_py_recv_request(PyObject *Py_UNUSED(module), PyObject *arg)
     int sock = PyObject_AsFileDescriptor(arg);
     if (sock < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = cmp_fs_recv(sock, &req);
-    Py_END_ALLOW_THREADS
-    if (st != CMP_OK) {
+    Py_BEGIN_ALLOW_THREADS st = cmp_fs_recv(sock, &req);
+    Py_END_ALLOW_THREADS if (st != CMP_OK)
+    {
         close(sock);
         if (st == CMP_EEOF)
             Py_RETURN_NONE;
@@ -454,11 +450,11 @@ cmp_py_recv_request(PyObject *Py_UNUSED(module), PyObject *arg)
 }
 
 PyDoc_STRVAR(place_fds_doc,
-"place_fds($module, fds, targets, /)\n"
-"--\n"
-"\n"
-"Make descriptor targets[i] (inheritable) refer to what fds[i] refers to,\n"
-"replacing whatever was there, and close fds.");
+             "place_fds($module, fds, targets, /)\n"
+             "--\n"
+             "\n"
+             "Make descriptor targets[i] (inheritable) refer to what fds[i] refers to,\n"
+             "replacing whatever was there, and close fds.");
 
 static PyObject *
 cmp_py_place_fds(PyObject *Py_UNUSED(module), PyObject *args)
@@ -467,8 +463,8 @@ cmp_py_place_fds(PyObject *Py_UNUSED(module), PyObject *args)
     int fds[CMP_WIRE_MAX_FDS], targets[CMP_WIRE_MAX_FDS], n, nt;
     if (!PyArg_ParseTuple(args, "OO:place_fds", &fds_o, &targets_o))
         return NULL;
-    if (fd_array(fds_o, fds, CMP_WIRE_MAX_FDS, &n) < 0 ||
-        fd_array(targets_o, targets, CMP_WIRE_MAX_FDS, &nt) < 0)
+    if (fd_array(fds_o, fds, CMP_WIRE_MAX_FDS, &n) < 0
+        || fd_array(targets_o, targets, CMP_WIRE_MAX_FDS, &nt) < 0)
         return NULL;
     if (n != nt) {
         PyErr_SetString(PyExc_ValueError, "fds and targets differ in length");
@@ -490,22 +486,22 @@ cmp_py_proc_state(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(arg))
 }
 
 PyDoc_STRVAR(proc_state_doc,
-"proc_state($module, /)\n"
-"--\n"
-"\n"
-"Returns bytes.\n\n"
-"What a process spawned now would inherit besides environment and working\n"
-"directory (credentials, umask, rlimits, nice, affinity, signal mask and\n"
-"ignored signals, which of 0-2 are open and terminals), to compare.");
+             "proc_state($module, /)\n"
+             "--\n"
+             "\n"
+             "Returns bytes.\n\n"
+             "What a process spawned now would inherit besides environment and working\n"
+             "directory (credentials, umask, rlimits, nice, affinity, signal mask and\n"
+             "ignored signals, which of 0-2 are open and terminals), to compare.");
 
 PyDoc_STRVAR(forkserver_serve_doc,
-"forkserver_serve($module, listener, alive, key, /)\n"
-"--\n"
-"\n"
-"Returns (payload, fds) or None.\n\n"
-"The fork server's loop: accept requests on listener, fork a child for\n"
-"each, report pids and exit codes. Returns in each child, with its payload\n"
-"and descriptors; returns None in the server once alive reaches EOF.");
+             "forkserver_serve($module, listener, alive, key, /)\n"
+             "--\n"
+             "\n"
+             "Returns (payload, fds) or None.\n\n"
+             "The fork server's loop: accept requests on listener, fork a child for\n"
+             "each, report pids and exit codes. Returns in each child, with its payload\n"
+             "and descriptors; returns None in the server once alive reaches EOF.");
 
 static PyObject *
 cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
@@ -521,10 +517,9 @@ cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
         return cmp_set_error(CMP_ERRNO);
     for (;;) {
         int st;
-        Py_BEGIN_ALLOW_THREADS
-        st = cmp_fs_next(&s, &req);
-        Py_END_ALLOW_THREADS
-        if (st == CMP_EINTR) {
+        Py_BEGIN_ALLOW_THREADS st = cmp_fs_next(&s, &req);
+        Py_END_ALLOW_THREADS if (st == CMP_EINTR)
+        {
             if (PyErr_CheckSignals() < 0)
                 return NULL;
             continue;
@@ -547,20 +542,22 @@ cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 static PyMethodDef proc_methods[] = {
-    {"send_request", cmp_py_send_request, METH_VARARGS, send_request_doc},
-    {"recv_request", cmp_py_recv_request, METH_O, recv_request_doc},
-    {"place_fds", cmp_py_place_fds, METH_VARARGS, place_fds_doc},
-    {"proc_state", cmp_py_proc_state, METH_NOARGS, proc_state_doc},
-    {"forkserver_request", cmp_py_forkserver_request, METH_VARARGS, forkserver_request_doc},
-    {"forkserver_serve", cmp_py_forkserver_serve, METH_VARARGS, forkserver_serve_doc},
-    {"fork", cmp_py_fork, METH_VARARGS, fork_doc},
-    {"pidfd_open", cmp_py_pidfd_open, METH_O, "pidfd_open($module, pid, /)\n--\n\nA pidfd for process pid."},
-    {"pidfd_kill", cmp_py_pidfd_kill, METH_VARARGS, "pidfd_kill($module, pidfd, sig, /)\n--\n\nSend signal sig to the process of pidfd."},
-    {"wait_readable", cmp_py_wait_readable, METH_VARARGS, wait_readable_doc},
-    {"reap", cmp_py_reap, METH_O, reap_doc},
-    {"spawn", cmp_py_spawn, METH_VARARGS, spawn_doc},
-    {"die_with_parent", cmp_py_die_with_parent, METH_VARARGS, die_with_parent_doc},
-    {NULL, NULL, 0, NULL},
+        {"send_request", cmp_py_send_request, METH_VARARGS, send_request_doc},
+        {"recv_request", cmp_py_recv_request, METH_O, recv_request_doc},
+        {"place_fds", cmp_py_place_fds, METH_VARARGS, place_fds_doc},
+        {"proc_state", cmp_py_proc_state, METH_NOARGS, proc_state_doc},
+        {"forkserver_request", cmp_py_forkserver_request, METH_VARARGS, forkserver_request_doc},
+        {"forkserver_serve", cmp_py_forkserver_serve, METH_VARARGS, forkserver_serve_doc},
+        {"fork", cmp_py_fork, METH_VARARGS, fork_doc},
+        {"pidfd_open", cmp_py_pidfd_open, METH_O,
+         "pidfd_open($module, pid, /)\n--\n\nA pidfd for process pid."},
+        {"pidfd_kill", cmp_py_pidfd_kill, METH_VARARGS,
+         "pidfd_kill($module, pidfd, sig, /)\n--\n\nSend signal sig to the process of pidfd."},
+        {"wait_readable", cmp_py_wait_readable, METH_VARARGS, wait_readable_doc},
+        {"reap", cmp_py_reap, METH_O, reap_doc},
+        {"spawn", cmp_py_spawn, METH_VARARGS, spawn_doc},
+        {"die_with_parent", cmp_py_die_with_parent, METH_VARARGS, die_with_parent_doc},
+        {NULL, NULL, 0, NULL},
 };
 
 int

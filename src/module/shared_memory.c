@@ -264,12 +264,12 @@ cmp_py_tracker_remove(PyObject *Py_UNUSED(module), PyObject *arg)
 }
 
 PyDoc_STRVAR(tracker_add_doc,
-"tracker_add($module, name, fd, kind, /)\n"
-"--\n"
-"\n"
-"Register the resource open on fd, whose file is /dev/shm/NAME (name with\n"
-"its leading '/'), with the tracker, as kind 0 (shared_memory) or 1\n"
-"(semaphore); starts the tracker.");
+             "tracker_add($module, name, fd, kind, /)\n"
+             "--\n"
+             "\n"
+             "Register the resource open on fd, whose file is /dev/shm/NAME (name with\n"
+             "its leading '/'), with the tracker, as kind 0 (shared_memory) or 1\n"
+             "(semaphore); starts the tracker.");
 
 static PyObject *
 cmp_py_tracker_add(PyObject *Py_UNUSED(module), PyObject *args)

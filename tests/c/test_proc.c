@@ -111,14 +111,13 @@ CTEST(spawn_keeps_only_listed_fds)
     close(p[0]);
 }
 
-
 CTEST(fs_send_recv_carries_payload_and_fds)
 {
     int sv[2], p[2];
     CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     CHECK_EQ(pipe(p), 0);
     unsigned char key[CMP_FS_KEY_LEN] = {1, 2, 3};
-    static char payload[300000];            /* more than a socket buffer */
+    static char payload[300000]; /* more than a socket buffer */
     for (size_t i = 0; i < sizeof(payload); i++)
         payload[i] = (char)(i * 7);
     pid_t pid = fork();

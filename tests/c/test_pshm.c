@@ -98,10 +98,10 @@ CTEST(tracker_kinds_and_forget_by_name)
             _exit(2);
         char sem_name[96];
         snprintf(sem_name, sizeof sem_name, "/sem.%s", sem + 1);
-        if (cmp_tracker_add_kind(sem_name, s, CMP_TRACK_SEM) < 0 ||
-            cmp_tracker_add(forgotten, f) < 0 || cmp_tracker_add(forgotten, f) < 0)
+        if (cmp_tracker_add_kind(sem_name, s, CMP_TRACK_SEM) < 0
+            || cmp_tracker_add(forgotten, f) < 0 || cmp_tracker_add(forgotten, f) < 0)
             _exit(3);
-        if (cmp_tracker_forget(forgotten, CMP_TRACK_SEM) != 0 ||   /* wrong kind */
+        if (cmp_tracker_forget(forgotten, CMP_TRACK_SEM) != 0 || /* wrong kind */
             cmp_tracker_forget(forgotten, CMP_TRACK_SHM) != 2)
             _exit(4);
         int pid_;
