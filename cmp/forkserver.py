@@ -16,7 +16,7 @@ import struct
 import sys
 import threading
 
-from . import _core, context, process, spawn, util
+from . import _core, _versions, context, process, spawn, util
 
 __all__ = ['ensure_running', 'get_inherited_fds', 'connect_to_new_process',
            'set_forkserver_preload']
@@ -33,11 +33,15 @@ class ForkServer:
         self._server_pid = None
         self._lock = threading.Lock()
         self._preload_modules = ['__main__']
+        self._preload_on_error = 'ignore'
 
-    def set_forkserver_preload(self, modules_names):
+    def set_forkserver_preload(self, modules_names, *, on_error='ignore'):
         if not all(type(mod) is str for mod in modules_names):
             raise TypeError('module_names must be a list of strings')
+        if on_error not in ('ignore', 'warn', 'fail'):
+            raise ValueError(f"on_error must be 'ignore', 'warn', or 'fail', not {on_error!r}")
         self._preload_modules = modules_names
+        self._preload_on_error = on_error
 
     def get_inherited_fds(self):
         return context._inherited_fds
@@ -76,6 +80,7 @@ class ForkServer:
                 prep = spawn.get_preparation_data('ForkServer')
                 prep.pop('name')
                 prep['preload'] = list(self._preload_modules)
+                prep['preload_on_error'] = self._preload_on_error
                 payload = bytearray()
                 spawn.dump_prefixed(prep, payload)
                 prog = 'from cmp.forkserver import main; main()'
@@ -130,24 +135,53 @@ def main():
     with open(data_r, 'rb') as f:
         prep, _ = spawn._load_prefixed(f.read(), 0)
     preload = prep.pop('preload')
+    on_error = prep.pop('preload_on_error')
     prep.pop('authkey', None)
     if '__main__' in preload:
         preload = [m for m in preload if m != '__main__']
+        main_path = prep.pop('init_main_from_path', None)
     else:
         prep.pop('init_main_from_path', None)
         prep.pop('init_main_from_name', None)
+        main_path = None
     process.current_process()._inheriting = True
     try:
         spawn.prepare(prep)
+        if main_path is not None:
+            _preload_main(main_path, on_error)
     finally:
         del process.current_process()._inheriting
     for modname in preload:
         try:
             __import__(modname)
-        except ImportError:
-            pass
+        except ImportError as e:
+            _preload_failed(on_error, 'module %r' % modname, e)
+    util._flush_std_streams()       # what the preloaded modules printed is the server's
     util._close_stdin()
     _serve(socket.socket(fileno=listener_fd), alive_r)
+
+
+def _preload_main(main_path, on_error):
+    """Import the main module once, for every child. Until 3.14 a failure
+    stops the server; from 3.15 on_error says what it does, and when the
+    server goes on without it, each child imports the main module itself
+    (and fails there, as the stdlib's children do)."""
+    try:
+        spawn._fixup_main_from_path(main_path)
+    except Exception as e:
+        if not _versions.FORKSERVER_PRELOAD_ON_ERROR:
+            raise
+        spawn._forget_main(main_path)
+        _preload_failed(on_error, '__main__ from %r' % main_path, e)
+
+
+def _preload_failed(on_error, what, exc):
+    if not _versions.FORKSERVER_PRELOAD_ON_ERROR or on_error == 'ignore':
+        return
+    if on_error == 'fail':
+        raise exc
+    import warnings
+    warnings.warn('Failed to preload %s: %s' % (what, exc), ImportWarning, stacklevel=3)
 
 
 def _serve(listener, alive_r):
@@ -201,6 +235,9 @@ def _serve(listener, alive_r):
                             c.close()
                         conn.close()
                         code = _run_child(fds)
+                    except BaseException:
+                        sys.excepthook(*sys.exc_info())
+                        util._flush_std_streams()
                     finally:
                         os._exit(code)
                 for fd in fds:
