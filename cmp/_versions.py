@@ -17,6 +17,9 @@ _V = sys.version_info[:2]
 # "This process (pid=N) is multi-threaded, use of fork() may lead to
 # deadlocks in the child." (issued, then cleared, so it never raises).
 FORK_WARNS_IF_THREADED = _V >= (3, 12)
+# From 3.15 the warning is not cleared: where warnings are errors, starting
+# the process raises it (after the child was forked).
+FORK_WARNING_RAISES = _V >= (3, 15)
 
 # Queue._terminate_broken(): concurrent.futures closes a broken call queue
 # with it.

@@ -145,10 +145,7 @@ class BaseContext:
             """Modules the fork server imports once, before forking children;
             on_error says what a failed import does: 'ignore', 'warn' or 'fail'."""
             from .forkserver import set_forkserver_preload
-            if on_error == 'ignore':    # what a fork server without on_error does
-                set_forkserver_preload(module_names)
-            else:
-                set_forkserver_preload(module_names, on_error=on_error)
+            set_forkserver_preload(module_names, on_error=on_error)
     else:
         def set_forkserver_preload(self, module_list):
             """Modules the fork server imports once, before forking children."""

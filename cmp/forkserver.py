@@ -27,7 +27,7 @@ import struct
 import sys
 import threading
 
-from . import _core, connection, context, process, reduction, resource_tracker, spawn, util  # noqa: F401
+from . import _core, _versions, connection, context, process, reduction, resource_tracker, spawn, util  # noqa: F401
 from .context import AuthenticationError  # noqa: F401  (3.14's forkserver has it)
 
 __all__ = ['ensure_running', 'get_inherited_fds', 'connect_to_new_process',
@@ -49,11 +49,15 @@ class ForkServer:
         self._key = None
         self._lock = threading.Lock()
         self._preload_modules = ['__main__']
+        self._preload_on_error = 'ignore'
 
-    def set_forkserver_preload(self, modules_names):
+    def set_forkserver_preload(self, modules_names, *, on_error='ignore'):
         if not all(type(mod) is str for mod in modules_names):
             raise TypeError('module_names must be a list of strings')
+        if on_error not in ('ignore', 'warn', 'fail'):
+            raise ValueError(f"on_error must be 'ignore', 'warn', or 'fail', not {on_error!r}")
         self._preload_modules = modules_names
+        self._preload_on_error = on_error
 
     def get_inherited_fds(self):
         return context._inherited_fds
@@ -89,6 +93,7 @@ class ForkServer:
                 prep.pop('name')
                 prep['preload'] = list(self._preload_modules)
                 prep['key'] = key
+                prep['preload_on_error'] = self._preload_on_error
                 payload = bytearray()
                 spawn.dump_prefixed(prep, payload)
                 prog = 'from cmp.forkserver import main; main()'
@@ -146,25 +151,30 @@ def main():
         prep, _ = spawn._load_prefixed(f.read(), 0)
     preload = prep.pop('preload')
     key = prep.pop('key')
+    on_error = prep.pop('preload_on_error')
     prep.pop('authkey', None)
     if '__main__' in preload:
         preload = [m for m in preload if m != '__main__']
+        main_path = prep.pop('init_main_from_path', None)
     else:
         prep.pop('init_main_from_path', None)
         prep.pop('init_main_from_name', None)
+        main_path = None
     process.current_process()._inheriting = True
     try:
         spawn.prepare(prep)
+        if main_path is not None:
+            _preload_main(main_path, on_error)
     finally:
         del process.current_process()._inheriting
     for modname in preload:
         try:
             __import__(modname)
-        except ImportError:
-            pass
+        except ImportError as e:
+            _preload_failed(on_error, 'module %r' % modname, e)
+    util._flush_std_streams()       # what the preloaded modules printed is the server's
     util._close_stdin()
     old_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    util._flush_std_streams()
     # What the server holds now is shared with every child; frozen, no
     # collection in a child touches (and so copies) its pages.
     gc.collect()
@@ -176,8 +186,36 @@ def main():
     try:
         signal.signal(signal.SIGINT, old_sigint)
         code = _run_child(*request)
+    except BaseException:
+        # Failed before the process ran (its unpickling, its main module):
+        # say why, as a child of the stdlib's server does.
+        sys.excepthook(*sys.exc_info())
+        util._flush_std_streams()
     finally:
         os._exit(code)
+
+
+def _preload_main(main_path, on_error):
+    """Import the main module once, for every child. Until 3.14 a failure
+    stops the server; from 3.15 on_error says what it does, and when the
+    server goes on without it, each child imports the main module itself
+    (and fails there, as the stdlib's children do)."""
+    try:
+        spawn._fixup_main_from_path(main_path)
+    except Exception as e:
+        if not _versions.FORKSERVER_PRELOAD_ON_ERROR:
+            raise
+        spawn._forget_main(main_path)
+        _preload_failed(on_error, '__main__ from %r' % main_path, e)
+
+
+def _preload_failed(on_error, what, exc):
+    if not _versions.FORKSERVER_PRELOAD_ON_ERROR or on_error == 'ignore':
+        return
+    if on_error == 'fail':
+        raise exc
+    import warnings
+    warnings.warn('Failed to preload %s: %s' % (what, exc), ImportWarning, stacklevel=3)
 
 
 def _run_child(data, fds):

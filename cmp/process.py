@@ -79,9 +79,9 @@ def _thread_count():
 
 
 def _warn_if_threaded():
-    """What os.fork() says from 3.12 when the parent runs other threads. It
-    is issued and then cleared, as CPython's is: it never raises, even when
-    warnings are errors."""
+    """What os.fork() says from 3.12 when the parent runs other threads.
+    Until 3.14 it is issued and then cleared, as CPython's is: it never
+    raises, even when warnings are errors; from 3.15 it does."""
     if _thread_count() > 1:
         import warnings
         try:
@@ -89,7 +89,8 @@ def _warn_if_threaded():
                           'lead to deadlocks in the child.' % os.getpid(),
                           DeprecationWarning, stacklevel=2)
         except Exception:
-            pass
+            if _versions.FORK_WARNING_RAISES:
+                raise
 
 
 class AuthenticationString(bytes):
@@ -148,10 +149,11 @@ class BaseProcess:
         if getattr(_current_process, '_inheriting', False):
             _check_not_importing_main(self)
         _cleanup()
-        self._popen = self._Popen(self)
-        if _versions.FORK_WARNS_IF_THREADED and self._popen.method == 'fork':
+        popen = self._Popen(self)
+        if _versions.FORK_WARNS_IF_THREADED and popen.method == 'fork':
             _warn_if_threaded()
-        self._sentinel = self._popen.sentinel
+        self._popen = popen
+        self._sentinel = popen.sentinel
         # The parent no longer needs them; dropping them avoids a reference
         # cycle when the target refers back to the process object.
         del self._target, self._args, self._kwargs

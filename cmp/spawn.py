@@ -116,6 +116,14 @@ def _install_main(module):
     sys.modules['__main__'] = sys.modules['__mp_main__'] = module
 
 
+def _forget_main(main_path):
+    """Undo a main module whose import failed half-way: the fork server
+    goes on without it (3.15), so its children import it afresh."""
+    if _old_main_modules and getattr(sys.modules['__main__'], '__file__', None) == main_path:
+        sys.modules['__main__'] = _old_main_modules.pop()
+        sys.modules.pop('__mp_main__', None)
+
+
 def _fixup_main_from_name(mod_name):
     current = sys.modules['__main__']
     if mod_name == '__main__' or mod_name.endswith('.__main__'):
