@@ -29,7 +29,6 @@ Differences from the stdlib, all where it loses data or fails late:
 """
 import itertools
 import os
-import shutil
 import socket
 import tempfile
 
@@ -127,27 +126,7 @@ def Pipe(duplex=True):
 # ---------------------------------------------------------------------------
 # Addresses
 
-def _get_temp_dir():
-    # One directory per process tree (children inherit the config), removed
-    # at exit by the process that made it, like the stdlib's.
-    config = process.current_process()._config
-    tempdir = config.get('tempdir')
-    if tempdir is None:
-        tempdir = tempfile.mkdtemp(prefix='pymp-')
-        util.info('created temp directory %s', tempdir)
-        util.Finalize(None, shutil.rmtree, args=(tempdir, True), exitpriority=-100)
-        config['tempdir'] = tempdir
-    return tempdir
-
-
-def _is_abstract_socket_namespace(address):
-    if not address:
-        return False
-    if isinstance(address, bytes):
-        return address[0] == 0
-    if isinstance(address, str):
-        return address[0] == '\0'
-    raise TypeError(f'address type of {address!r} unrecognized')
+_is_abstract_socket_namespace = util.is_abstract_socket_namespace
 
 
 def arbitrary_address(family):
@@ -155,7 +134,7 @@ def arbitrary_address(family):
     if family == 'AF_INET':
         return ('localhost', 0)
     if family == 'AF_UNIX':
-        return tempfile.mktemp(prefix='listener-', dir=_get_temp_dir())
+        return tempfile.mktemp(prefix='listener-', dir=util.get_temp_dir())
     if family == 'AF_PIPE':
         return tempfile.mktemp(prefix=r'\\.\pipe\pyc-%d-%d-'
                                % (os.getpid(), next(_mmap_counter)), dir='')

@@ -57,6 +57,16 @@ class ForkServer:
             raise
         return sock
 
+    def _stop(self):
+        """Stop the server this process started (it exits when alive_w closes)."""
+        with self._lock:
+            if self._server_pid is None:
+                return
+            if self._server_pid != _SERVER_IN_PARENT:
+                os.close(self._alive_w)
+                os.waitpid(self._server_pid, 0)
+            self._address = self._alive_w = self._server_pid = None
+
     def ensure_running(self):
         """Start the server if this process has none running."""
         with self._lock:

@@ -4,6 +4,7 @@ import os
 import signal
 import sys
 import threading
+from weakref import WeakSet
 
 __all__ = ['BaseProcess', 'current_process', 'active_children', 'parent_process']
 
@@ -68,6 +69,7 @@ class BaseProcess:
                                         ':'.join(map(str, self._identity)))
         if daemon is not None:
             self.daemon = daemon
+        _dangling.add(self)
 
     def _check_closed(self):
         if self._closed:
@@ -315,6 +317,8 @@ _current_process = _MainProcess()
 _parent_process = None
 _process_counter = itertools.count(1)
 _children = set()
+# Every Process object still alive; test suites (CPython's too) check it for leaks.
+_dangling = WeakSet()
 
 # The working directory at import, for resolving a relative main path later.
 ORIGINAL_DIR = os.path.abspath(os.getcwd()) if os.path.exists(".") else None
