@@ -438,6 +438,7 @@ class _Workers:
         self.cache = _PoolCache(state=self.state)
         self.pool = []
         self.free_slots = list(range(processes - 1, -1, -1))
+        self.repopulating = threading.Lock()    # Pool._repopulate_pool runs it too
         self.seq = itertools.count(1)
         self.threads = []
         self.feeders = []           # imap's task threads
@@ -500,13 +501,14 @@ class _Workers:
         return w
 
     def repopulate(self):
-        while self.free_slots:
-            slot = self.free_slots.pop()
-            try:
-                self.pool.append(self.new_worker(slot))
-            except BaseException:
-                self.free_slots.append(slot)
-                raise
+        with self.repopulating:
+            while self.free_slots:
+                slot = self.free_slots.pop()
+                try:
+                    self.pool.append(self.new_worker(slot))
+                except BaseException:
+                    self.free_slots.append(slot)
+                    raise
 
     def sentinels(self):
         return {w.sentinel: w for w in self.pool}
@@ -573,8 +575,10 @@ class _Workers:
         # They stay listed, as in the stdlib; their descriptors are released.
         for p in list(self.pool):
             p.join()
-            if p._popen is not None:
-                p._popen.close()
+            # A context's Process may be any object with the Process API.
+            popen = getattr(p, '_popen', None)
+            if popen is not None:
+                popen.close()
 
     # -- threads -------------------------------------------------------------
 
@@ -665,6 +669,10 @@ class Pool:
         w.start_thread(w.handle_workers, 'PoolWorkerHandler')
         self._terminate = util.Finalize(self, w.join, args=(True,), exitpriority=15)
         self._state = RUN
+
+    def _repopulate_pool(self):
+        """Start workers in the free slots now, as the worker handler does."""
+        self._w.repopulate()
 
     def __del__(self, _warn=warnings.warn, RUN=RUN):
         if self._state == RUN:
