@@ -8,6 +8,8 @@ import importlib
 import sys
 from importlib.machinery import ModuleSpec
 
+__all__ = []     # a private module; `from multiprocessing.X import *` imports nothing
+
 _PREFIX = 'multiprocessing'
 
 
