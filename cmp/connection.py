@@ -64,6 +64,20 @@ class Connection(_core.Connection):
     def __exit__(self, exc_type, exc_value, exc_tb):
         self.close()
 
+    @property
+    def _handle(self):
+        """The descriptor, or None once closed."""
+        return _core.Connection._handle.__get__(self)
+
+    @_handle.setter
+    def _handle(self, value):
+        # Code written for the stdlib sets it to None to forget the descriptor
+        # without closing it (CPython's tests do, for one they made up).
+        if value is not None:
+            raise ValueError('Connection._handle can only be set to None')
+        if not self.closed:
+            self._detach()
+
     def __reduce__(self):
         handle = self._handle
         if handle is None:
