@@ -196,7 +196,7 @@ class Listener:
         if self._listener is None:
             raise OSError('listener is closed')
         c = self._listener.accept()
-        if self._authkey:
+        if self._authkey is not None:        # b'' too: the Client handshakes with it
             deliver_challenge(c, self._authkey)
             answer_challenge(c, self._authkey)
         return c
