@@ -57,6 +57,12 @@ class ForkServer:
             raise
         return sock
 
+    @property
+    def _forkserver_pid(self):
+        """The stdlib's name: the server's pid, if this process started it."""
+        pid = self._server_pid
+        return None if pid == _SERVER_IN_PARENT else pid
+
     def _stop(self):
         """Stop the server this process started (it exits when alive_w closes)."""
         with self._lock:
