@@ -33,7 +33,7 @@ def _stdlib_passed(method):
 
 def _explain(lost):
     lines = []
-    for tid, (status, detail) in sorted(lost.items()):
+    for tid, (status, detail, _) in sorted(lost.items()):
         last = (detail or '').strip().splitlines()[-1:] or ['']
         lines.append('%s %s: %s' % (status, tid, last[0][:300]))
     return '\n'.join(lines)

@@ -101,7 +101,8 @@ def _kill_session(proc):
 
 
 def run_class(method, cls, ids, on_cmp, timeout, logdir):
-    """Run one class in its own interpreter; return ({test id: (status, detail)}, seconds)."""
+    """Run one class in its own interpreter; return
+    ({test id: (status, detail, seconds)}, the class's seconds)."""
     fd, out_path = tempfile.mkstemp(prefix='cpy-%s-' % cls, suffix='.jsonl')
     os.close(fd)
     log_path = os.path.join(logdir, '%s.%s.log' % (method, cls))
@@ -125,18 +126,18 @@ def run_class(method, cls, ids, on_cmp, timeout, logdir):
         for line in f:
             rec = json.loads(line)
             if rec.get('fixture'):
-                fixture = fixture or (rec['status'], '%s: %s' % (rec['id'], rec['detail']))
+                fixture = fixture or (rec['status'], '%s: %s' % (rec['id'], rec['detail']), None)
             else:
-                results[rec['id']] = (rec['status'], rec['detail'])
+                results[rec['id']] = (rec['status'], rec['detail'], rec.get('seconds'))
     os.unlink(out_path)
     # Tests that never reported: the class timed out, crashed, or its fixture failed.
     if timed_out:
-        missing = ('timeout', 'class killed after %ds' % timeout)
+        missing = ('timeout', 'class killed after %ds' % timeout, None)
     elif fixture:
         missing = fixture
     else:
         missing = ('error', 'worker exited with %s before the test ran (log: %s)'
-                   % (rc, log_path))
+                   % (rc, log_path), None)
     for tid in ids:
         results.setdefault(tid, missing)
     return results, seconds
@@ -144,7 +145,7 @@ def run_class(method, cls, ids, on_cmp, timeout, logdir):
 
 def run_method(method, on_cmp=True, jobs=2, pattern=None, timeout=CLASS_TIMEOUT,
                logdir=None, progress=None):
-    """Run METHOD's tests; return ({short test id: (status, detail)}, seconds)."""
+    """Run METHOD's tests; return ({short test id: (status, detail, seconds)}, seconds)."""
     classes = list_classes(method)
     if pattern:
         classes = {c: ids for c, ids in classes.items()
@@ -170,13 +171,13 @@ def run_method(method, on_cmp=True, jobs=2, pattern=None, timeout=CLASS_TIMEOUT,
 
 def counts(results):
     c = dict.fromkeys(STATUSES, 0)
-    for status, _ in results.values():
+    for status, *_ in results.values():
         c[status] += 1
     return {k: v for k, v in c.items() if v}
 
 
 def passed(results):
-    return sorted(t for t, (status, _) in results.items() if status == 'pass')
+    return sorted(t for t, (status, *_) in results.items() if status == 'pass')
 
 
 def load_record(ver=None):
@@ -198,9 +199,10 @@ def save_record(method, results):
 
 
 def compare(method, results, stdlib_passed):
-    """What cmp fails of what the stdlib passes: ({id: (status, detail)}, exempted ids)."""
+    """What cmp fails of what the stdlib passes: ({id: (status, detail, seconds)},
+    exempted ids)."""
     ours = set(passed(results))
-    lost = {t: results.get(t, ('missing', None)) for t in stdlib_passed if t not in ours}
+    lost = {t: results.get(t, ('missing', None, None)) for t in stdlib_passed if t not in ours}
     exempt = sorted(t for t in lost if t in NOT_APPLICABLE)
     for t in exempt:
         del lost[t]
@@ -214,7 +216,7 @@ def _print_progress(verbose):
         print('%-10s %-48s %5.1fs %s' % (method, cls, secs, ' '.join(
             '%s=%d' % kv for kv in sorted(c.items()))), flush=True)
         if verbose and bad:
-            for t, (status, detail) in sorted(res.items()):
+            for t, (status, detail, _) in sorted(res.items()):
                 if status not in ('pass', 'skip'):
                     last = (detail or '').strip().splitlines()[-1:] or ['']
                     print('    %-7s %s: %s' % (status, short(t), last[0][:200]), flush=True)
@@ -233,6 +235,7 @@ def main(argv=None):
     p.add_argument('--json', help='write every result here')
     p.add_argument('--logs', help='keep each class log in this folder')
     p.add_argument('-v', '--verbose', action='store_true', help='show each failure')
+    p.add_argument('--slowest', type=int, default=0, metavar='N', help='show the N slowest tests')
     args = p.parse_args(argv)
     why = unavailable()
     if why:
@@ -252,6 +255,9 @@ def main(argv=None):
         side = 'stdlib' if args.stdlib else 'cmp'
         print('== %s %s on Python %s: %s in %.0fs' % (side, method, version(), ' '.join(
             '%s=%d' % kv for kv in sorted(counts(results).items())), secs), flush=True)
+        for t, (status, _, secs) in sorted(results.items(), key=lambda kv: -(kv[1][2] or 0))[
+                :args.slowest]:
+            print('   %6.1fs %-7s %s' % (secs or 0, status, t))
         if args.record:
             save_record(method, results)
         if record and method in record['methods'] and not args.pattern:
@@ -259,7 +265,7 @@ def main(argv=None):
             print('   stdlib passed %d; cmp passed %d; of the stdlib\'s passes cmp fails %d'
                   ' (+%d not applicable)' % (len(record['methods'][method]['passed']),
                                              len(passed(results)), len(lost), len(exempt)))
-            for t, (status, _) in sorted(lost.items()):
+            for t, (status, *_) in sorted(lost.items()):
                 print('     %-7s %s' % (status, t))
             rc = rc or (1 if lost else 0)
     if args.json:

@@ -4,7 +4,7 @@
         print one line of JSON: {class name: [test ids]} for METHOD's module
     python [-m cmp] worker.py METHOD CLASS OUT
         run CLASS of METHOD's module, appending one JSON line per finished test to OUT:
-        {"id": ..., "status": pass|fail|error|skip|xfail|xpass, "detail": ...}.
+        {"id": ..., "status": pass|fail|error|skip|xfail|xpass, "detail": ..., "seconds": ...}.
         A failure of setUpModule/setUpClass is a line with "fixture": true.
 
 Under `python -m cmp` every test also checks that nothing of the stdlib's
@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import sysconfig
+import time
 import unittest
 
 STDLIB_MP = os.path.join(sysconfig.get_paths()['stdlib'], 'multiprocessing') + os.sep
@@ -52,6 +53,7 @@ class Recorder(unittest.TextTestResult):
         self._out = out
         self._on_cmp = on_cmp
         self._status = {}
+        self._started = {}
 
     def _emit(self, **record):
         self._out.write(json.dumps(record) + '\n')
@@ -69,6 +71,10 @@ class Recorder(unittest.TextTestResult):
         # setUpModule/setUpClass/tearDown*: an _ErrorHolder, not a test.
         detail = err if isinstance(err, str) else self._exc_info_to_string(err, test)[-2000:]
         self._emit(id=test.description, status=status, detail=detail, fixture=True)
+
+    def startTest(self, test):
+        self._started[test.id()] = time.monotonic()
+        super().startTest(test)
 
     def addSuccess(self, test):
         super().addSuccess(test)
@@ -113,7 +119,8 @@ class Recorder(unittest.TextTestResult):
             leaked = stdlib_modules()
             if leaked:
                 status, detail = 'stdlib', 'stdlib multiprocessing imported: %s' % leaked
-        self._emit(id=test.id(), status=status, detail=detail)
+        seconds = time.monotonic() - self._started.pop(test.id(), time.monotonic())
+        self._emit(id=test.id(), status=status, detail=detail, seconds=round(seconds, 3))
 
 
 def main(argv):
