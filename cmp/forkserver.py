@@ -49,6 +49,7 @@ class ForkServer:
             raise ValueError('too many fds')
         self.ensure_running()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(None)       # not socket.setdefaulttimeout()'s: the pid may take a while
         try:
             sock.connect(self._address)
             socket.send_fds(sock, [b'F'], fds)
