@@ -48,6 +48,7 @@ def test_cpython_multiprocessing_tests(method):
     stdlib_passed = _stdlib_passed(method)
     results, _ = run.run_method(method, on_cmp=True)
     lost, exempt = run.compare(method, results, stdlib_passed)
-    assert not lost, '%d of the stdlib\'s passing tests fail on cmp (%s):\n%s' % (
-        len(lost), method, _explain(lost))
+    assert not lost, '%d of the stdlib\'s passing tests fail on cmp (%s; stdlib passed %d, ' \
+        'cmp %d: %s):\n%s' % (len(lost), method, len(stdlib_passed), len(run.passed(results)),
+                              run.counts(results), _explain(lost))
     assert len(run.passed(results)) >= len(stdlib_passed) - len(exempt)

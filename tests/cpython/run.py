@@ -79,8 +79,9 @@ def _python(on_cmp):
     return [sys.executable, '-m', 'cmp'] if on_cmp else [sys.executable]
 
 
-def _env():
+def _env(on_cmp=False):
     env = dict(os.environ)
+    env['CMP_SUITE_SIDE'] = 'cmp' if on_cmp else 'stdlib'     # the worker checks it
     env['PYTHONPATH'] = os.pathsep.join([HERE] + [p for p in [env.get('PYTHONPATH')] if p])
     env.pop('PYTHONWARNINGS', None)
     return env
@@ -111,7 +112,7 @@ def run_class(method, cls, ids, on_cmp, timeout, logdir):
     with open(log_path, 'wb') as log:
         # Its own session: on a timeout, and after it ends, everything it left running dies.
         proc = subprocess.Popen(_python(on_cmp) + [WORKER, method, cls, out_path], cwd=HERE,
-                                env=_env(), stdin=subprocess.DEVNULL, stdout=log,
+                                env=_env(on_cmp), stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             rc = proc.wait(timeout)

@@ -127,6 +127,9 @@ def main(argv):
     method = argv[1]
     import multiprocessing
     on_cmp = multiprocessing.__name__ == 'cmp'      # python -m cmp aliases it
+    if on_cmp != (os.environ.get('CMP_SUITE_SIDE') == 'cmp'):
+        sys.exit('worker: multiprocessing is %s, not what the harness asked for'
+                 % multiprocessing.__name__)
     if argv[2] == '--list':
         print(json.dumps(list_classes(importlib.import_module('mp_' + method))))
         return 0
