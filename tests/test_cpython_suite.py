@@ -5,7 +5,7 @@ fork,spawn,forkserver; `none` runs none), every test that the stdlib passes on
 this Python must pass on cmp too, except the few in run.NOT_APPLICABLE, which
 probe the stdlib's own implementation. The stdlib's results come from
 tests/cpython/stdlib-3.X.json (`run.py --stdlib --record`), or are measured now
-where this Python has no record.
+where this Python has no record. CMP_CPYTHON_SUITE_JOBS classes run at once (2).
 """
 import os
 import sys
@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cpython'))
 import run  # noqa: E402
 
+JOBS = int(os.environ.get('CMP_CPYTHON_SUITE_JOBS', '2'))     # classes run at once
 SELECTED = [m for m in os.environ.get('CMP_CPYTHON_SUITE', ','.join(run.METHODS)).split(',')
             if m and m != 'none']
 
@@ -28,7 +29,7 @@ def _stdlib_passed(method):
     record = run.load_record()
     if record and method in record['methods']:
         return record['methods'][method]['passed']
-    return run.passed(run.run_method(method, on_cmp=False)[0])
+    return run.passed(run.run_method(method, on_cmp=False, jobs=JOBS)[0])
 
 
 def _explain(lost):
@@ -46,7 +47,7 @@ def test_cpython_multiprocessing_tests(method):
     if why:
         pytest.skip(why)
     stdlib_passed = _stdlib_passed(method)
-    results, _ = run.run_method(method, on_cmp=True)
+    results, _ = run.run_method(method, on_cmp=True, jobs=JOBS)
     lost, exempt = run.compare(method, results, stdlib_passed)
     assert not lost, '%d of the stdlib\'s passing tests fail on cmp (%s; stdlib passed %d, ' \
         'cmp %d: %s):\n%s' % (len(lost), method, len(stdlib_passed), len(run.passed(results)),
