@@ -145,9 +145,12 @@ def run_class(method, cls, ids, on_cmp, timeout, logdir):
 
 
 def run_method(method, on_cmp=True, jobs=2, pattern=None, timeout=CLASS_TIMEOUT,
-               logdir=None, progress=None):
-    """Run METHOD's tests; return ({short test id: (status, detail, seconds)}, seconds)."""
+               logdir=None, progress=None, only=None):
+    """Run METHOD's tests (only the classes named in only, if given); return
+    ({short test id: (status, detail, seconds)}, seconds)."""
     classes = list_classes(method)
+    if only is not None:
+        classes = {c: ids for c, ids in classes.items() if c in only}
     if pattern:
         classes = {c: ids for c, ids in classes.items()
                    if fnmatch.fnmatch(c, pattern) or any(fnmatch.fnmatch(short(t), pattern)
