@@ -15,6 +15,8 @@ resolve to cmp, in this process and in every child it starts.
 import os
 import sys
 
+__all__ = []     # the runner; `from multiprocessing.__main__ import *` imports nothing
+
 USAGE = __doc__.split('\n\n')[1]
 
 

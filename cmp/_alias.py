@@ -10,6 +10,8 @@ import os
 import sys
 from importlib.machinery import ModuleSpec
 
+__all__ = []     # a private module; `from multiprocessing.X import *` imports nothing
+
 _PREFIX = 'multiprocessing'
 
 

@@ -71,6 +71,23 @@ class ForkServer:
         return _core.forkserver_request(self._address, self._listener_pid, self._key,
                                         payload, fds)
 
+    @property
+    def _forkserver_pid(self):
+        """The stdlib's name: the server's pid, if this process started it."""
+        pid = self._server_pid
+        return None if pid == _SERVER_IN_PARENT else pid
+
+    def _stop(self):
+        """Stop the server this process started (it exits when alive_w closes)."""
+        with self._lock:
+            if self._server_pid is None:
+                return
+            if self._server_pid != _SERVER_IN_PARENT:
+                os.close(self._alive_w)
+                os.waitpid(self._server_pid, 0)
+            self._address = self._alive_w = self._server_pid = None
+            self._listener_pid = self._key = None
+
     def ensure_running(self):
         """Start the server if this process has none running."""
         with self._lock:

@@ -96,7 +96,10 @@ def dispatch(c, id, methodname, args=(), kwds={}):
     kind, result = c.recv()
     if kind == '#RETURN':
         return result
-    raise convert_to_error(kind, result)
+    try:
+        raise convert_to_error(kind, result)
+    finally:
+        del result      # the error's traceback holds this frame: no cycle
 
 
 def convert_to_error(kind, result):
@@ -674,7 +677,10 @@ class BaseProxy:
             finally:
                 conn.close()
             return proxy
-        raise convert_to_error(kind, result)
+        try:
+            raise convert_to_error(kind, result)
+        finally:
+            del result      # the error's traceback holds this frame: no cycle
 
     def _getvalue(self):
         """A copy of the referent."""

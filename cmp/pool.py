@@ -579,8 +579,10 @@ class _Workers:
         # They stay listed, as in the stdlib; their descriptors are released.
         for p in list(self.pool):
             p.join()
-            if p._popen is not None:
-                p._popen.close()
+            # A context's Process may be any object with the Process API.
+            popen = getattr(p, '_popen', None)
+            if popen is not None:
+                popen.close()
 
     # -- threads -------------------------------------------------------------
 
@@ -682,6 +684,10 @@ class Pool:
         w.start_thread(w.handle_workers, 'PoolWorkerHandler')
         self._terminate = util.Finalize(self, w.join, args=(True,), exitpriority=15)
         self._state = RUN
+
+    def _repopulate_pool(self):
+        """Start workers in the free slots now, as the worker handler does."""
+        self._w.repopulate()
 
     def __del__(self, _warn=warnings.warn, RUN=RUN):
         if self._state == RUN:
