@@ -385,54 +385,6 @@ def close_all_fds_except(fds):
         os.closerange(fds[i] + 1, fds[i + 1])
 
 
-# ---------------------------------------------------------------------------
-# Temporary directory and socket addresses
-
-def get_temp_dir():
-    """This process tree's temporary directory, made on first use and removed
-    at exit by the process that made it (children inherit it with the config)."""
-    from . import process
-    config = process.current_process()._config
-    tempdir = config.get('tempdir')
-    if tempdir is None:
-        import shutil
-        import tempfile
-        tempdir = tempfile.mkdtemp(prefix='pymp-')
-        info('created temp directory %s', tempdir)
-        Finalize(None, shutil.rmtree, args=(tempdir, True), exitpriority=-100)
-        config['tempdir'] = tempdir
-    return tempdir
-
-
-# Linux has the abstract unix socket namespace (a name starting with a NUL byte).
-abstract_sockets_supported = sys.platform == 'linux'
-
-
-def is_abstract_socket_namespace(address):
-    if not address:
-        return False
-    if isinstance(address, bytes):
-        return address[0] == 0
-    if isinstance(address, str):
-        return address[0] == '\0'
-    raise TypeError(f'address type of {address!r} unrecognized')
-
-
-_is_abstract_socket_namespace = is_abstract_socket_namespace
-
-
-def _cleanup_tests():
-    """What a test suite calls when done: reap finished children, stop the
-    forkserver, run the finalizers (the temp directory goes), reap leftovers."""
-    from . import forkserver, process
-    process._cleanup()
-    forkserver._forkserver._stop()
-    _run_finalizers()
-    import gc
-    gc.collect()
-    from test import support
-    support.reap_children()
-
 
 # ---------------------------------------------------------------------------
 # Fork-aware helpers
