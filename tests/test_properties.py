@@ -124,12 +124,39 @@ def feed(impl, data, method):
         conn.close()
 
 
+def ends_after_a_header(data):
+    """The stream ends right after a header that announced a payload."""
+    off = 0
+    while len(data) - off >= 4:
+        n, = struct.unpack_from('!i', data, off)
+        off += 4
+        if n == -1:
+            if len(data) - off < 8:
+                return False
+            n, = struct.unpack_from('!Q', data, off)
+            off += 8
+        if off == len(data):
+            return n > 0
+        off += n
+    return False
+
+
 @given(data=STREAMS)
 @example(data=struct.pack('!iQ', -1, 3) + b'abc')
 @example(data=b'\x00\x00')
 @example(data=struct.pack('!i', 5) + b'ab')
 def test_raw_streams_read_alike(data):
+    assume(not ends_after_a_header(data))     # see the next test
     assert feed(cmp_connection, data, 'recv_bytes') == feed(std_connection, data, 'recv_bytes')
+
+
+@pytest.mark.xfail(strict=True, reason='cmp raises OSError("got end of file during message") '
+                   'where the stdlib raises EOFError (src/module/connection.c)')
+@pytest.mark.parametrize('data', [struct.pack('!i', 1), struct.pack('!iQ', -1, 5)])
+def test_end_of_file_right_after_a_header_is_eoferror(data):
+    assert ends_after_a_header(data)
+    assert feed(std_connection, data, 'recv_bytes') == [('error', 'EOFError', '')]
+    assert feed(cmp_connection, data, 'recv_bytes') == [('error', 'EOFError', '')]
 
 
 def mutated_pickles():
@@ -164,6 +191,21 @@ def test_a_bad_length_fails_at_once_after_the_good_frames(frames, bad):
 # ---------------------------------------------------------------------------
 # Queue: nothing corrupted, nothing reordered
 
+def closing(q):
+    """Close q after a test; after a failure do not wait for its feeder, which may hold an
+    item no one will read (join_thread would hang and hide the failure)."""
+    class Closing:
+        def __enter__(self):
+            return q
+
+        def __exit__(self, exc_type, exc, tb):
+            if exc_type is not None:
+                q.cancel_join_thread()
+            q.close()
+            q.join_thread()
+    return Closing()
+
+
 class FailDump:
     def __reduce__(self):
         raise ValueError('cannot dump')
@@ -181,8 +223,7 @@ class FailLoad:
 @given(items=st.lists(ITEMS, max_size=12), ring=st.sampled_from([RING, 4 * RING]),
        batched=st.booleans())
 def test_queue_delivers_every_item_whole_and_in_order(items, ring, batched):
-    q = cmp.queues.Queue(ring_size=ring)
-    try:
+    with closing(cmp.queues.Queue(ring_size=ring)) as q:
         if batched:
             q.put_many(items)
         else:
@@ -197,9 +238,6 @@ def test_queue_delivers_every_item_whole_and_in_order(items, ring, batched):
         assert got == items
         with pytest.raises(queue.Empty):
             q.get_nowait()
-    finally:
-        q.close()
-        q.join_thread()
 
 
 # One step against a bounded queue of this process only, checked against a model: put on a
@@ -215,9 +253,8 @@ STEPS = st.lists(st.one_of(
 
 @given(steps=STEPS, maxsize=st.integers(1, 4), ring=st.sampled_from([RING, 4 * RING]))
 def test_queue_against_a_model(steps, maxsize, ring):
-    q = cmp.queues.Queue(maxsize, ring_size=ring)
     model = []
-    try:
+    with closing(cmp.queues.Queue(maxsize, ring_size=ring)) as q:
         for step in steps:
             kind = step[0]
             full = len(model) >= maxsize
@@ -253,9 +290,6 @@ def test_queue_against_a_model(steps, maxsize, ring):
             else:
                 assert q.get(timeout=30) == want
         assert q.empty()
-    finally:
-        q.close()
-        q.join_thread()
 
 
 @pytest.mark.xfail(strict=True, reason='issue 15, msg branch: get_many drops the batch of '
@@ -263,8 +297,7 @@ def test_queue_against_a_model(steps, maxsize, ring):
 @settings(phases=[Phase.explicit, Phase.generate])   # no shrinking while it is known to fail
 @given(before=st.lists(ITEMS, max_size=4), after=st.lists(ITEMS, min_size=1, max_size=4))
 def test_get_many_keeps_the_items_around_one_that_cannot_be_unpickled(before, after):
-    q = cmp.queues.Queue(ring_size=RING)
-    try:
+    with closing(cmp.queues.Queue(ring_size=RING)) as q:
         q.put_many(before + [FailLoad()] + after)
         got = []
         for _ in range(len(before) + len(after) + 1):
@@ -275,9 +308,6 @@ def test_get_many_keeps_the_items_around_one_that_cannot_be_unpickled(before, af
             except queue.Empty:
                 break
         assert got == before + after
-    finally:
-        q.close()
-        q.join_thread()
 
 
 # Producers killed while they put: every item they got into the queue arrives whole and in
