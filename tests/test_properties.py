@@ -150,8 +150,6 @@ def test_raw_streams_read_alike(data):
     assert feed(cmp_connection, data, 'recv_bytes') == feed(std_connection, data, 'recv_bytes')
 
 
-@pytest.mark.xfail(strict=True, reason='cmp raises OSError("got end of file during message") '
-                   'where the stdlib raises EOFError (src/module/connection.c)')
 @pytest.mark.parametrize('data', [struct.pack('!i', 1), struct.pack('!iQ', -1, 5)])
 def test_end_of_file_right_after_a_header_is_eoferror(data):
     assert ends_after_a_header(data)
@@ -300,9 +298,6 @@ def test_queue_against_a_model(steps, maxsize, ring):
         assert q.empty()
 
 
-@pytest.mark.xfail(strict=True, reason='issue 15, msg branch: get_many drops the batch of '
-                   'an item that cannot be unpickled')
-@settings(phases=[Phase.explicit, Phase.generate])   # no shrinking while it is known to fail
 @given(before=st.lists(ITEMS, max_size=4), after=st.lists(ITEMS, min_size=1, max_size=4))
 def test_get_many_keeps_the_items_around_one_that_cannot_be_unpickled(before, after):
     with closing(cmp.queues.Queue(ring_size=RING)) as q:

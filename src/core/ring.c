@@ -821,6 +821,13 @@ cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline)
             uint32_t len, flags;
             read_header(r, POS(h), &len, &flags);
             size_t rec = rec_size(len);
+            if (rec > bytes_used(h, t)
+                || ((flags & REC_MORE) && !(flags & REC_CONT) && len < sizeof(uint64_t))) {
+                /* A header no producer wrote (the segment was scribbled on):
+                 * refuse it rather than read past what was published. */
+                result = CMP_EBADMSG;
+                break;
+            }
             if (flags & (REC_CONT | REC_ABORT)) {
                 /* the rest of a message whose consumer went away */
                 h = mkpos(POS(h) + rec, CNT(h));
@@ -883,8 +890,8 @@ cmp_ring_take(cmp_ring *r, cmp_ring_rop *op, int64_t deadline)
                 wake_consumers(r, 1);
             return CMP_OK;
         }
-        if (result == CMP_NEED)
-            return result;
+        if (result != CMP_OK)
+            return result; /* CMP_NEED or CMP_EBADMSG */
         if (deadline_passed(deadline))
             return CMP_EEMPTY;
     }
@@ -914,6 +921,11 @@ stream:
         uint32_t len, flags;
         read_header(r, POS(h), &len, &flags);
         size_t rec = rec_size(len);
+        if (rec > bytes_used(h, LOAD(&r->tail, acquire))) {
+            op->locked = 0; /* a scribbled header, as above */
+            lock_release(&r->get_lock);
+            return CMP_EBADMSG;
+        }
         int bad = !(flags & REC_CONT) || (flags & REC_ABORT) || len > op->total - op->got
                   || (!(flags & REC_MORE) && op->got + len != op->total);
         if (bad) {

@@ -988,6 +988,18 @@ fail:
  * (recv_bytes_into), else NULL. On CMP_OK *bufp is the new bytes object, or
  * NULL if the payload went into `into`; rx holds the length and descriptors
  * (the caller closes them). Otherwise an exception is set. */
+
+/* The stdlib reads a frame in up to three reads (the length, the long
+ * length after the -1 marker, the body): end of file before the first byte of
+ * one of them is EOFError, inside one "got end of file during message". */
+static int
+eof_inside_a_read(const cmp_wire_rx *rx)
+{
+    if (!rx->header_done)
+        return rx->hdr_have != 0 && rx->hdr_have != 4;
+    return rx->body_have != 0;
+}
+
 static int
 conn_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength, char *into,
                 Py_ssize_t room, PyObject **bufp)
@@ -1043,11 +1055,11 @@ fail:
         Py_XDECREF(buf);
         return st;
     }
-    int started = cmp_wire_rx_started(rx);
+    int inside = eof_inside_a_read(rx);
     close_fds(rx->fds, rx->nfds);
     rx->nfds = 0;
     Py_XDECREF(buf);
-    if (st == CMP_EEOF && started)
+    if (st == CMP_EEOF && inside)
         PyErr_SetString(PyExc_OSError, "got end of file during message");
     else if (st == CMP_EBADMSG)
         bad_message_length(self);

@@ -64,7 +64,7 @@ static struct {
 static size_t model_head, model_n;
 static int corrupted;
 /* A streamed message was abandoned after its first chunk went in: a take
- * may meet that chunk (CMP_RING_NEED for a message that never comes). */
+ * may meet that chunk (CMP_NEED for a message that never comes). */
 static int ghosts;
 
 static void
@@ -195,7 +195,7 @@ op_take(cmp_ring *r, reader *in)
     if (!corrupted) {
         if (st == CMP_OK)
             check_taken(&op, buf);
-        else if (st == CMP_RING_NEED)
+        else if (st == CMP_NEED)
             CHECK(op.need > cap && (ghosts || (model_n > 0 && op.need == model[model_head].len)));
         else if (st == CMP_EEMPTY)
             CHECK(model_n == 0);
