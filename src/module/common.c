@@ -122,8 +122,11 @@ cmp_run_blocking(cmp_blocking_fn fn, void *arg)
 {
     for (;;) {
         int st;
-        Py_BEGIN_ALLOW_THREADS st = fn(arg);
-        Py_END_ALLOW_THREADS if (st != CMP_EINTR) return st;
+        Py_BEGIN_ALLOW_THREADS
+        st = fn(arg);
+        Py_END_ALLOW_THREADS
+        if (st != CMP_EINTR)
+            return st;
         if (PyErr_CheckSignals() < 0)
             return CMP_PYERR;
     }

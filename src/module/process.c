@@ -331,13 +331,16 @@ cmp_py_forkserver_request(PyObject *Py_UNUSED(module), PyObject *args)
         PyBuffer_Release(&payload);
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS st =
-            cmp_fs_request(addr, (size_t)addrlen, (pid_t)listener_pid, key, payload.buf,
-                           (size_t)payload.len, fds, nfds, &sock, &pid);
-    Py_END_ALLOW_THREADS PyBuffer_Release(&payload);
+    Py_BEGIN_ALLOW_THREADS
+    st = cmp_fs_request(addr, (size_t)addrlen, (pid_t)listener_pid, key, payload.buf,
+                        (size_t)payload.len, fds, nfds, &sock, &pid);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&payload);
     if (st == CMP_EEOF) {
-        PyErr_SetString(PyExc_EOFError, "the fork server closed the connection");
-        return NULL;
+        /* The server went away without answering (it failed to start, or was
+         * killed): what the stdlib's client reads from its socket then. */
+        errno = ECONNRESET;
+        return PyErr_SetFromErrno(PyExc_OSError);
     }
     if (st != CMP_OK)
         return cmp_set_error(st);
@@ -410,9 +413,10 @@ cmp_py_send_request(PyObject *Py_UNUSED(module), PyObject *args)
         PyBuffer_Release(&payload);
         return NULL;
     }
-    Py_BEGIN_ALLOW_THREADS st =
-            cmp_fs_send(sock, nokey, payload.buf, (size_t)payload.len, fds, nfds);
-    Py_END_ALLOW_THREADS PyBuffer_Release(&payload);
+    Py_BEGIN_ALLOW_THREADS
+    st = cmp_fs_send(sock, nokey, payload.buf, (size_t)payload.len, fds, nfds);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&payload);
     if (st == CMP_EEOF) {
         errno = EPIPE;
         st = CMP_ERRNO;
@@ -438,9 +442,10 @@ cmp_py_recv_request(PyObject *Py_UNUSED(module), PyObject *arg)
     int sock = PyObject_AsFileDescriptor(arg);
     if (sock < 0)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS st = cmp_fs_recv(sock, &req);
-    Py_END_ALLOW_THREADS if (st != CMP_OK)
-    {
+    Py_BEGIN_ALLOW_THREADS
+    st = cmp_fs_recv(sock, &req);
+    Py_END_ALLOW_THREADS
+    if (st != CMP_OK) {
         close(sock);
         if (st == CMP_EEOF)
             Py_RETURN_NONE;
@@ -517,9 +522,10 @@ cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
         return cmp_set_error(CMP_ERRNO);
     for (;;) {
         int st;
-        Py_BEGIN_ALLOW_THREADS st = cmp_fs_next(&s, &req);
-        Py_END_ALLOW_THREADS if (st == CMP_EINTR)
-        {
+        Py_BEGIN_ALLOW_THREADS
+        st = cmp_fs_next(&s, &req);
+        Py_END_ALLOW_THREADS
+        if (st == CMP_EINTR) {
             if (PyErr_CheckSignals() < 0)
                 return NULL;
             continue;

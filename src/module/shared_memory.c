@@ -165,8 +165,11 @@ cmp_py_shm_create(PyObject *module, PyObject *args)
         return NULL;
     }
     if (name == Py_None) {
-        Py_BEGIN_ALLOW_THREADS fd = cmp_pshm_create_random((size_t)size, random_name);
-        Py_END_ALLOW_THREADS if (fd < 0) return cmp_set_error(fd);
+        Py_BEGIN_ALLOW_THREADS
+        fd = cmp_pshm_create_random((size_t)size, random_name);
+        Py_END_ALLOW_THREADS
+        if (fd < 0)
+            return cmp_set_error(fd);
         cname = random_name;
         name = PyUnicode_FromString(random_name);
         if (name == NULL) {
@@ -179,8 +182,11 @@ cmp_py_shm_create(PyObject *module, PyObject *args)
         if ((cname = shm_name(name)) == NULL)
             return NULL;
         size_t sz = (size_t)size;
-        Py_BEGIN_ALLOW_THREADS fd = cmp_pshm_open(cname, 1, &sz);
-        Py_END_ALLOW_THREADS if (fd < 0) return cmp_set_error_with_filename(fd, name);
+        Py_BEGIN_ALLOW_THREADS
+        fd = cmp_pshm_open(cname, 1, &sz);
+        Py_END_ALLOW_THREADS
+        if (fd < 0)
+            return cmp_set_error_with_filename(fd, name);
         Py_INCREF(name);
     }
     if (track) {
@@ -231,8 +237,11 @@ cmp_py_shm_attach(PyObject *module, PyObject *name)
         return NULL;
     size_t size = 0;
     int fd;
-    Py_BEGIN_ALLOW_THREADS fd = cmp_pshm_open(cname, 0, &size);
-    Py_END_ALLOW_THREADS if (fd < 0) return cmp_set_error_with_filename(fd, name);
+    Py_BEGIN_ALLOW_THREADS
+    fd = cmp_pshm_open(cname, 0, &size);
+    Py_END_ALLOW_THREADS
+    if (fd < 0)
+        return cmp_set_error_with_filename(fd, name);
     PyObject *mapping = map_and_close(module, fd, size);
     if (mapping == NULL)
         return NULL;
@@ -247,8 +256,11 @@ cmp_py_shm_unlink(PyObject *Py_UNUSED(module), PyObject *name)
     if (cname == NULL)
         return NULL;
     int st;
-    Py_BEGIN_ALLOW_THREADS st = cmp_pshm_unlink(cname);
-    Py_END_ALLOW_THREADS if (st != CMP_OK) return cmp_set_error_with_filename(st, name);
+    Py_BEGIN_ALLOW_THREADS
+    st = cmp_pshm_unlink(cname);
+    Py_END_ALLOW_THREADS
+    if (st != CMP_OK)
+        return cmp_set_error_with_filename(st, name);
     Py_RETURN_NONE;
 }
 

@@ -526,13 +526,12 @@ semlock_reacquire(CmpSemLock *lk, long times)
         if (cmp_sem_trywait(SEM(lk)) == CMP_OK)
             continue;
         int st;
-        Py_BEGIN_ALLOW_THREADS do
-        {
+        Py_BEGIN_ALLOW_THREADS
+        do {
             st = cmp_sem_wait(SEM(lk), CMP_FOREVER);
-        }
-        while (st == CMP_EINTR)
-            ;
-        Py_END_ALLOW_THREADS(void) st; /* CMP_OK; CMP_ERRNO would be EFAULT: a bug */
+        } while (st == CMP_EINTR);
+        Py_END_ALLOW_THREADS(void)
+        st; /* CMP_OK; CMP_ERRNO would be EFAULT: a bug */
     }
 }
 

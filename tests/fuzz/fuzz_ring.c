@@ -28,13 +28,12 @@
 #define TAKE_MAX_ITEMS 16
 #define WRITE_MAX (1u << 18)
 
-#define CHECK(cond)                                                             \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "fuzz_ring: %s:%d: check failed: %s\n", __FILE__,   \
-                    __LINE__, #cond);                                           \
-            abort();                                                            \
-        }                                                                       \
+#define CHECK(cond)                                                                             \
+    do {                                                                                        \
+        if (!(cond)) {                                                                          \
+            fprintf(stderr, "fuzz_ring: %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+            abort();                                                                            \
+        }                                                                                       \
     } while (0)
 
 typedef struct {
@@ -78,7 +77,7 @@ static void
 model_push(size_t len, uint8_t seed)
 {
     if (model_n == MAX_MODEL) {
-        corrupted = 1;   /* stop checking rather than grow */
+        corrupted = 1; /* stop checking rather than grow */
         return;
     }
     model[(model_head + model_n) % MAX_MODEL].len = len;
@@ -86,7 +85,11 @@ model_push(size_t len, uint8_t seed)
     model_n++;
 }
 
-static void on_alarm(int sig) { (void)sig; }
+static void
+on_alarm(int sig)
+{
+    (void)sig;
+}
 
 /* Arm a one-shot 2 ms timer (a blocking wait inside comes back CMP_EINTR), or
  * disarm it. Its own signal: libFuzzer's -timeout owns SIGALRM. */
@@ -98,7 +101,7 @@ timer_setup(void)
 {
     struct sigaction sa;
     memset(&sa, 0, sizeof(sa));
-    sa.sa_handler = on_alarm;   /* no SA_RESTART: a futex wait returns EINTR */
+    sa.sa_handler = on_alarm; /* no SA_RESTART: a futex wait returns EINTR */
     CHECK(sigaction(TIMER_SIGNAL, &sa, NULL) == 0);
     struct sigevent ev;
     memset(&ev, 0, sizeof(ev));
@@ -132,7 +135,7 @@ op_put(cmp_ring *r, reader *in)
     if (st == CMP_OK && written == 1)
         model_push(len, seed);
     else if (accepted == 1)
-        cmp_ring_unreserve(r, 1);   /* deferred: an overflow would write it later */
+        cmp_ring_unreserve(r, 1); /* deferred: an overflow would write it later */
 }
 
 static void

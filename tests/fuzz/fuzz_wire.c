@@ -22,13 +22,12 @@
  * raise MemoryError); the parser's part ends with the header. */
 #define BODY_MAX (1u << 20)
 
-#define CHECK(cond)                                                             \
-    do {                                                                        \
-        if (!(cond)) {                                                          \
-            fprintf(stderr, "fuzz_wire: %s:%d: check failed: %s\n", __FILE__,   \
-                    __LINE__, #cond);                                           \
-            abort();                                                            \
-        }                                                                       \
+#define CHECK(cond)                                                                             \
+    do {                                                                                        \
+        if (!(cond)) {                                                                          \
+            fprintf(stderr, "fuzz_wire: %s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+            abort();                                                                            \
+        }                                                                                       \
     } while (0)
 
 static uint64_t
@@ -104,8 +103,7 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t n = size - 1;
 
     int fds[2];
-    if (is_socket ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds)
-                  : pipe2(fds, O_CLOEXEC))
+    if (is_socket ? socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) : pipe2(fds, O_CLOEXEC))
         abort();
     /* libFuzzer's -max_len keeps inputs within a pipe's or socket's buffer. */
     for (size_t w = 0; w < n;) {
