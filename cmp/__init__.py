@@ -22,3 +22,8 @@ SUBDEBUG = 5          # defined, as in the stdlib, but not in __all__
 SUBWARNING = 25
 
 from . import process, reduction, util  # noqa: E402  (submodules the stdlib exposes too)
+
+# A child started by spawn or forkserver runs the main script as __mp_main__:
+# what it pickles by reference to that module must load here too.
+if '__main__' in sys.modules:
+    sys.modules['__mp_main__'] = sys.modules['__main__']
