@@ -202,6 +202,7 @@ def main():
     code = 1
     try:
         signal.signal(signal.SIGINT, old_sigint)
+        util._forked_child_atexit()
         code = _run_child(*request)
     except BaseException:
         # Failed before the process ran (its unpickling, its main module):
@@ -209,7 +210,7 @@ def main():
         sys.excepthook(*sys.exc_info())
         util._flush_std_streams()
     finally:
-        os._exit(code)
+        util._forked_child_exit(code)
 
 
 def _preload_main(main_path, on_error):

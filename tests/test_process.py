@@ -457,3 +457,19 @@ def test_spawn_sees_the_state_at_start(tmp_path):
             with open(%r) as fh:
                 print('file:', fh.read().split())
     ''' % (str(out), str(out)))
+
+
+def test_child_atexit_handlers(method):
+    # From 3.12 a fork or forkserver child runs what its target registered
+    # with atexit, and never its parent's handlers (CPython's test_atexit).
+    assert_same('''
+        import atexit
+        def f():
+            atexit.register(print, 'child handler', flush=True)
+        if __name__ == '__main__':
+            atexit.register(print, 'parent handler', flush=True)
+            p = mp.Process(target=f)
+            p.start()
+            p.join()
+            print('exitcode', p.exitcode, flush=True)
+    ''', start_method=method)
