@@ -409,7 +409,7 @@ def test_forkserver_refuses_strangers():
                 except ConnectionResetError:
                     print('garbage refused', True)
             try:
-                _core.forkserver_request(fs._address, os.getpid() + 1, fs._key, b'x', [])
+                _core.forkserver_request(fs._address, os.getpid() + 1, fs._forkserver_authkey, b'x', [])
             except ConnectionRefusedError:
                 print('wrong listener refused')
             p = mp.Process(target=f); p.start(); p.join()
@@ -473,3 +473,28 @@ def test_child_atexit_handlers(method):
             p.join()
             print('exitcode', p.exitcode, flush=True)
     ''', start_method=method)
+
+
+def test_forkserver_refuses_a_wrong_key():
+    # CPython's test_forkserver_without_auth_fails: a request with a key that
+    # is not the server's raises AuthenticationError, and the server goes on.
+    r = run('''
+        import sys
+        from cmp import forkserver
+        if __name__ == '__main__':
+            mp.set_start_method('forkserver')
+            server = forkserver._forkserver
+            server.ensure_running()
+            key = server._forkserver_authkey
+            server._forkserver_authkey = b'T' * len(key)
+            try:
+                mp.Process(target=sys.exit).start()
+            except mp.AuthenticationError as e:
+                print('refused:', e)
+            server._forkserver_authkey = key
+            p = mp.Process(target=sys.exit, args=(3,))
+            p.start()
+            p.join()
+            print('exitcode', p.exitcode)
+    ''')
+    assert (r.returncode, r.stdout) == (0, "refused: digest sent was rejected\nexitcode 3\n"), r
