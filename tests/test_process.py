@@ -498,3 +498,18 @@ def test_forkserver_refuses_a_wrong_key():
             print('exitcode', p.exitcode)
     ''')
     assert (r.returncode, r.stdout) == (0, "refused: digest sent was rejected\nexitcode 3\n"), r
+
+
+def test_child_sys_path_empty_entry(method):
+    # '' (the current directory) reaches a spawn or forkserver child as the
+    # directory the parent started in (CPython's test_child_sys_path).
+    assert_same('''
+        import os, sys
+        def f():
+            print(sys.path[0] == os.getcwd(), '' in sys.path, flush=True)
+        if __name__ == '__main__':
+            sys.path.insert(0, '')
+            p = mp.Process(target=f)
+            p.start()
+            p.join()
+    ''', start_method=method)
