@@ -513,3 +513,30 @@ def test_child_sys_path_empty_entry(method):
             p.start()
             p.join()
     ''', start_method=method)
+
+
+def test_child_signal_mask_and_sigint(method):
+    # A child starts with nothing blocked and SIGINT handled as in its parent,
+    # whatever cmp's helpers (fork server, resource tracker) block or ignore
+    # while they start (CPython's test_wait_result and test_interrupt need it).
+    assert_same('''
+        import signal
+        def state():
+            with open('/proc/self/status') as f:
+                masks = dict(line.split(':\\t') for line in f if line.startswith('Sig'))
+            return (masks['SigBlk'].strip(), int(masks['SigIgn'], 16) >> (signal.SIGINT - 1) & 1,
+                    signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        def f():
+            print('child', *state(), flush=True)
+        if __name__ == '__main__':
+            import importlib
+            shm = importlib.import_module(mp.__name__ + '.shared_memory').SharedMemory(
+                create=True, size=16)       # starts the resource tracker
+            for _ in range(2):
+                p = mp.Process(target=f)
+                p.start()
+                p.join()
+            shm.close()
+            shm.unlink()
+            print('parent', *state(), flush=True)
+    ''', start_method=method)
