@@ -34,6 +34,11 @@ QUEUE_GENERIC = _V >= (3, 12)
 # HMAC-MD5 of 20 random bytes only. An authkey of b'' authenticates too.
 HMAC_NAMES_DIGEST = _V >= (3, 12)
 
+# A fork or forkserver child runs its atexit handlers before os._exit(): the
+# parent's are cleared at the fork, util._exit_function is registered, and
+# whatever the child's target registers runs when it ends (gh-83856).
+FORK_CHILD_RUNS_ATEXIT = _V >= (3, 12)
+
 # -- 3.13 --------------------------------------------------------------------
 
 # Pool() starts os.process_cpu_count() workers (the CPUs this process may

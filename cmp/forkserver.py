@@ -28,7 +28,7 @@ import sys
 import threading
 
 from . import _core, _versions, connection, context, process, reduction, resource_tracker, spawn, util  # noqa: F401
-from .context import AuthenticationError  # noqa: F401  (3.14's forkserver has it)
+from .context import AuthenticationError
 
 __all__ = ['ensure_running', 'get_inherited_fds', 'connect_to_new_process',
            'set_forkserver_preload']
@@ -46,7 +46,7 @@ class ForkServer:
         self._alive_w = None
         self._server_pid = None
         self._listener_pid = None   # the process that listens on _address
-        self._key = None
+        self._forkserver_authkey = None    # the stdlib's name for the server's key
         self._lock = threading.Lock()
         self._preload_modules = ['__main__']
         self._preload_on_error = 'ignore'
@@ -68,8 +68,15 @@ class ForkServer:
         if len(fds) + 4 >= MAXFDS_TO_SEND:
             raise ValueError('too many fds')
         self.ensure_running()
-        return _core.forkserver_request(self._address, self._listener_pid, self._key,
-                                        payload, fds)
+        try:
+            return _core.forkserver_request(self._address, self._listener_pid,
+                                            self._forkserver_authkey, payload, fds)
+        except EOFError:
+            if self._server_pid == _SERVER_IN_PARENT or not _alive(self._server_pid):
+                raise
+            # The server is there and closed the connection unanswered: it
+            # refused our key (the stdlib's handshake says the same).
+            raise AuthenticationError('digest sent was rejected') from None
 
     @property
     def _forkserver_pid(self):
@@ -86,7 +93,7 @@ class ForkServer:
                 os.close(self._alive_w)
                 os.waitpid(self._server_pid, 0)
             self._address = self._alive_w = self._server_pid = None
-            self._listener_pid = self._key = None
+            self._listener_pid = self._forkserver_authkey = None
 
     def ensure_running(self):
         """Start the server if this process has none running."""
@@ -135,7 +142,7 @@ class ForkServer:
             self._alive_w = alive_w
             self._server_pid = pid
             self._listener_pid = os.getpid()
-            self._key = key
+            self._forkserver_authkey = key
 
 
 # A child forked from a process that started a server shares that server;
@@ -202,6 +209,7 @@ def main():
     code = 1
     try:
         signal.signal(signal.SIGINT, old_sigint)
+        util._forked_child_atexit()
         code = _run_child(*request)
     except BaseException:
         # Failed before the process ran (its unpickling, its main module):
@@ -209,7 +217,7 @@ def main():
         sys.excepthook(*sys.exc_info())
         util._flush_std_streams()
     finally:
-        os._exit(code)
+        util._forked_child_exit(code)
 
 
 def _preload_main(main_path, on_error):

@@ -47,9 +47,10 @@ class Popen:
         if pid == 0:
             code = 1
             try:
+                util._forked_child_atexit()
                 code = process_obj._bootstrap(parent_sentinel=parent_fd)
             finally:
-                os._exit(code)
+                util._forked_child_exit(code)
         self.pid = pid
         self.sentinel = _core.pidfd_open(pid)
         self.finalizer = util.Finalize(self, util.close_fds, (self.sentinel,))

@@ -52,12 +52,21 @@ def get_command_line(**kwds):
     return [_executable, *opts, '-c', prog, '--cmp-spawn', *args]
 
 
+def _child_sys_path():
+    """sys.path with its (first) '' -- the current directory, which the
+    child may not share -- made the directory this program started in."""
+    path = sys.path.copy()
+    if '' in path:
+        path[path.index('')] = process.ORIGINAL_DIR
+    return path
+
+
 def get_preparation_data(name):
     """What a spawned child needs to look like its parent."""
     d = dict(
         name=name,
         authkey=bytes(process.current_process().authkey),
-        sys_path=sys.path,
+        sys_path=_child_sys_path(),
         sys_argv=sys.argv,
         dir=os.getcwd(),
         orig_dir=process.ORIGINAL_DIR,

@@ -266,6 +266,24 @@ def _exit_function():
 atexit.register(_exit_function)
 
 
+def _forked_child_atexit():
+    """In a child fork()ed to run a Process: forget the parent's atexit
+    handlers; only what the child registers runs when it ends."""
+    if _versions.FORK_CHILD_RUNS_ATEXIT:
+        atexit._clear()
+        atexit.register(_exit_function)
+
+
+def _forked_child_exit(code):
+    """End such a child with exit status code, after its atexit handlers
+    where the stdlib runs them."""
+    try:
+        if _versions.FORK_CHILD_RUNS_ATEXIT:
+            atexit._run_exitfuncs()
+    finally:
+        os._exit(code)
+
+
 def _flush_std_streams():
     for stream in (sys.stdout, sys.stderr):
         try:

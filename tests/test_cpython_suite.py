@@ -7,8 +7,11 @@ probe the stdlib's own implementation. The stdlib's results come from
 tests/cpython/stdlib-3.X.json (`run.py --stdlib --record`), or are measured now
 where this Python has no record. CMP_CPYTHON_SUITE_JOBS classes run at once (2).
 """
+import json
 import os
+import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -61,3 +64,25 @@ def test_cpython_multiprocessing_tests(method):
         'cmp %d: %s):\n%s' % (len(lost), method, len(stdlib_passed), len(run.passed(results)),
                               run.counts(results), _explain(lost))
     assert len(run.passed(results)) >= len(stdlib_passed) - len(exempt)
+
+
+@pytest.mark.timeout(300)
+def test_interrupts_reach_tests_run_in_the_background():
+    """A shell runs `run.py &` with SIGINT ignored; the tests that send one
+    (here test_wait_result, which waits 60 s for its KeyboardInterrupt) must
+    get it all the same."""
+    why = run.unavailable()
+    if why:
+        pytest.skip(why)
+    ignore_and_run = ('import os, signal, sys\n'
+                      'signal.signal(signal.SIGINT, signal.SIG_IGN)\n'
+                      'os.execv(sys.executable, [sys.executable] + sys.argv[1:])\n')
+    test_id = 'WithProcessesTestCondition.test_wait_result'
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, 'results.json')
+        subprocess.run([sys.executable, '-c', ignore_and_run, run.__file__, 'fork',
+                        '-k', test_id, '--timeout', '50', '--json', out],
+                       stdout=subprocess.DEVNULL, check=False, timeout=240)
+        with open(out) as f:
+            status, detail, _ = json.load(f)['fork'][test_id]
+    assert status == 'pass', detail

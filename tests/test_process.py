@@ -410,7 +410,7 @@ def test_forkserver_refuses_strangers():
                 except ConnectionResetError:
                     print('garbage refused', True)
             try:
-                _core.forkserver_request(fs._address, os.getpid() + 1, fs._key, b'x', [])
+                _core.forkserver_request(fs._address, os.getpid() + 1, fs._forkserver_authkey, b'x', [])
             except ConnectionRefusedError:
                 print('wrong listener refused')
             p = mp.Process(target=f); p.start(); p.join()
@@ -458,3 +458,86 @@ def test_spawn_sees_the_state_at_start(tmp_path):
             with open(%r) as fh:
                 print('file:', fh.read().split())
     ''' % (str(out), str(out)))
+
+
+def test_child_atexit_handlers(method):
+    # From 3.12 a fork or forkserver child runs what its target registered
+    # with atexit, and never its parent's handlers (CPython's test_atexit).
+    assert_same('''
+        import atexit
+        def f():
+            atexit.register(print, 'child handler', flush=True)
+        if __name__ == '__main__':
+            atexit.register(print, 'parent handler', flush=True)
+            p = mp.Process(target=f)
+            p.start()
+            p.join()
+            print('exitcode', p.exitcode, flush=True)
+    ''', start_method=method)
+
+
+def test_forkserver_refuses_a_wrong_key():
+    # CPython's test_forkserver_without_auth_fails: a request with a key that
+    # is not the server's raises AuthenticationError, and the server goes on.
+    r = run('''
+        import sys
+        from cmp import forkserver
+        if __name__ == '__main__':
+            mp.set_start_method('forkserver')
+            server = forkserver._forkserver
+            server.ensure_running()
+            key = server._forkserver_authkey
+            server._forkserver_authkey = b'T' * len(key)
+            try:
+                mp.Process(target=sys.exit).start()
+            except mp.AuthenticationError as e:
+                print('refused:', e)
+            server._forkserver_authkey = key
+            p = mp.Process(target=sys.exit, args=(3,))
+            p.start()
+            p.join()
+            print('exitcode', p.exitcode)
+    ''')
+    assert (r.returncode, r.stdout) == (0, "refused: digest sent was rejected\nexitcode 3\n"), r
+
+
+def test_child_sys_path_empty_entry(method):
+    # '' (the current directory) reaches a spawn or forkserver child as the
+    # directory the parent started in (CPython's test_child_sys_path).
+    assert_same('''
+        import os, sys
+        def f():
+            print(sys.path[0] == os.getcwd(), '' in sys.path, flush=True)
+        if __name__ == '__main__':
+            sys.path.insert(0, '')
+            p = mp.Process(target=f)
+            p.start()
+            p.join()
+    ''', start_method=method)
+
+
+def test_child_signal_mask_and_sigint(method):
+    # A child starts with nothing blocked and SIGINT handled as in its parent,
+    # whatever cmp's helpers (fork server, resource tracker) block or ignore
+    # while they start (CPython's test_wait_result and test_interrupt need it).
+    assert_same('''
+        import signal
+        def state():
+            with open('/proc/self/status') as f:
+                masks = dict(line.split(':\\t') for line in f if line.startswith('Sig'))
+            return (masks['SigBlk'].strip(), int(masks['SigIgn'], 16) >> (signal.SIGINT - 1) & 1,
+                    signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+        def f():
+            print('child', *state(), flush=True)
+        if __name__ == '__main__':
+            import importlib
+            shm = importlib.import_module(mp.__name__ + '.shared_memory').SharedMemory(
+                create=True, size=16)       # starts the resource tracker
+            for _ in range(2):
+                p = mp.Process(target=f)
+                p.start()
+                p.join()
+            shm.close()
+            shm.unlink()
+            print('parent', *state(), flush=True)
+    ''', start_method=method)

@@ -14,6 +14,7 @@ the test into an error (status "stdlib").
 import importlib
 import json
 import os
+import signal
 import sys
 import sysconfig
 import time
@@ -134,6 +135,14 @@ def main(argv):
         print(json.dumps(list_classes(importlib.import_module('mp_' + method))))
         return 0
     cls_name, out_path = argv[2], argv[3]
+    # Started from the background of a shell (`run.py &`), this interpreter
+    # inherits SIGINT ignored, and the tests that interrupt a process
+    # (test_wait_result, test_interrupt, ..._ignores_sigint) wait for a
+    # KeyboardInterrupt that never comes, on the stdlib as on cmp. Handle it
+    # as an interpreter started from a terminal does; the children get it
+    # (or, when they exec, SIG_DFL) from here.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     with open(out_path, 'a') as out:
         try:
             module = importlib.import_module('mp_' + method)
