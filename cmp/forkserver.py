@@ -71,7 +71,8 @@ class ForkServer:
         try:
             return _core.forkserver_request(self._address, self._listener_pid,
                                             self._forkserver_authkey, payload, fds)
-        except EOFError:
+        except ConnectionResetError:
+            # (what _core says when the server closed the connection unanswered)
             if self._server_pid == _SERVER_IN_PARENT or not _alive(self._server_pid):
                 raise
             # The server is there and closed the connection unanswered: it
