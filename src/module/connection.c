@@ -1,5 +1,7 @@
-/* cmp._core.Connection: framed send/recv over a descriptor, wait(), and the
+/* cmp._core.Connection: framed send/recv over a descriptor, and the
  * descriptor hand-off used to send a Connection through another one.
+ * Pipe() ends' channel glue is conn_chan.c, poll() and wait() conn_wait.c;
+ * connection.h declares what the three share.
  *
  * The hot paths (send, recv, send_bytes, recv_bytes, recv_bytes_into, poll)
  * are here; cmp/connection.py subclasses the type for the Python-level parts
@@ -21,7 +23,7 @@
  * keeps the unsent rest and writes it before the next frame.
  *
  * Pipe() ends (self->chan set) carry their messages in a channel's rings
- * instead (src/core/chan.h): a message is one ring record, written whole
+ * instead (src/core/chan.h, conn_chan.c): a message is one ring record, written whole
  * or not at all; the descriptor only wakes receivers, reports the other
  * end's close, and carries passed descriptors in records of their own.
  *
@@ -31,10 +33,8 @@
  * recv() exposes the frame's descriptors to _take_fd() while it unpickles and
  * closes those nobody took.
  */
-#include "module.h"
+#include "connection.h"
 #include "codec.h"
-#include "chan.h"
-#include "wire.h"
 
 #include <fcntl.h>
 #include <limits.h>
@@ -42,64 +42,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-/* Bytes objects cannot be larger than this (header and slack excluded). */
-#define CONN_MAX_FRAME ((uint64_t)PY_SSIZE_T_MAX - 4096)
-
 /* A frame interrupted part-way, waiting for the next receive. */
-typedef struct {
+struct conn_parked {
     cmp_wire_rx rx;
     PyObject *buf; /* the bytes object rx.body points into */
-} conn_parked;
-
-/* A streamed message whose receive a signal handler interrupted. */
-typedef struct {
-    cmp_ring_rop op;
-    size_t lens[1];
-    PyObject *buf; /* the bytes object op.buf points into */
-} conn_rparked;
-
-/* How often a producer on a channel asks the kernel whether its reader is
- * still there (besides after any explicit close of an end), and how long a
- * producer waits for room between two such checks. */
-#define CONN_PEER_CHECK_NS (1000 * 1000LL)
-#define CONN_PEER_PROBE_NS (50 * 1000 * 1000LL)
-/* Receives first try a buffer this large, with the GIL held: less than half
- * a ring, so a message that must stream through it never starts there. */
-#define CONN_RX_FIRST 8192
-
-typedef struct {
-    PyObject_HEAD
-    int fd; /* -1 once closed */
-    char readable;
-    char writable;
-    char is_socket;          /* sendmsg/recvmsg, MSG_NOSIGNAL */
-    char is_unix;            /* a Unix socket: descriptors can travel */
-    conn_parked *parked;     /* an interrupted incoming frame, or NULL */
-    PyObject *tx_rest;       /* the unsent rest of an interrupted frame, or NULL */
-    cmp_spin_budget spin_ns; /* busy-wait before blocking in recv (spin.h) */
-    /* A Pipe() end: messages travel through the channel, not the descriptor */
-    cmp_chan_seg *chan;
-    int end;    /* 0 or 1: it receives from ring `end` */
-    char exact; /* fileno() was asked: keep its readiness exact */
-    uint32_t closes_seen;
-    int64_t peer_checked;
-    conn_rparked *rparked;
-} CmpConnection;
-
-static inline int
-chan_rx(const CmpConnection *self)
-{
-    return self->end;
-}
-
-static inline int
-chan_tx(const CmpConnection *self)
-{
-    return self->chan->c.nrings == 2 ? 1 - self->end : 0;
-}
-
-/* A call that releases the GIL holds its own reference to the channel
- * (cmp_chan_hold): another thread may close the Connection meanwhile. */
+};
 
 /* Descriptors handed out while this thread pickles (send) or unpickles
  * (recv) a frame; NULL outside of those. */
@@ -124,8 +71,8 @@ close_fds(int *fds, int n)
 /* ------------------------------------------------------------------------ */
 /* State checks (the stdlib's messages)                                     */
 
-static int
-check_open(CmpConnection *self)
+int
+cmp_conn_check_open(CmpConnection *self)
 {
     if (self->fd >= 0)
         return 0;
@@ -133,10 +80,10 @@ check_open(CmpConnection *self)
     return -1;
 }
 
-static int
-check_readable(CmpConnection *self)
+int
+cmp_conn_check_readable(CmpConnection *self)
 {
-    if (check_open(self) < 0)
+    if (cmp_conn_check_open(self) < 0)
         return -1;
     if (!self->readable) {
         PyErr_SetString(PyExc_OSError, "connection is write-only");
@@ -148,7 +95,7 @@ check_readable(CmpConnection *self)
 static int
 check_writable(CmpConnection *self)
 {
-    if (check_open(self) < 0)
+    if (cmp_conn_check_open(self) < 0)
         return -1;
     if (!self->writable) {
         PyErr_SetString(PyExc_OSError, "connection is read-only");
@@ -169,31 +116,13 @@ drop_parked(CmpConnection *self)
     PyMem_Free(p);
 }
 
-static void
-drop_chan(CmpConnection *self)
-{
-    cmp_chan_seg *ch = self->chan;
-    if (ch == NULL)
-        return;
-    self->chan = NULL;
-    conn_rparked *rp = self->rparked;
-    if (rp != NULL) {
-        self->rparked = NULL;
-        cmp_ring_take_abandon(ch->c.ring[chan_rx(self)], &rp->op);
-        Py_XDECREF(rp->buf);
-        PyMem_Free(rp);
-    }
-    cmp_chan_note_close(&ch->c);
-    cmp_chan_release(ch);
-}
-
 /* Let go of the descriptor (returned, -1 if closed already) and of all that
  * goes with it: the channel, and partly received or sent frames. */
 static int
 release_fd(CmpConnection *self)
 {
     int fd = self->fd;
-    drop_chan(self);
+    cmp_conn_drop_chan(self);
     self->fd = -1;
     drop_parked(self);
     Py_CLEAR(self->tx_rest);
@@ -315,7 +244,7 @@ static PyObject *
 conn_fileno(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     CmpConnection *self = (CmpConnection *)op;
-    if (check_open(self) < 0)
+    if (cmp_conn_check_open(self) < 0)
         return NULL;
     if (self->chan != NULL && !self->exact) {
         /* Someone may select() on it from now on: make its readiness exact. */
@@ -338,7 +267,7 @@ static PyObject *
 conn_detach(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     CmpConnection *self = (CmpConnection *)op;
-    if (check_open(self) < 0)
+    if (cmp_conn_check_open(self) < 0)
         return NULL;
     return PyLong_FromLong(release_fd(self));
 }
@@ -412,105 +341,6 @@ conn_flush_rest(CmpConnection *self)
     return st;
 }
 
-/* Sending on a channel */
-
-struct ring_tx {
-    cmp_chan_seg *ch;
-    int fd;
-    int is_socket;
-    cmp_ring *ring;
-    cmp_ring_wop op;
-    int k;
-    const int *fds;
-    int nfds;
-    int bell_errno;
-};
-
-static int
-ring_tx_on_lock(void *p)
-{
-    struct ring_tx *a = p;
-    return cmp_chan_send_fds(a->fd, a->fds, a->nfds);
-}
-
-static void
-ring_tx_on_publish(void *p)
-{
-    struct ring_tx *a = p;
-    if (cmp_chan_notify(&a->ch->c, a->k, a->fd, a->is_socket) != CMP_OK)
-        a->bell_errno = errno;
-}
-
-/* Wait for room in slices, asking the kernel between them whether the
- * reader is still there. */
-static int
-ring_tx_fn(void *p)
-{
-    struct ring_tx *a = p;
-    for (;;) {
-        a->op.deadline = cmp_monotonic_ns() + CONN_PEER_PROBE_NS;
-        int st = cmp_ring_write(a->ring, &a->op);
-        if (st != CMP_ETIMEDOUT)
-            return st;
-        if (cmp_chan_peer_gone(a->fd)) {
-            errno = EPIPE;
-            return CMP_ERRNO;
-        }
-    }
-}
-
-/* Whether to ask the kernel about the reader before this send: after any
- * explicit close of an end of this channel, and at most every
- * CONN_PEER_CHECK_NS otherwise. */
-static int
-peer_check_due(CmpConnection *self)
-{
-    uint32_t closes = cmp_chan_closes(&self->chan->c);
-    int64_t now = cmp_monotonic_ns();
-    if (closes == self->closes_seen && now - self->peer_checked < CONN_PEER_CHECK_NS)
-        return 0;
-    self->closes_seen = closes;
-    self->peer_checked = now;
-    return 1;
-}
-
-/* Put one message (its pieces, no header) in the channel; a message that
- * cannot be written whole is not written at all. */
-static int
-conn_ring_send(CmpConnection *self, const struct iovec *iov, int niov, size_t total, const int *fds,
-               int nfds)
-{
-    if (peer_check_due(self) && cmp_chan_peer_gone(self->fd)) {
-        errno = EPIPE;
-        return CMP_ERRNO;
-    }
-    cmp_ring_msg msg = {iov, niov, total};
-    struct ring_tx a = {.ch = cmp_chan_hold(self->chan),
-                        .fd = self->fd,
-                        .is_socket = self->is_socket,
-                        .k = chan_tx(self),
-                        .fds = fds,
-                        .nfds = nfds};
-    a.ring = a.ch->c.ring[a.k];
-    cmp_ring_wop_init(&a.op, &msg, 0);
-    a.op.mark = nfds > 0;
-    a.op.on_lock = nfds > 0 ? ring_tx_on_lock : NULL;
-    a.op.on_publish = ring_tx_on_publish;
-    a.op.arg = &a;
-    a.op.deadline = 0; /* first without waiting, with the GIL */
-    int st = cmp_ring_write(a.ring, &a.op);
-    if (st == CMP_ETIMEDOUT)
-        st = cmp_run_blocking(ring_tx_fn, &a);
-    if (st != CMP_OK)
-        cmp_ring_write_abandon(a.ring, &a.op);
-    else if (a.bell_errno != 0) {
-        errno = a.bell_errno;
-        st = CMP_ERRNO;
-    }
-    cmp_chan_release(a.ch);
-    return st;
-}
-
 static PyObject *
 conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
@@ -563,7 +393,7 @@ conn_send_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject 
     int st;
     if (self->chan != NULL) {
         struct iovec iov = {(char *)view.buf + offset, (size_t)size};
-        st = conn_ring_send(self, &iov, 1, (size_t)size, NULL, 0);
+        st = cmp_conn_ring_send(self, &iov, 1, (size_t)size, NULL, 0);
     }
     else if ((st = conn_flush_rest(self)) == CMP_OK) {
         unsigned char hdr[CMP_WIRE_HEADER_MAX];
@@ -638,7 +468,7 @@ conn_send(PyObject *op, PyTypeObject *defining_class, PyObject *const *args, Py_
 
     int st;
     if (self->chan != NULL) {
-        st = conn_ring_send(self, iov + 1, (int)n, (size_t)total, batch.fds, batch.nfds);
+        st = cmp_conn_ring_send(self, iov + 1, (int)n, (size_t)total, batch.fds, batch.nfds);
     }
     else if ((st = conn_flush_rest(self)) == CMP_OK) {
         unsigned char hdr[CMP_WIRE_HEADER_MAX];
@@ -736,8 +566,8 @@ rx_body_fn(void *p)
 
 /* A bad length: like the stdlib, a duplex end stops reading (the rest of the
  * frame is still in the stream), a read-only end is closed. */
-static void
-bad_message_length(CmpConnection *self)
+void
+cmp_conn_bad_message_length(CmpConnection *self)
 {
     if (self->writable) {
         self->readable = 0;
@@ -785,205 +615,6 @@ lost:
     PyErr_Restore(et, ev, tb);
 }
 
-/* Receiving from a channel */
-
-struct ring_rx {
-    cmp_ring *ring;
-    cmp_ring_rop op;
-    size_t lens[1];
-};
-
-static int
-ring_rx_fn(void *p)
-{
-    struct ring_rx *a = p;
-    /* Never waits for a message (cmp_chan_wait does, watching the peer);
-     * waits for the rest of one as op->stream_deadline says. */
-    return cmp_ring_take(a->ring, &a->op, CMP_RING_NOW);
-}
-
-struct chan_wait_call {
-    cmp_chan_seg *ch;
-    int k, fd, is_socket;
-    int64_t deadline;
-    cmp_spin_budget *spin_ns;
-};
-
-static void
-chan_wait_init(struct chan_wait_call *w, CmpConnection *self, cmp_chan_seg *ch, int64_t deadline)
-{
-    *w = (struct chan_wait_call){ch,       chan_rx(self), self->fd, self->is_socket,
-                                 deadline, &self->spin_ns};
-}
-
-static int
-chan_wait_fn(void *p)
-{
-    struct chan_wait_call *w = p;
-    return cmp_chan_wait(&w->ch->c, w->k, w->fd, w->is_socket, w->deadline, w->spin_ns);
-}
-
-/* Keep a streamed receive that a signal handler interrupted for the next
- * receive (the ring's get lock stays ours); what went into the caller's
- * buffer moves into a bytes object. */
-static void
-ring_park(CmpConnection *self, struct ring_rx *a, PyObject *buf)
-{
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
-    conn_rparked *p = PyMem_Malloc(sizeof(*p));
-    if (p != NULL && buf == NULL) {
-        buf = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)a->op.cap);
-        if (buf != NULL)
-            memcpy(PyBytes_AS_STRING(buf), a->op.buf, a->op.cap);
-    }
-    else {
-        Py_XINCREF(buf);
-    }
-    if (p == NULL || buf == NULL) {
-        /* Out of memory as well: the message is lost. */
-        PyErr_Clear();
-        cmp_ring_take_abandon(a->ring, &a->op);
-        PyMem_Free(p);
-        Py_XDECREF(buf);
-        PyErr_Restore(et, ev, tb);
-        return;
-    }
-    p->op = a->op;
-    p->op.buf = (unsigned char *)PyBytes_AS_STRING(buf);
-    p->op.lens = p->lens;
-    p->buf = buf;
-    self->rparked = p;
-    PyErr_Restore(et, ev, tb);
-}
-
-/* conn_recv_frame() for a Pipe() end. A message whose length is refused
- * (maxlength) stays in the ring. */
-static int
-conn_ring_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength, char *into,
-                     Py_ssize_t room, PyObject **bufp)
-{
-    struct ring_rx a;
-    cmp_chan_seg *ch = cmp_chan_hold(self->chan);
-    int fd = self->fd, is_socket = self->is_socket;
-    a.ring = ch->c.ring[chan_rx(self)];
-    PyObject *buf = NULL;
-    unsigned char first[CONN_RX_FIRST];
-    int st;
-    rx->nfds = 0;
-    rx->len = 0;
-    if (self->rparked != NULL) {
-        conn_rparked *p = self->rparked;
-        self->rparked = NULL;
-        a.op = p->op;
-        a.op.lens = a.lens;
-        buf = p->buf;
-        PyMem_Free(p);
-        st = cmp_run_blocking(ring_rx_fn, &a);
-        if (st != CMP_OK)
-            goto fail;
-        goto taken;
-    }
-    for (;;) {
-        /* Small messages: with the GIL, into a buffer on the stack (or the
-         * caller's), never waiting. */
-        unsigned char *dst = into != NULL ? (unsigned char *)into : first;
-        size_t cap = into != NULL ? (size_t)room : sizeof(first);
-        if (cap > sizeof(first))
-            cap = sizeof(first);
-        cmp_ring_rop_init(&a.op, dst, cap, a.lens, 1);
-        st = cmp_ring_take(a.ring, &a.op, CMP_RING_NOW);
-        if (st == CMP_OK) {
-            if (dst == first) {
-                if (maxlength >= 0 && a.lens[0] > (size_t)maxlength) {
-                    st = CMP_EBADMSG;
-                    goto fail;
-                }
-                buf = PyBytes_FromStringAndSize((char *)first, (Py_ssize_t)a.lens[0]);
-                if (buf == NULL) {
-                    st = CMP_PYERR;
-                    goto fail;
-                }
-            }
-            goto taken;
-        }
-        if (st == CMP_NEED) {
-            size_t need = a.op.need;
-            if ((maxlength >= 0 && need > (size_t)maxlength) || need > CONN_MAX_FRAME) {
-                st = CMP_EBADMSG;
-                goto fail;
-            }
-            if (into != NULL && need <= (size_t)room) {
-                dst = (unsigned char *)into;
-            }
-            else {
-                buf = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)need);
-                if (buf == NULL) {
-                    st = CMP_PYERR;
-                    goto fail;
-                }
-                dst = (unsigned char *)PyBytes_AS_STRING(buf);
-            }
-            cmp_ring_rop_init(&a.op, dst, need, a.lens, 1);
-            a.op.stream_deadline = CMP_FOREVER; /* recv() has no timeout */
-            st = cmp_run_blocking(ring_rx_fn, &a);
-            if (st == CMP_OK) {
-                if (buf != NULL && a.lens[0] < need
-                    && _PyBytes_Resize(&buf, (Py_ssize_t)a.lens[0]) < 0) {
-                    st = CMP_PYERR; /* (buf is NULL now) */
-                    goto fail;
-                }
-                goto taken;
-            }
-            if (st != CMP_EEMPTY && st != CMP_NEED)
-                goto fail; /* (a partly received message is in buf) */
-            Py_CLEAR(buf); /* another process took it first */
-            continue;
-        }
-        if (st != CMP_EEMPTY)
-            goto fail;
-        struct chan_wait_call w;
-        chan_wait_init(&w, self, ch, CMP_FOREVER);
-        st = cmp_run_blocking(chan_wait_fn, &w);
-        if (st != CMP_OK)
-            goto fail;
-    }
-
-taken:
-    rx->len = a.lens[0];
-    if (a.op.mark) {
-        rx->nfds = CMP_WIRE_MAX_FDS;
-        st = cmp_chan_recv_fds(fd, rx->fds, &rx->nfds);
-        if (st != CMP_OK) {
-            rx->nfds = 0;
-            goto fail;
-        }
-    }
-    if (self->exact && cmp_ring_empty(a.ring))
-        cmp_chan_quiesce(&ch->c, chan_rx(self), fd, is_socket);
-    cmp_chan_release(ch);
-    *bufp = buf;
-    return CMP_OK;
-
-fail:
-    if (st == CMP_PYERR && a.op.locked) {
-        if (self->chan == ch)
-            ring_park(self, &a, buf);
-        else /* closed by another thread meanwhile */
-            cmp_ring_take_abandon(a.ring, &a.op);
-        Py_XDECREF(buf);
-        cmp_chan_release(ch);
-        return st;
-    }
-    cmp_chan_release(ch);
-    Py_XDECREF(buf);
-    if (st == CMP_EBADMSG)
-        bad_message_length(self);
-    else if (st != CMP_PYERR)
-        cmp_set_error(st);
-    return st;
-}
-
 /* Receive one whole frame. into/room: where the payload goes if it fits
  * (recv_bytes_into), else NULL. On CMP_OK *bufp is the new bytes object, or
  * NULL if the payload went into `into`; rx holds the length and descriptors
@@ -1007,7 +638,7 @@ conn_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength, char
     PyObject *buf = NULL;
     int st;
     if (self->chan != NULL)
-        return conn_ring_recv_frame(self, rx, maxlength, into, room, bufp);
+        return cmp_conn_ring_recv_frame(self, rx, maxlength, into, room, bufp);
     if (self->parked != NULL) {
         conn_parked *p = self->parked;
         self->parked = NULL;
@@ -1062,7 +693,7 @@ fail:
     if (st == CMP_EEOF && inside)
         PyErr_SetString(PyExc_OSError, "got end of file during message");
     else if (st == CMP_EBADMSG)
-        bad_message_length(self);
+        cmp_conn_bad_message_length(self);
     else
         cmp_set_error(st);
     return st;
@@ -1092,7 +723,7 @@ conn_recv_bytes(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject 
     cmp_wire_rx rx;
     if (cmp_parse_args("recv_bytes", args, nargs, kwnames, names, 1, 0, CMP_ARGS_PY, argv) < 0)
         return NULL;
-    if (check_readable(self) < 0)
+    if (cmp_conn_check_readable(self) < 0)
         return NULL;
     Py_ssize_t maxlength = maxlength_arg(argv[0]);
     if (maxlength == -2)
@@ -1124,7 +755,7 @@ conn_recv_bytes_into(PyObject *op, PyTypeObject *defining_class, PyObject *const
     cmp_wire_rx rx;
     if (cmp_parse_args("recv_bytes_into", args, nargs, kwnames, names, 2, 1, CMP_ARGS_PY, argv) < 0)
         return NULL;
-    if (check_readable(self) < 0)
+    if (cmp_conn_check_readable(self) < 0)
         return NULL;
     if (!PyObject_CheckBuffer(argv[0])) {
         PyErr_Format(PyExc_TypeError, "memoryview: a bytes-like object is required, not '%.200s'",
@@ -1192,7 +823,7 @@ conn_recv(PyObject *op, PyTypeObject *defining_class, PyObject *const *Py_UNUSED
         PyErr_SetString(PyExc_TypeError, "recv() takes no arguments");
         return NULL;
     }
-    if (check_readable(self) < 0)
+    if (cmp_conn_check_readable(self) < 0)
         return NULL;
     if (conn_recv_frame(self, &rx, -1, NULL, 0, &buf) != CMP_OK)
         return NULL;
@@ -1240,305 +871,6 @@ cmp_py_take_fd(PyObject *Py_UNUSED(module), PyObject *arg)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Polling and wait()                                                       */
-
-struct poll_call {
-    struct pollfd *fds;
-    size_t nfds;
-    int64_t deadline;
-};
-
-static int
-poll_fn(void *p)
-{
-    struct poll_call *a = p;
-    return cmp_wire_poll(a->fds, a->nfds, a->deadline);
-}
-
-/* poll() the set: the fast path with the GIL held, then a blocking wait.
- * > 0 ready, 0 timed out, -1 with an exception. */
-static int
-poll_set(struct pollfd *fds, size_t nfds, int64_t deadline)
-{
-    struct poll_call a = {fds, nfds, cmp_monotonic_ns()};
-    int st = cmp_wire_poll(fds, nfds, a.deadline);
-    if (st == CMP_ETIMEDOUT && deadline > a.deadline) {
-        a.deadline = deadline;
-        st = cmp_run_blocking(poll_fn, &a);
-    }
-    if (st > 0)
-        return st;
-    if (st == CMP_ETIMEDOUT)
-        return 0;
-    cmp_set_error(st);
-    return -1;
-}
-
-static PyObject *
-conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
-{
-    static const char *const names[] = {"timeout"};
-    CmpConnection *self = (CmpConnection *)op;
-    PyObject *argv[1] = {NULL};
-    int64_t deadline;
-    if (cmp_parse_args("poll", args, nargs, kwnames, names, 1, 0, CMP_ARGS_PY, argv) < 0)
-        return NULL;
-    if (check_readable(self) < 0)
-        return NULL;
-    if (argv[0] == NULL)
-        deadline = cmp_monotonic_ns();
-    else if (cmp_deadline_from_timeout(argv[0], &deadline) < 0)
-        return NULL;
-    if (self->chan != NULL) {
-        if (!cmp_ring_empty(self->chan->c.ring[chan_rx(self)]))
-            Py_RETURN_TRUE;
-        struct chan_wait_call w;
-        chan_wait_init(&w, self, cmp_chan_hold(self->chan), deadline);
-        int st = deadline <= cmp_monotonic_ns() ? chan_wait_fn(&w)
-                                                : cmp_run_blocking(chan_wait_fn, &w);
-        cmp_chan_release(w.ch);
-        if (st == CMP_ETIMEDOUT)
-            Py_RETURN_FALSE;
-        if (st == CMP_OK || st == CMP_EEOF)
-            Py_RETURN_TRUE;
-        if (st != CMP_PYERR)
-            cmp_set_error(st);
-        return NULL;
-    }
-    struct pollfd p = {.fd = self->fd, .events = POLLIN};
-    int r = poll_set(&p, 1, deadline);
-    if (r < 0)
-        return NULL;
-    return PyBool_FromLong(r > 0);
-}
-
-PyDoc_STRVAR(wait_doc,
-             "wait($module, /, object_list, timeout=None)\n"
-             "--\n"
-             "\n"
-             "The objects of object_list (Connections, sockets, sentinels, objects with\n"
-             "fileno(), raw descriptors) that are ready to read, in their order; [] when\n"
-             "timeout seconds pass first. Releases the GIL; interrupted the PEP 475 way.\n"
-             "\n"
-             "Returns list.");
-
-static PyObject *
-cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
-{
-    static const char *const names[] = {"object_list", "timeout"};
-    cmp_state *state = PyModule_GetState(module);
-    PyObject *argv[2] = {NULL, NULL}, *seq = NULL, *ret = NULL;
-    struct pollfd stack_fds[16], *fds = stack_fds;
-    CmpConnection *stack_chans[16], **chans = stack_chans;
-    int64_t deadline;
-    if (cmp_parse_args("wait", args, nargs, kwnames, names, 2, 1, CMP_ARGS_PY, argv) < 0)
-        return NULL;
-    seq = PySequence_Fast(argv[0], "object_list must be iterable");
-    if (seq == NULL)
-        return NULL;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
-    if (n > (Py_ssize_t)(sizeof(stack_fds) / sizeof(stack_fds[0]))) {
-        fds = PyMem_New(struct pollfd, (size_t)n);
-        chans = PyMem_New(CmpConnection *, (size_t)n);
-        if (fds == NULL || chans == NULL) {
-            PyErr_NoMemory();
-            goto done;
-        }
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyObject *obj = PySequence_Fast_GET_ITEM(seq, i);
-        int fd;
-        chans[i] = NULL;
-        if (PyObject_TypeCheck(obj, (PyTypeObject *)state->conn_type)) {
-            CmpConnection *c = (CmpConnection *)obj;
-            if (check_open(c) < 0)
-                goto done;
-            fd = c->fd;
-            if (c->chan != NULL && c->readable)
-                chans[i] = c;
-        }
-        else if ((fd = PyObject_AsFileDescriptor(obj)) < 0) {
-            goto done;
-        }
-        for (Py_ssize_t j = 0; j < i; j++) {
-            if (fds[j].fd == fd) { /* as the stdlib's selector says it */
-                PyObject *msg = PyUnicode_FromFormat("%R (FD %d) is already registered", obj, fd);
-                if (msg != NULL) {
-                    PyErr_SetObject(PyExc_KeyError, msg);
-                    Py_DECREF(msg);
-                }
-                goto done;
-            }
-        }
-        fds[i].fd = fd;
-        fds[i].events = POLLIN;
-        fds[i].revents = 0;
-    }
-    if (cmp_deadline_from_timeout(argv[1], &deadline) < 0)
-        goto done;
-    for (;;) {
-        /* A Pipe() end is ready when its ring holds a message (or its peer
-         * is gone); its descriptor only wakes us. Checking it also arms its
-         * bell, so the poll below sees the next message. */
-        int any = 0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            fds[i].revents = 0;
-            if (chans[i] != NULL) {
-                CmpConnection *c = chans[i];
-                int rd = c->chan == NULL
-                                 ? 1 /* closed meanwhile: let recv() say so */
-                                 : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
-                fds[i].events = (rd == 1 || rd == 3) ? 0 : POLLIN;
-                any |= fds[i].events == 0;
-            }
-        }
-        int r = poll_set(fds, (size_t)n, any ? cmp_monotonic_ns() : deadline);
-        if (r < 0)
-            goto done;
-        int count = 0;
-        for (Py_ssize_t i = 0; i < n; i++) {
-            if (chans[i] != NULL) {
-                if (fds[i].events == 0) {
-                    fds[i].revents = POLLIN;
-                }
-                else if (fds[i].revents != 0) {
-                    CmpConnection *c = chans[i];
-                    int rd = c->chan == NULL
-                                     ? 1
-                                     : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
-                    fds[i].revents = (rd == 1 || rd == 3) ? POLLIN : 0;
-                }
-                fds[i].events = POLLIN;
-            }
-            count += fds[i].revents != 0;
-        }
-        if (count > 0 || deadline <= cmp_monotonic_ns())
-            break;
-    }
-    ret = PyList_New(0);
-    if (ret == NULL)
-        goto done;
-    for (Py_ssize_t i = 0; i < n; i++) {
-        if (fds[i].revents == 0)
-            continue;
-        if (PyList_Append(ret, PySequence_Fast_GET_ITEM(seq, i)) < 0) {
-            Py_CLEAR(ret);
-            goto done;
-        }
-    }
-done:
-    if (fds != stack_fds)
-        PyMem_Free(fds);
-    if (chans != stack_chans)
-        PyMem_Free(chans);
-    Py_XDECREF(seq);
-    return ret;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Pipe() channels                                                          */
-
-static void
-chan_attach(CmpConnection *self, cmp_chan_seg *ch, int end)
-{
-    ch->refs++;
-    self->chan = ch;
-    self->end = end;
-    self->exact = 0;
-    self->closes_seen = cmp_chan_closes(&ch->c);
-    self->peer_checked = cmp_monotonic_ns();
-}
-
-PyDoc_STRVAR(pipe_doc,
-             "_pipe($module, cls, duplex, /)\n"
-             "--\n"
-             "\n"
-             "Pipe() on a channel: two cls(handle, readable, writable) whose messages go\n"
-             "through rings in shared memory (see src/core/chan.h); None when no channel\n"
-             "is to be had (then Pipe() makes a plain pipe).\n"
-             "\n"
-             "Returns (conn1, conn2) or None.");
-
-static PyObject *
-cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
-{
-    cmp_state *state = PyModule_GetState(module);
-    if (nargs != 2) {
-        PyErr_SetString(PyExc_TypeError, "_pipe(cls, duplex)");
-        return NULL;
-    }
-    int duplex = PyObject_IsTrue(args[1]);
-    if (duplex < 0)
-        return NULL;
-    int fds[2] = {-1, -1};
-    PyObject *c1 = NULL, *c2 = NULL, *ret = NULL;
-    cmp_chan_seg *ch;
-    if (cmp_chan_create(duplex ? 2 : 1, &ch) != CMP_OK)
-        Py_RETURN_NONE; /* no shared memory to be had: a plain pipe */
-    if (cmp_chan_pair(duplex, fds) != CMP_OK) {
-        cmp_set_error(CMP_ERRNO);
-        goto done;
-    }
-    c1 = PyObject_CallFunction(args[0], "iii", fds[0], 1, duplex);
-    if (c1 == NULL)
-        goto done;
-    fds[0] = -1;
-    c2 = PyObject_CallFunction(args[0], "iii", fds[1], duplex, 1);
-    if (c2 == NULL)
-        goto done;
-    fds[1] = -1;
-    PyTypeObject *tp = (PyTypeObject *)state->conn_type;
-    if (!PyObject_TypeCheck(c1, tp) || !PyObject_TypeCheck(c2, tp) || ((CmpConnection *)c1)->fd < 0
-        || ((CmpConnection *)c2)->fd < 0) {
-        PyErr_SetString(PyExc_TypeError, "_pipe: cls must make Connections");
-        goto done;
-    }
-    chan_attach((CmpConnection *)c1, ch, 0);
-    chan_attach((CmpConnection *)c2, ch, 1);
-    ret = PyTuple_Pack(2, c1, c2);
-done:
-    cmp_chan_release(ch);
-    for (int i = 0; i < 2; i++) {
-        if (fds[i] >= 0)
-            close(fds[i]);
-    }
-    Py_XDECREF(c1);
-    Py_XDECREF(c2);
-    return ret;
-}
-
-static PyObject *
-conn_ring_share(PyObject *op, PyObject *Py_UNUSED(ignored))
-{
-    CmpConnection *self = (CmpConnection *)op;
-    if (self->chan == NULL)
-        Py_RETURN_NONE;
-    return Py_BuildValue("inni", self->chan->memfd, (Py_ssize_t)self->chan->size,
-                         (Py_ssize_t)self->end, (int)self->exact);
-}
-
-static PyObject *
-conn_ring_attach(PyObject *op, PyObject *args)
-{
-    CmpConnection *self = (CmpConnection *)op;
-    int memfd, end, exact;
-    Py_ssize_t size;
-    if (!PyArg_ParseTuple(args, "inii:_ring_attach", &memfd, &size, &end, &exact))
-        return NULL;
-    if (self->fd < 0 || self->chan != NULL || size <= 0 || end < 0 || end > 1) {
-        PyErr_SetString(PyExc_ValueError, "_ring_attach: bad arguments");
-        return NULL;
-    }
-    cmp_chan_seg *ch;
-    if (cmp_chan_attach(memfd, (size_t)size, end, self->readable, &ch) != CMP_OK)
-        return cmp_set_error(CMP_ERRNO);
-    chan_attach(self, ch, end);
-    ch->refs--; /* the Connection holds the only reference */
-    self->exact = (char)(exact != 0);
-    Py_RETURN_NONE;
-}
-
-/* ------------------------------------------------------------------------ */
 /* Type and module glue                                                     */
 
 PyDoc_STRVAR(send_doc, "send($self, /, obj)\n"
@@ -1578,7 +910,8 @@ static PyMethodDef conn_methods[] = {
          recv_bytes_doc},
         {"recv_bytes_into", (PyCFunction)(void (*)(void))conn_recv_bytes_into,
          METH_METHOD | METH_FASTCALL | METH_KEYWORDS, recv_bytes_into_doc},
-        {"poll", (PyCFunction)(void (*)(void))conn_poll, METH_FASTCALL | METH_KEYWORDS, poll_doc},
+        {"poll", (PyCFunction)(void (*)(void))cmp_conn_poll, METH_FASTCALL | METH_KEYWORDS,
+         poll_doc},
         {"fileno", conn_fileno, METH_NOARGS,
          "fileno($self, /)\n"
          "--\n"
@@ -1594,12 +927,12 @@ static PyMethodDef conn_methods[] = {
          "--\n"
          "\n"
          "Give up the descriptor (returned) without closing it."},
-        {"_ring_share", conn_ring_share, METH_NOARGS,
+        {"_ring_share", cmp_conn_ring_share, METH_NOARGS,
          "_ring_share($self, /)\n"
          "--\n"
          "\n"
          "A Pipe() end's channel: (memfd, size, end, exact), or None."},
-        {"_ring_attach", conn_ring_attach, METH_VARARGS,
+        {"_ring_attach", cmp_conn_ring_attach, METH_VARARGS,
          "_ring_attach($self, memfd, size, end, exact, /)\n"
          "--\n"
          "\n"
@@ -1634,9 +967,7 @@ static PyType_Spec conn_spec = {
 };
 
 static PyMethodDef conn_module_methods[] = {
-        {"wait", (PyCFunction)(void (*)(void))cmp_py_wait, METH_FASTCALL | METH_KEYWORDS, wait_doc},
         {"_pass_fd", cmp_py_pass_fd, METH_O, pass_fd_doc},
-        {"_pipe", (PyCFunction)(void (*)(void))cmp_py_pipe, METH_FASTCALL, pipe_doc},
         {"_take_fd", cmp_py_take_fd, METH_O, take_fd_doc},
         {NULL, NULL, 0, NULL},
 };
@@ -1649,6 +980,9 @@ cmp_conn_exec(PyObject *module)
     if (state->conn_type == NULL)
         return -1;
     if (PyModule_AddType(module, (PyTypeObject *)state->conn_type) < 0)
+        return -1;
+    if (PyModule_AddFunctions(module, cmp_conn_wait_methods) < 0
+        || PyModule_AddFunctions(module, cmp_conn_chan_methods) < 0)
         return -1;
     return PyModule_AddFunctions(module, conn_module_methods);
 }
