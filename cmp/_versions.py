@@ -9,6 +9,8 @@ that version does (read from its Lib/multiprocessing and What's New).
 import os
 import sys
 
+__all__ = []     # a private module (listed by code that imports every module, as CPython's tests)
+
 _V = sys.version_info[:2]
 
 # -- 3.12 --------------------------------------------------------------------

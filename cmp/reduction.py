@@ -21,6 +21,7 @@ object with a fileno() (a socket) they use the stdlib's raw form, sendfds.
 """
 import collections
 import copyreg
+import errno
 import functools
 import io
 import pickle
@@ -217,7 +218,13 @@ def recv_handle(conn):
     """Receive a descriptor sent with send_handle(); the caller owns it."""
     from . import _core
     if isinstance(conn, _core.Connection):
-        df = conn.recv()
+        try:
+            df = conn.recv()
+        except OSError as e:
+            if e.errno != errno.EPROTO:
+                raise
+            # Bytes written to the descriptor itself, without one: the stdlib's words.
+            raise RuntimeError('received 0 items of ancdata') from None
         if not hasattr(df, 'detach'):
             raise RuntimeError('expected a handle from send_handle(), got %s'
                                % type(df).__name__)

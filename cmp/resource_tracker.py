@@ -75,12 +75,25 @@ class ReentrantCallError(RuntimeError):
 
 class ResourceTracker:
     """The handle on this process's tracker. _fd and _pid are the tracker's
-    pipe and pid once it runs (None before)."""
+    pipe and pid once it runs (None before).
+
+    From 3.13, as the stdlib's: _exitcode is what the tracker exits with once
+    _stop() ends it (None before): 1 if something registered through this
+    handle was never unregistered (the tracker cleans it up), else 0. cmp's
+    tracker is shared by the whole program and outlives _stop(), so the code
+    is worked out from this handle's registrations. _use_simple_format picks
+    the stdlib's message format, which decides which names are too long.
+    """
 
     def __init__(self):
         self._lock = threading.RLock()
         self._fd = None
         self._pid = None
+        self._registered = set()       # (name, rtype) registered through this handle
+        if _versions.TRACKER_313:
+            self._exitcode = None
+            self._use_simple_format = True
+            self._waitpid_timed_out = False
 
     def getfd(self):
         self.ensure_running()
@@ -91,6 +104,8 @@ class ResourceTracker:
         this process started was killed (what it had registered is kept)."""
         with self._lock:
             self._fd, self._pid, relaunched = _core.tracker_fd()
+            if _versions.TRACKER_313:
+                self._exitcode = None
         if relaunched:
             warnings.warn('resource_tracker: process died unexpectedly, '  # noqa: B028  (as the stdlib)
                           'relaunching.  Some resources might leak.')
@@ -105,23 +120,32 @@ class ResourceTracker:
             return False
         return True
 
-    def _stop(self):
+    def _relaunch_if_died(self):
+        """If the tracker this process started was killed, start another,
+        with the stdlib's warning (the stdlib's register() does it each time;
+        cmp at the points where the stdlib registers: a SharedMemory block, and
+        a lock of a spawn or forkserver context, where the stdlib's is named)."""
+        if self._pid is not None:
+            self.ensure_running()
+
+    def _stop(self, use_blocking_lock=True, wait_timeout=None):
         """Forget the tracker: cmp's is watched by its pipe, which every
         process of the program holds, so it ends with the last of them."""
         with self._lock:
+            if self._fd is not None and _versions.TRACKER_313:
+                self._exitcode = 1 if self._registered else 0
+            self._registered.clear()
             self._fd = None
             self._pid = None
 
     def register(self, name, rtype):
         """Register name (of rtype) to be cleaned up at shutdown."""
         kind = self._kind(name, rtype)
-        if len('REGISTER:%s:%s\n' % (name, rtype)) > 512:
-            # The stdlib's limit (one atomic write to its pipe), kept so that
-            # a name valid here is valid there.
-            raise ValueError('msg too long')
+        self._check_length(name, rtype)
+        self.ensure_running()
+        self._registered.add((name, rtype))
         if kind is None:
             return
-        self.ensure_running()
         path = _tracked_path(name, rtype)
         try:
             fd = os.open(_SHM_DIR + path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -137,8 +161,19 @@ class ResourceTracker:
     def unregister(self, name, rtype):
         """Unregister name (of rtype): it will not be cleaned up."""
         kind = self._kind(name, rtype)
+        self._registered.discard((name, rtype))
         if kind is not None:
             _core.tracker_forget(_tracked_path(name, rtype), kind)
+
+    def _check_length(self, name, rtype):
+        """The stdlib's limits (its message must be one atomic write to its
+        pipe), kept so that a name valid here is valid there."""
+        simple = getattr(self, '_use_simple_format', True)      # 3.11: always
+        if simple and not (_versions.TRACKER_313 and '\n' in name):
+            if len('REGISTER:%s:%s\n' % (name, rtype)) > 512:
+                raise ValueError('msg too long')
+        elif len(name.encode('utf-8', 'surrogateescape')) > 255:
+            raise ValueError('shared memory name too long (max 255 bytes)')
 
     @staticmethod
     def _kind(name, rtype):

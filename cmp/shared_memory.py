@@ -12,7 +12,7 @@ import struct
 import types
 from functools import partial
 
-from . import _core, _versions, resource_tracker  # noqa: F401  (a name of the stdlib's module)
+from . import _core, _versions, resource_tracker
 
 __all__ = ['SharedMemory', 'ShareableList']
 
@@ -46,6 +46,8 @@ class SharedMemory:
             raise ValueError("'name' can only be None if create=True")
         if name is not None:
             name = '/' + name
+        if create and track:
+            resource_tracker._resource_tracker._relaunch_if_died()
         if create and name is None:
             self._create_fresh(size, track)
         elif create:

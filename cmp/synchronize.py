@@ -15,7 +15,7 @@ import sys
 import threading
 import time
 
-from . import _core, _versions, context, process, reduction, util  # noqa: F401
+from . import _core, _versions, context, process, reduction, resource_tracker, util  # noqa: F401
 
 __all__ = ['Lock', 'RLock', 'Semaphore', 'BoundedSemaphore', 'Condition', 'Event']
 
@@ -50,6 +50,9 @@ class SemLock(_core.SemLock):
     """Base of Lock, RLock, Semaphore and BoundedSemaphore."""
 
     def __new__(cls, kind, value, maxvalue, *, ctx):
+        if getattr(ctx, '_name', 'fork') != 'fork':
+            # Where the stdlib names the semaphore and registers it.
+            resource_tracker._resource_tracker._relaunch_if_died()
         return super().__new__(cls, kind, value, maxvalue)
 
     @property

@@ -510,3 +510,39 @@ def test_stress_exactly_once():
         code, timeout = _stress_code(4, 4, 20_000, 1 << 20, 0.01), 120
     r = run(code, timeout=timeout)
     assert r.stdout.split() == ['True', 'True', 'True'], r.stderr[-3000:]
+
+
+def test_empty_on_a_closed_queue_as_the_stdlib():
+    # CPython's test_closed_queue_empty_exceptions: close() closes the pipe
+    # only in a process that put into the queue; a forked child that did not
+    # put answers too.
+    assert_same('''
+        import os
+        def empty(q):
+            try:
+                return q.empty()
+            except OSError as e:
+                return str(e)
+        for Q in mp.Queue, mp.JoinableQueue:
+            q = Q()
+            q.close()
+            q.join_thread()
+            print(empty(q))
+            q = Q()
+            q.put('foo')
+            q.close()
+            q.join_thread()
+            print(empty(q))
+        q = mp.Queue()
+        q.put('foo')
+        r, w = os.pipe()
+        if os.fork() == 0:
+            q.close()
+            os.write(w, type(empty(q)).__name__.encode())   # the stdlib's races its feeder
+            os._exit(0)
+        os.wait()
+        print(os.read(r, 100).decode())
+        q.close()
+        q.join_thread()
+        print(empty(q))
+    ''')

@@ -276,3 +276,25 @@ def test_dupfd_while_spawning_uses_the_popens_own_wrapper():
     finally:
         context.set_spawning_popen(None)
     assert isinstance(df, ForeignPopen.DupFd) and df.fd == 1005
+
+
+def test_recv_handle_of_bytes_without_a_descriptor():
+    # CPython's test_missing_fd_transfer: a byte written to the connection's
+    # descriptor itself; then a peer that closed without sending.
+    assert_same('''
+        import os
+        reduction = __import__(mp.__name__ + '.reduction', fromlist=['x'])
+        a, b = mp.Pipe()
+        os.write(b.fileno(), b'\\0')
+        print(a.poll(5))
+        try:
+            reduction.recv_handle(a)
+        except RuntimeError as e:
+            print('RuntimeError', e)
+        a, b = mp.Pipe()
+        b.close()
+        try:
+            reduction.recv_handle(a)
+        except EOFError:
+            print('EOFError')
+    ''')

@@ -236,3 +236,58 @@ def test_too_long_a_name_is_refused():
     with pytest.raises(ValueError, match='msg too long'):
         resource_tracker.register('a' * (512 - len('shared_memory')), 'shared_memory')
     resource_tracker.register('/' + 'a' * 300, 'shared_memory')   # cannot exist: nothing to do
+
+
+def test_exit_code_and_message_format_as_the_stdlib():
+    # CPython's test_resource_tracker_exit_code, and the names 3.13+'s tests patch.
+    assert_same('''
+        rt = __import__(mp.__name__ + '.resource_tracker', fromlist=['x'])
+        for cleanup in (True, False):
+            t = rt.ResourceTracker()
+            t.ensure_running()
+            print(getattr(t, '_exitcode', 'absent'), getattr(t, '_use_simple_format', 'absent'))
+            t.register('somename', 'dummy' if hasattr(rt, 'cleanup_noop') else 'noop')
+            if cleanup:
+                t.unregister('somename', 'dummy' if hasattr(rt, 'cleanup_noop') else 'noop')
+            print(t._check_alive(), getattr(t, '_exitcode', 'absent'))
+            t._stop()
+            print(getattr(t, '_exitcode', 'absent'))
+        t = rt._resource_tracker
+        if hasattr(t, '_use_simple_format'):
+            t._use_simple_format = False
+        try:
+            t.register('a' * 300, 'shared_memory')
+        except ValueError as e:
+            print(e)
+    ''')
+
+
+def test_a_tracker_killed_is_relaunched_where_the_stdlib_registers():
+    # CPython's test_resource_tracker_sigkill: a lock of a spawn context (named,
+    # and registered, in the stdlib) finds the tracker dead and warns; so does
+    # creating a block, which the new tracker then cleans up.
+    r = assert_same('''
+        import os, signal, warnings
+        rt = __import__(mp.__name__ + '.resource_tracker', fromlist=['x'])
+        shared_memory = __import__(mp.__name__ + '.shared_memory', fromlist=['x'])
+        t = rt._resource_tracker
+        def kill_tracker():
+            t.ensure_running()
+            os.kill(t._pid, signal.SIGKILL)
+            os.waitpid(t._pid, 0)
+        def warned(make):
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter('always')
+                obj = make()
+            return obj, [str(x.message)[:30] for x in w]
+        kill_tracker()
+        print(warned(lambda: mp.get_context('fork').Lock())[1])
+        print(warned(lambda: mp.get_context('spawn').Lock())[1])
+        kill_tracker()
+        s, w = warned(lambda: shared_memory.SharedMemory(create=True, size=16))
+        print(w)
+        print(s.name, flush=True)
+        s.close()
+    ''', normalize_output=lambda out: out.rsplit('\n', 2)[0])[1]
+    assert _gone('/dev/shm/' + r.stdout.splitlines()[-1].lstrip('/'))
+    assert 'There appear to be 1 leaked shared_memory objects' in r.stderr

@@ -52,11 +52,19 @@ def test_multiprocessing_is_cmp_everywhere(tmp_path, method):
 
 def test_missing_submodule_is_a_clear_import_error(tmp_path):
     r = run_cmp(tmp_path, '''
+        import multiprocessing.no_such_module
+    ''')
+    assert r.returncode == 1
+    assert ('ImportError: cmp does not provide multiprocessing.no_such_module yet'
+            in r.stderr), r.stderr
+
+
+def test_the_windows_module_fails_as_the_stdlibs(tmp_path):
+    r = run_cmp(tmp_path, '''
         import multiprocessing.popen_spawn_win32
     ''')
     assert r.returncode == 1
-    assert ('ImportError: cmp does not provide multiprocessing.popen_spawn_win32 yet'
-            in r.stderr), r.stderr
+    assert r.stderr.endswith("ModuleNotFoundError: No module named 'msvcrt'\n"), r.stderr
 
 
 @pytest.mark.parametrize('source, error', [

@@ -262,3 +262,28 @@ def test_bad_size_leaves_no_block(shm_entries):
         "TypeError '>=' not supported between instances of 'str' and 'int'",
         "TypeError '>=' not supported between instances of 'NoneType' and 'int'",
     ], r.stderr
+
+
+def test_name_with_an_embedded_nul_is_refused(shm_entries):
+    # CPython's test_shared_memory_name_with_embedded_null (3.13+). 3.11's
+    # stdlib cuts the name at the NUL: it attaches to, and unlinks, another block.
+    r = run('''
+        from cmp import shared_memory as sm
+        s = sm.SharedMemory(create=True, size=16)
+        for call in (lambda: sm.SharedMemory(s.name + '\\0x'),
+                     lambda: sm.SharedMemory(s.name + '\\0x', create=True, size=16),
+                     lambda: sm.SharedMemory(s.name + '\\0x', track=False)):
+            try:
+                call()
+            except ValueError as e:
+                print('ValueError', e)
+        name, s._name = s._name, s._name + '\\0a'
+        try:
+            s.unlink()
+        except ValueError as e:
+            print('ValueError', e)
+        s._name = name
+        print(sm.SharedMemory(s.name).size >= 16)
+        s.unlink()
+    ''', 'cmp')
+    assert r.stdout.splitlines() == ['ValueError embedded null character'] * 4 + ['True'], r.stderr

@@ -148,9 +148,11 @@ cmp_chan_peer_gone(int fd)
     return r > 0 && (p.revents & (POLLHUP | POLLERR)) != 0;
 }
 
+#define PEEK_EOF 256
+
 /* The first record (or byte) waiting on fd, without taking it: its tag,
- * 0 at end of file, -1 if none. For a pipe, which cannot be peeked, a byte is
- * taken: only bells travel there. */
+ * PEEK_EOF at end of file, -1 if none. For a pipe, which cannot be peeked, a
+ * byte is taken: only bells travel there. */
 static int
 peek(int fd, int is_socket)
 {
@@ -161,7 +163,7 @@ peek(int fd, int is_socket)
     } while (n < 0 && errno == EINTR);
     if (n == 1)
         return (unsigned char)tag;
-    return n == 0 ? 0 : -1;
+    return n == 0 ? PEEK_EOF : -1;
 }
 
 static void
@@ -218,15 +220,17 @@ cmp_chan_ready(cmp_chan *c, int k, int fd, int is_socket)
         /* Quiet: anything on the descriptor is a stale bell, a descriptor
          * record for a message on its way, or the end. */
         int tag = peek(fd, is_socket);
-        if (tag == 0)
+        if (tag == PEEK_EOF)
             return cmp_ring_empty(c->ring[k]) ? 3 : 1;
         if (tag == TAG_BELL) {
             if (is_socket)
                 drop_record(fd);
             continue;
         }
-        if (tag > 0)
+        if (tag == TAG_FDS)
             return cmp_ring_empty(c->ring[k]) ? 2 : 1;
+        if (tag >= 0) /* a byte someone wrote to the descriptor itself */
+            return cmp_ring_empty(c->ring[k]) ? 4 : 1;
         return 0;
     }
 }
@@ -259,6 +263,10 @@ cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline, cmp_s
         }
         if (ready == 3)
             return CMP_EEOF;
+        if (ready == 4) {
+            errno = EPROTO;
+            return CMP_ERRNO;
+        }
         struct pollfd p = {.fd = fd, .events = POLLIN};
         int st;
         if (ready == 2) {

@@ -98,13 +98,15 @@ int cmp_chan_peer_gone(int fd);
 
 /* Consumer of ring k, on its descriptor fd: 1 if a message is there, 3 if
  * none is and the other end is gone for good, 2 if a descriptor record came
- * ahead of its message, else 0 -- with bit 0 of the bell clear, so the next
+ * ahead of its message, 4 if a byte outside the protocol did (written to the
+ * descriptor directly), else 0 -- with bit 0 of the bell clear, so the next
  * message rings. Never blocks. */
 int cmp_chan_ready(cmp_chan *c, int k, int fd, int is_socket);
 
 /* Consumer: wait until a message is in ring k (CMP_OK), the other end is
  * gone (CMP_EEOF) or the deadline passes (CMP_ETIMEDOUT); or CMP_EINTR,
- * CMP_ERRNO. Spins first (spin.h), on shared memory only. */
+ * CMP_ERRNO (EPROTO: a byte outside the protocol is on the descriptor).
+ * Spins first (spin.h), on shared memory only. */
 int cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline,
                   cmp_spin_budget *spin);
 

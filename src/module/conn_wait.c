@@ -63,8 +63,8 @@ cmp_conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *k
         cmp_chan_release(w.ch);
         if (st == CMP_ETIMEDOUT)
             Py_RETURN_FALSE;
-        if (st == CMP_OK || st == CMP_EEOF)
-            Py_RETURN_TRUE;
+        if (st == CMP_OK || st == CMP_EEOF || (st == CMP_ERRNO && errno == EPROTO))
+            Py_RETURN_TRUE; /* recv() says what it is */
         if (st != CMP_PYERR)
             cmp_set_error(st);
         return NULL;
@@ -152,7 +152,7 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
                 int rd = c->chan == NULL
                                  ? 1 /* closed meanwhile: let recv() say so */
                                  : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
-                fds[i].events = (rd == 1 || rd == 3) ? 0 : POLLIN;
+                fds[i].events = (rd == 1 || rd >= 3) ? 0 : POLLIN;
                 any |= fds[i].events == 0;
             }
         }
@@ -170,7 +170,7 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
                     int rd = c->chan == NULL
                                      ? 1
                                      : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
-                    fds[i].revents = (rd == 1 || rd == 3) ? POLLIN : 0;
+                    fds[i].revents = (rd == 1 || rd >= 3) ? POLLIN : 0;
                 }
                 fds[i].events = POLLIN;
             }

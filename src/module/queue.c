@@ -38,6 +38,8 @@ typedef struct {
     unsigned char *part_buf; /* its buffer (malloc'd); NULL: none */
     size_t part_len;
     pid_t part_pid;    /* the process that holds the get lock */
+    pid_t put_pid;     /* the last process to put: the stdlib's close() closes
+                        * the pipe only in a process whose put() started its feeder */
     PyObject *backlog; /* list: raw messages and exceptions, or NULL */
 } CmpQueueObject;
 
@@ -264,6 +266,8 @@ offer_msgs(CmpQueueObject *self, const cmp_ring_msg *msgs, PyObject *const *piec
         c.defer_all = 1;
     if (st == CMP_EFULL && (blocking || cmp_ring_maxsize(self->ring) == 0))
         st = cmp_run_blocking(offer_blocking, &c);
+    if (c.accepted > 0)
+        self->put_pid = cmp_self_pid();
     if (c.accepted > c.written) {
         PyObject *list = PyList_New((Py_ssize_t)(c.accepted - c.written)), *r = NULL;
         for (size_t i = c.written; list != NULL && i < c.accepted; i++) {
@@ -921,7 +925,7 @@ queue_empty(CmpQueueObject *self, PyObject *Py_UNUSED(ignored))
 {
     if (queue_ready(self) < 0)
         return NULL;
-    if (self->closed) {
+    if (self->closed && (self->simple || self->put_pid == cmp_self_pid())) {
         PyErr_SetString(PyExc_OSError, "handle is closed");
         return NULL;
     }

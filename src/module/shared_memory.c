@@ -126,8 +126,8 @@ map_and_close(PyObject *module, int fd, size_t size)
 /* ------------------------------------------------------------------------ */
 /* Functions                                                                */
 
-/* A block's name as the C string the core takes (str only, as the stdlib's
- * _posixshmem says). */
+/* A block's name as the C string the core takes: a str without NUL, as
+ * 3.13+'s _posixshmem says. */
 static const char *
 shm_name(PyObject *name)
 {
@@ -135,7 +135,14 @@ shm_name(PyObject *name)
         PyErr_SetString(PyExc_TypeError, "name must be str");
         return NULL;
     }
-    return PyUnicode_AsUTF8(name);
+    Py_ssize_t n;
+    const char *c = PyUnicode_AsUTF8AndSize(name, &n);
+    if (c != NULL && strlen(c) != (size_t)n) {
+        /* Cut at the NUL, it would name another block (3.11's stdlib does so). */
+        PyErr_SetString(PyExc_ValueError, "embedded null character");
+        return NULL;
+    }
+    return c;
 }
 
 PyDoc_STRVAR(shm_create_doc,
