@@ -16,7 +16,10 @@ message, no syscall. This module is the stdlib's API over it:
   nothing; another rtype raises ValueError at once (the stdlib's tracker
   process reports it later on its stderr).
 - ensure_running() starts the tracker; getfd() is its pipe (an end held by
-  every process it watches).
+  every process it watches). A child started afresh (spawn, forkserver) is
+  handed the pipe and the table with its preparation data and uses its
+  parent's tracker, as the stdlib's children do: what it leaves registered
+  is cleaned up when the whole program has ended, not when it exits.
 - main(fd) is the stdlib's tracker loop, for code that starts one itself
   (e.g. loky): it reads the stdlib's REGISTER/UNREGISTER lines from fd and
   cleans up when every writer has closed it.
@@ -190,6 +193,21 @@ ensure_running = _resource_tracker.ensure_running
 register = _resource_tracker.register
 unregister = _resource_tracker.unregister
 getfd = _resource_tracker.getfd
+
+
+def _for_child():
+    """The preparation data that makes a child being started afresh share
+    this process's tracker (started now if need be, as the stdlib's spawn
+    does): its table and pipe, handed over with the child, and its pid."""
+    from .reduction import DupFd
+    pipe = _resource_tracker.getfd()
+    return DupFd(_core.tracker_table_fd()), DupFd(pipe), _resource_tracker._pid
+
+
+def _attach(table, pipe, pid):
+    """In that child (spawn.prepare): use the parent's tracker."""
+    _core.tracker_attach(table.detach(), pipe.detach(), pid)
+    _resource_tracker.ensure_running()
 
 
 # ---------------------------------------------------------------------------

@@ -3,7 +3,7 @@ of the parent (mirrors multiprocessing.spawn).
 
 The parent sends two pickles down a pipe: the preparation data (sys.path,
 argv, cwd, start method, how to re-import __main__, whether multiprocessing
-is aliased to cmp) and the Process object. The child applies the first,
+is aliased to cmp, the resource tracker to share) and the Process object. The child applies the first,
 unpickles the second and runs its bootstrap.
 """
 import os
@@ -113,6 +113,9 @@ def prepare(data):
         process.ORIGINAL_DIR = data['orig_dir']
     if 'start_method' in data:
         context._force_start_method(data['start_method'])
+    if 'resource_tracker' in data:
+        from . import resource_tracker
+        resource_tracker._attach(*data['resource_tracker'])
     if 'init_main_from_name' in data:
         _fixup_main_from_name(data['init_main_from_name'])
     elif 'init_main_from_path' in data:
@@ -280,11 +283,15 @@ def pickle_for_child(popen, process_obj):
     """What a child started by `popen` reads: the preparation data and the
     Process object, pickled while `popen` is the spawning one (so objects
     that carry descriptors or shared state may pickle, through
-    popen.duplicate_for_child)."""
+    popen.duplicate_for_child). The child shares this process's resource
+    tracker."""
+    from . import resource_tracker
     data = bytearray()
     context.set_spawning_popen(popen)
     try:
-        dump_prefixed(get_preparation_data(process_obj._name), data)
+        prep = get_preparation_data(process_obj._name)
+        prep['resource_tracker'] = resource_tracker._for_child()
+        dump_prefixed(prep, data)
         dump_prefixed(process_obj, data)
     finally:
         context.set_spawning_popen(None)

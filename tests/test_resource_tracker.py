@@ -291,3 +291,59 @@ def test_a_tracker_killed_is_relaunched_where_the_stdlib_registers():
     ''', normalize_output=lambda out: out.rsplit('\n', 2)[0])[1]
     assert _gone('/dev/shm/' + r.stdout.splitlines()[-1].lstrip('/'))
     assert 'There appear to be 1 leaked shared_memory objects' in r.stderr
+
+
+@pytest.mark.parametrize('method', ['spawn', 'forkserver'])
+def test_a_child_started_afresh_shares_its_parents_tracker(method):
+    # CPython's test_resource_tracker_reused, and what it is for: a block the
+    # child leaves registered is cleaned up when the program ends, not when
+    # the child exits (the parent may still be using it).
+    std, mine = assert_same('''
+        import importlib, os, time
+        shared_memory = importlib.import_module(mp.__name__ + '.shared_memory')
+        rt = importlib.import_module(mp.__name__ + '.resource_tracker')
+        def child(conn):
+            rt._resource_tracker.ensure_running()
+            s = shared_memory.SharedMemory(create=True, size=16)
+            conn.send((rt._resource_tracker._pid, rt._resource_tracker._check_alive(), s.name))
+            s.close()
+        if __name__ == '__main__':
+            rt.ensure_running()
+            pid = rt._resource_tracker._pid
+            r, w = mp.Pipe(duplex=False)
+            p = mp.Process(target=child, args=(w,))
+            p.start()
+            child_pid, alive, name = r.recv()
+            p.join()
+            time.sleep(0.5)     # a tracker of the child's own has had its chance to unlink
+            print(child_pid in (None, pid) and alive, p.exitcode)
+            print(os.path.exists('/dev/shm/' + name.lstrip('/')))
+            print(child_pid == pid, name, flush=True)
+    ''', start_method=method, normalize_output=lambda out: out.rsplit('\n', 2)[0])
+    assert std.stdout.startswith('True 0\nTrue\n'), std.stdout + std.stderr
+    same_pid, name = mine.stdout.splitlines()[-1].split()
+    assert same_pid == 'True', mine.stdout      # the stdlib's child leaves _pid None
+    for r in (std, mine):
+        name = r.stdout.splitlines()[-1].split()[1]
+        assert _gone('/dev/shm/' + name.lstrip('/')), r.impl
+        assert 'There appear to be 1 leaked shared_memory objects' in r.stderr, r.stderr
+
+
+def test_attaching_refuses_what_is_not_a_tracker():
+    r = run('''
+        import errno, os
+        from cmp import _core, resource_tracker
+        r, w = os.pipe()
+        try:
+            _core.tracker_attach(r, w, os.getpid())     # a pipe is no table
+        except OSError as e:
+            print(e.errno == errno.EINVAL)
+        for fd in (r, w):                               # both taken over: closed
+            try:
+                os.fstat(fd)
+            except OSError as e:
+                print(e.errno == errno.EBADF)
+        resource_tracker.ensure_running()               # starts its own
+        print(resource_tracker._resource_tracker._check_alive())
+    ''')
+    assert r.stdout == 'True\nTrue\nTrue\nTrue\n', r.stdout + r.stderr

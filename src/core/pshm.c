@@ -113,8 +113,10 @@ typedef struct {
 #define TRACKER_BYTES (sizeof(track_header) + TRACKER_SLOTS * sizeof(track_slot))
 
 /* Process-wide: the tracker is a property of the process (and of the
- * children it forks afterwards, which inherit the mapping and the pipe). */
+ * children it forks afterwards, which inherit the mapping and the pipe, and
+ * of those started afresh, which are handed both: cmp_tracker_attach). */
 static track_table *tracker_table;
+static int tracker_memfd = -1; /* the table's, kept (close-on-exec) to hand on */
 static int tracker_pipe_w = -1;
 static pid_t tracker_pid = -1;
 static pid_t tracker_owner = -1; /* the process that forked it */
@@ -281,11 +283,10 @@ cmp_tracker_ensure(void)
     mem = mmap(NULL, TRACKER_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, mfd, 0);
     if (mem == MAP_FAILED)
         goto fail;
-    close(mfd);
-    mfd = -1;
     if (launch_tracker(mem) != CMP_OK)
         goto fail;
     tracker_table = mem;
+    tracker_memfd = mfd;
     return CMP_OK;
 fail:
     saved = errno;
@@ -293,6 +294,50 @@ fail:
         close(mfd);
     if (mem != MAP_FAILED)
         munmap(mem, TRACKER_BYTES);
+    errno = saved;
+    return CMP_ERRNO;
+}
+
+static int
+set_cloexec(int fd)
+{
+    int flags = fcntl(fd, F_GETFD);
+    return flags >= 0 && fcntl(fd, F_SETFD, flags | FD_CLOEXEC) == 0;
+}
+
+int
+cmp_tracker_attach(int table_fd, int pipe_fd, int pid)
+{
+    if (tracker_table != NULL) { /* keep ours: its registrations are there */
+        close(table_fd);
+        close(pipe_fd);
+        return CMP_OK;
+    }
+    struct stat tst, pst;
+    void *mem;
+    int saved;
+    if (fstat(table_fd, &tst) < 0 || fstat(pipe_fd, &pst) < 0)
+        goto fail;
+    if (!S_ISREG(tst.st_mode) || (size_t)tst.st_size != TRACKER_BYTES || !S_ISFIFO(pst.st_mode)
+        || pid <= 0) {
+        errno = EINVAL;
+        goto fail;
+    }
+    if (!set_cloexec(table_fd) || !set_cloexec(pipe_fd))
+        goto fail;
+    mem = mmap(NULL, TRACKER_BYTES, PROT_READ | PROT_WRITE, MAP_SHARED, table_fd, 0);
+    if (mem == MAP_FAILED)
+        goto fail;
+    tracker_table = mem;
+    tracker_memfd = table_fd;
+    tracker_pipe_w = pipe_fd;
+    tracker_pid = pid;
+    tracker_owner = -1; /* not ours to relaunch (see cmp_tracker_revive) */
+    return CMP_OK;
+fail:
+    saved = errno;
+    close(table_fd);
+    close(pipe_fd);
     errno = saved;
     return CMP_ERRNO;
 }
@@ -401,6 +446,12 @@ cmp_tracker_fd(int *pid)
 {
     *pid = tracker_pid;
     return tracker_pipe_w;
+}
+
+int
+cmp_tracker_table_fd(void)
+{
+    return tracker_memfd;
 }
 
 void *

@@ -29,12 +29,13 @@ void cmp_pshm_unmap(void *addr, size_t size);
 
 /* --------------------------------------------------------------------------
  * The tracker: a small process forked on first use that waits for every
- * process holding its pipe (the starter and the children forked after) to
- * exit, however they exit, then unlinks the blocks still registered and
- * prints the stdlib's warning. Registering writes a slot in a table that the
- * tracker shares (a memfd mapping): no syscall, no message. A slot remembers
- * the block's device and inode, so a block recreated under the same name by
- * someone else is never unlinked by mistake. */
+ * process holding its pipe (the starter, the children forked after and those
+ * started afresh, which attach to it) to exit, however they exit, then
+ * unlinks the blocks still registered and prints the stdlib's warning.
+ * Registering writes a slot in a table that the tracker shares (a memfd
+ * mapping): no syscall, no message. A slot remembers the block's device and
+ * inode, so a block recreated under the same name by someone else is never
+ * unlinked by mistake. */
 
 /* Start this process's tracker if it has none (children forked afterwards
  * share it). CMP_OK or CMP_ERRNO. */
@@ -65,5 +66,17 @@ int cmp_tracker_revive(void);
 
 /* The write end of the tracker's pipe and its pid (-1, -1 if none runs). */
 int cmp_tracker_fd(int *pid);
+
+/* The descriptor of the tracker's table (a memfd, close-on-exec; -1 if
+ * none runs): with the pipe and the pid, what a child started afresh (spawn,
+ * fork server) needs to share its parent's tracker. */
+int cmp_tracker_table_fd(void);
+
+/* Make this process use a tracker started elsewhere: its table's memfd, the
+ * write end of its pipe (both taken over: kept close-on-exec, or closed on
+ * failure) and its pid. Holding the pipe, this process too keeps it waiting.
+ * A process that already has a tracker keeps it (and closes both). CMP_OK,
+ * or CMP_ERRNO (EINVAL: not a tracker's table and pipe). */
+int cmp_tracker_attach(int table_fd, int pipe_fd, int pid);
 
 #endif /* CMP_PSHM_H */

@@ -334,6 +334,33 @@ cmp_py_tracker_fd(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(arg))
     return Py_BuildValue("(iiO)", fd, pid, st == 1 ? Py_True : Py_False);
 }
 
+static PyObject *
+cmp_py_tracker_table_fd(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(arg))
+{
+    return PyLong_FromLong(cmp_tracker_table_fd());
+}
+
+PyDoc_STRVAR(tracker_attach_doc,
+             "tracker_attach($module, table_fd, pipe_fd, pid, /)\n"
+             "--\n"
+             "\n"
+             "Use the tracker of another process (this process's parent): its table\n"
+             "(tracker_table_fd() there), its pipe (tracker_fd()) and its pid. Both\n"
+             "descriptors are taken over (closed if it fails). A process that has a\n"
+             "tracker already keeps it.");
+
+static PyObject *
+cmp_py_tracker_attach(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int table_fd, pipe_fd, pid;
+    if (!PyArg_ParseTuple(args, "iii:tracker_attach", &table_fd, &pipe_fd, &pid))
+        return NULL;
+    int st = cmp_tracker_attach(table_fd, pipe_fd, pid);
+    if (st != CMP_OK)
+        return cmp_set_error(st);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef pshm_methods[] = {
         {"shm_create", cmp_py_shm_create, METH_VARARGS, shm_create_doc},
         {"shm_attach", cmp_py_shm_attach, METH_O, shm_attach_doc},
@@ -358,6 +385,12 @@ static PyMethodDef pshm_methods[] = {
          "--\n"
          "\n"
          "Start the tracker, or a new one if it died: (its pipe, its pid, relaunched)."},
+        {"tracker_table_fd", cmp_py_tracker_table_fd, METH_NOARGS,
+         "tracker_table_fd($module, /)\n"
+         "--\n"
+         "\n"
+         "The descriptor of the tracker's table (-1 if it is not running)."},
+        {"tracker_attach", cmp_py_tracker_attach, METH_VARARGS, tracker_attach_doc},
         {NULL, NULL, 0, NULL},
 };
 
