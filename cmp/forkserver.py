@@ -26,6 +26,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 
 from . import _core, _versions, connection, context, process, reduction, resource_tracker, spawn, util  # noqa: F401
 from .context import AuthenticationError
@@ -73,7 +74,7 @@ class ForkServer:
                                             self._forkserver_authkey, payload, fds)
         except ConnectionResetError:
             # (what _core says when the server closed the connection unanswered)
-            if self._server_pid == _SERVER_IN_PARENT or not _alive(self._server_pid):
+            if self._server_pid == _SERVER_IN_PARENT or not _stays_alive(self._server_pid):
                 raise
             # The server is there and closed the connection unanswered: it
             # refused our key (the stdlib's handshake says the same).
@@ -156,6 +157,18 @@ def _alive(pid):
         return _core.reap(pid) is None
     except ChildProcessError:
         return False
+
+
+def _stays_alive(pid, grace=0.2):
+    """Whether the server is still there after a moment: one that dies
+    (its preloading failed) may not have exited yet when its connection
+    closes; one that refused a key goes on serving."""
+    deadline = time.monotonic() + grace
+    while _alive(pid):
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.01)
+    return False
 
 
 def _after_fork_in_child():
