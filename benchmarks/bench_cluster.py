@@ -14,22 +14,9 @@ import importlib.util
 import os
 import time
 
+from bench_pool import _n, _spin, _tiny
+
 CPUS = os.cpu_count() or 1
-
-
-def _tiny(x):
-    return x
-
-
-def _spin(n):
-    s = 0
-    for i in range(n):
-        s += i
-    return s
-
-
-def _n(base, scale):
-    return max(1, int(base * scale))
 
 
 def _pool(mp, cluster):

@@ -227,6 +227,12 @@ def boom():
 class FailLoad:
     def __reduce__(self):
         return (boom, ())
+def attempt(fn, *args, **kwds):
+    """Print what fn returns, or the error an unloadable item raised."""
+    try:
+        print(fn(*args, **kwds))
+    except RuntimeError as e:
+        print('error', e)
 '''
 
 
@@ -235,24 +241,18 @@ def test_get_many_keeps_the_items_around_one_that_cannot_be_unpickled():
     q = mp.Queue()
     for x in ('a', FailLoad(), 'b', 'c'):
         q.put(x)
-    print(q.get_many(4, timeout=1))         # the items before the bad one
+    attempt(q.get_many, 4, timeout=1)       # the items before the bad one
     print(q.qsize(), q.empty())
-    try:
-        q.get_many(4, timeout=1)
-    except RuntimeError as e:
-        print('error', e)
-    print(q.get_many(4, timeout=1))
+    attempt(q.get_many, 4, timeout=1)
+    attempt(q.get_many, 4, timeout=1)
     try:
         q.get(timeout=0.2)
     except queue.Empty:
         print('empty')
     q.put(FailLoad())
     q.put('d')
-    try:
-        q.get_many(4, timeout=1)
-    except RuntimeError as e:
-        print('error', e)
-    print(q.get(timeout=1))
+    attempt(q.get_many, 4, timeout=1)
+    attempt(q.get, timeout=1)
     '''))
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [
@@ -262,22 +262,13 @@ def test_get_many_keeps_the_items_around_one_that_cannot_be_unpickled():
 
 def test_get_keeps_the_items_after_one_that_cannot_be_unpickled():
     r = run(UNLOADABLE + textwrap.dedent('''
-    for q in (mp.Queue(), mp.SimpleQueue()):
-        q.put(FailLoad())
-        q.put('next')
-        try:
-            q.get()
-        except RuntimeError as e:
-            print('error', e)
-        print(q.get())
+    q, sq = mp.Queue(), mp.SimpleQueue()
     r, w = mp.Pipe()
-    w.send(FailLoad())
-    w.send('next')
-    try:
-        r.recv()
-    except RuntimeError as e:
-        print('error', e)
-    print(r.recv())
+    for put, get in ((q.put, q.get), (sq.put, sq.get), (w.send, r.recv)):
+        put(FailLoad())
+        put('next')
+        attempt(get)
+        attempt(get)
     '''))
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ['error cannot load', 'next'] * 3, r.stdout
@@ -292,11 +283,8 @@ def test_pool_result_that_cannot_be_unpickled_fails_alone():
     if __name__ == '__main__':
         with mp.Pool(2) as pool:
             rs = [pool.apply_async(bad if i == 2 else square, (i,)) for i in range(5)]
-            for i, res in enumerate(rs):
-                try:
-                    print(res.get(timeout=30))
-                except RuntimeError as e:
-                    print('error', e)
+            for res in rs:
+                attempt(res.get, timeout=30)
             print(pool.map(square, range(4)))
     '''))
     assert r.returncode == 0, r.stderr
@@ -318,11 +306,8 @@ def test_manager_reply_that_cannot_be_unpickled_fails_alone():
     if __name__ == '__main__':
         with M() as m:
             t = m.Thing()
-            try:
-                t.bad()
-            except RuntimeError as e:
-                print('error', e)
-            print(t.good())
+            attempt(t.bad)
+            attempt(t.good)
     """))
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ['error cannot load', 'good'], r.stdout

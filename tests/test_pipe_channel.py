@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from support import assert_same, run
+from support import assert_same, run, run_both
 
 
 def same(code, **kw):
@@ -293,7 +293,6 @@ def test_many_pipes_under_a_low_descriptor_limit():
             print(len(ps), e.errno)
         print(all(a.send(i) or b.recv() == i for i, (a, b) in enumerate(ps)))
     '''
-    from support import run_both
     std, mine = run_both(textwrap.dedent(code), timeout=60)
     n_std, err_std = map(int, std.stdout.split()[:2])
     n_cmp, err_cmp = map(int, mine.stdout.split()[:2])

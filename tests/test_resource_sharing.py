@@ -8,7 +8,7 @@ import pytest
 
 import cmp
 from cmp import reduction, resource_sharer
-from support import assert_same
+from support import assert_same, run
 
 START_METHODS = ['fork', 'spawn', 'forkserver']
 
@@ -120,7 +120,6 @@ def test_send_handle_over_any_connection(method):
     # cmp sends the descriptor inside a message, so a simplex Pipe and an
     # AF_INET connection carry it too (the stdlib's raw form needs a Unix
     # socket: on a pipe it fails with OSError ENOTSOCK).
-    from support import run
     r = run('''
         import os
         from cmp import reduction
@@ -231,7 +230,6 @@ def test_sharer_restarts_after_stop():
 def test_a_forked_child_lends_through_its_own_sharer():
     # The parent's sharer thread does not exist in a forked child: the
     # child's loans go through a sharer of its own.
-    from support import run
     r = run('''
         import os, pickle
         from cmp import resource_sharer

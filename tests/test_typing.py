@@ -59,8 +59,3 @@ def test_every_public_name_has_a_stub():
             names.update(a.asname for a in node.names if a.asname == a.name)
     missing = sorted(set(cmp.__all__) - names)
     assert not missing, missing
-
-
-def test_stubs_are_installed_with_the_package():
-    text = read('pyproject.toml')
-    assert '"py.typed"' in text and '"*.pyi"' in text

@@ -3,7 +3,7 @@ version the suite runs on (cmp/_versions.py holds the switches): each snippet
 runs on both and must print the same."""
 import pytest
 
-from support import assert_same
+from support import assert_same, run
 
 # Names that some versions have and others lack: each prints hasattr(), so the
 # test follows whichever version runs it.
@@ -104,7 +104,6 @@ def test_pool_default_size():
                                            ('cmp', 'multiprocessing')])
 def test_handshake_between_implementations(server, client):
     # A Listener of one and a Client of the other, with a good and a bad key.
-    from support import run
     r = run('''
     import threading, multiprocessing.connection as S
     import cmp.connection as C

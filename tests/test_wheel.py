@@ -1,5 +1,5 @@
 """The built wheel holds the whole package: every subpackage and module of the
-source tree's cmp/, and the extension cmp._core.
+source tree's cmp/, its type stubs (*.pyi, py.typed), and the extension cmp._core.
 
 The wheel is built from a copy of the sources in a temporary directory (so
 the checkout gets no build/ or egg-info), without build isolation: setuptools
@@ -17,15 +17,19 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCES = ('pyproject.toml', 'setup.py', 'README.md', 'cmp', 'src')
 
 
+def packaged(name):
+    return name.endswith(('.py', '.pyi')) or name.endswith('/py.typed')
+
+
 def source_modules():
-    """Paths (relative to the root) of every .py file in the cmp package tree,
-    which must all be packages or modules of the wheel."""
+    """Paths (relative to the root) of every module and stub file in the cmp
+    package tree, which must all be in the wheel."""
     found = set()
     for dirpath, dirnames, filenames in os.walk(os.path.join(ROOT, 'cmp')):
         dirnames[:] = [d for d in dirnames if d != '__pycache__']
         rel = os.path.relpath(dirpath, ROOT)
         found.update(os.path.join(rel, f).replace(os.sep, '/')
-                     for f in filenames if f.endswith('.py'))
+                     for f in filenames if packaged('/' + f))
     return found
 
 
@@ -59,10 +63,10 @@ def test_wheel_contains_every_package_and_module(tmp_path):
         names = set(z.namelist())
     modules = source_modules()
     assert 'cmp/dummy/__init__.py' in modules       # the subpackage that was once missing
+    assert {'cmp/py.typed', 'cmp/__init__.pyi'} <= modules
     missing = sorted(modules - names)
     assert not missing, 'not in the wheel: %s' % missing
-    extra = sorted(n for n in names if n.startswith('cmp/') and n.endswith('.py')
-                   and n not in modules)
+    extra = sorted(n for n in names if n.startswith('cmp/') and packaged(n) and n not in modules)
     assert not extra, 'in the wheel but not in the sources: %s' % extra
     assert [n for n in names if n.startswith('cmp/_core') and n.endswith('.so')], \
         'the extension cmp._core is not in the wheel'
