@@ -64,14 +64,14 @@ CTEST(bell_follows_the_ring)
     int sv[2];
     CHECK_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv), 0);
     /* end 1 sends to ring 0, read on sv[0] */
-    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), 0);
+    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), CMP_CHAN_QUIET);
     CHECK(!readable(sv[0]));
     CHECK_EQ(put(&c, 0, sv[1], "a"), CMP_OK);
     CHECK(readable(sv[0]));
     CHECK_EQ(put(&c, 0, sv[1], "b"), CMP_OK); /* rung already: no second bell */
     char buf[64];
     CHECK_EQ(take(&c, 0, buf, sizeof(buf)), 1);
-    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), 1); /* "b" is there: bell kept */
+    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), CMP_CHAN_MESSAGE); /* "b" is there: bell kept */
     CHECK(readable(sv[0]));
     CHECK_EQ(take(&c, 0, buf, sizeof(buf)), 1);
     CHECK(!strcmp(buf, "b"));
@@ -82,7 +82,7 @@ CTEST(bell_follows_the_ring)
     CHECK_EQ(cmp_chan_wait(&c, 0, sv[0], 1, cmp_monotonic_ns(), &(cmp_spin_budget){0}), CMP_OK);
     close(sv[1]);
     CHECK_EQ(take(&c, 0, buf, sizeof(buf)), 1);
-    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), 3); /* empty, and the end */
+    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), CMP_CHAN_GONE); /* empty, and the end */
     CHECK_EQ(cmp_chan_wait(&c, 0, sv[0], 1, CMP_FOREVER, &(cmp_spin_budget){0}), CMP_EEOF);
     close(sv[0]);
     munmap(mem, cmp_chan_size(2, CAP));
