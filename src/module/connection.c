@@ -619,18 +619,6 @@ lost:
  * (recv_bytes_into), else NULL. On CMP_OK *bufp is the new bytes object, or
  * NULL if the payload went into `into`; rx holds the length and descriptors
  * (the caller closes them). Otherwise an exception is set. */
-
-/* The stdlib reads a frame in up to three reads (the length, the long
- * length after the -1 marker, the body): end of file before the first byte of
- * one of them is EOFError, inside one "got end of file during message". */
-static int
-eof_inside_a_read(const cmp_wire_rx *rx)
-{
-    if (!rx->header_done)
-        return rx->hdr_have != 0 && rx->hdr_have != 4;
-    return rx->body_have != 0;
-}
-
 static int
 conn_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength, char *into,
                 Py_ssize_t room, PyObject **bufp)
@@ -686,7 +674,7 @@ fail:
         Py_XDECREF(buf);
         return st;
     }
-    int inside = eof_inside_a_read(rx);
+    int inside = cmp_wire_rx_eof_inside(rx);
     close_fds(rx->fds, rx->nfds);
     rx->nfds = 0;
     Py_XDECREF(buf);
