@@ -55,7 +55,8 @@ CTEST(tracker_unlinks_what_is_left)
         int a = cmp_pshm_open(kept, 1, &sz), b = cmp_pshm_open(freed, 1, &sz);
         if (a < 0 || b < 0)
             _exit(2);
-        int sa = cmp_tracker_add(kept, a), sb = cmp_tracker_add(freed, b);
+        int sa = cmp_tracker_add(kept, a, CMP_TRACK_SHM),
+            sb = cmp_tracker_add(freed, b, CMP_TRACK_SHM);
         if (sa < 0 || sb < 0)
             _exit(3);
         cmp_pshm_unlink(freed);
@@ -98,8 +99,9 @@ CTEST(tracker_kinds_and_forget_by_name)
             _exit(2);
         char sem_name[96];
         snprintf(sem_name, sizeof sem_name, "/sem.%s", sem + 1);
-        if (cmp_tracker_add_kind(sem_name, s, CMP_TRACK_SEM) < 0
-            || cmp_tracker_add(forgotten, f) < 0 || cmp_tracker_add(forgotten, f) < 0)
+        if (cmp_tracker_add(sem_name, s, CMP_TRACK_SEM) < 0
+            || cmp_tracker_add(forgotten, f, CMP_TRACK_SHM) < 0
+            || cmp_tracker_add(forgotten, f, CMP_TRACK_SHM) < 0)
             _exit(3);
         if (cmp_tracker_forget(forgotten, CMP_TRACK_SEM) != 0 || /* wrong kind */
             cmp_tracker_forget(forgotten, CMP_TRACK_SHM) != 2)
