@@ -4,6 +4,7 @@
 #include "ctest.h"
 #include "chan.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -150,6 +151,27 @@ CTEST(descriptor_records_skip_bells)
         close(p[i]);
         close(sv[i]);
     }
+}
+
+CTEST(stray_byte_is_a_protocol_error)
+{
+    /* A byte written to the descriptor directly (not a bell, not a
+     * descriptor record) is neither a message nor the end: recv() says so. */
+    cmp_chan c;
+    void *mem = new_chan(2, &c);
+    CHECK(mem != NULL);
+    int sv[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv), 0);
+    CHECK_EQ(send(sv[1], "x", 1, 0), 1);
+    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), CMP_CHAN_STRAY_BYTE);
+    errno = 0;
+    CHECK_EQ(cmp_chan_wait(&c, 0, sv[0], 1, CMP_FOREVER, &(cmp_spin_budget){0}), CMP_ERRNO);
+    CHECK_EQ(errno, EPROTO);
+    CHECK_EQ(put(&c, 0, sv[1], "a"), CMP_OK); /* a message still comes first */
+    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), CMP_CHAN_MESSAGE);
+    close(sv[0]);
+    close(sv[1]);
+    munmap(mem, cmp_chan_size(2, CAP));
 }
 
 CTEST(pipe_peer_gone)
