@@ -303,15 +303,14 @@ conn_write_frame(CmpConnection *self, struct iovec *iov, int iovcnt, const int *
         size_t rest = 0;
         for (int i = 0; i < a.tx.iovcnt; i++)
             rest += a.tx.iov[i].iov_len;
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
         PyObject *saved = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)rest);
-        if (saved == NULL) {
-            /* The stream is broken either way; the signal's exception wins. */
-            PyObject *et, *ev, *tb;
-            PyErr_Fetch(&et, &ev, &tb);
-            PyErr_Clear();
-            PyErr_Restore(et, ev, tb);
+        if (saved == NULL)
+            PyErr_Clear(); /* the stream is broken either way; the signal's exception wins */
+        PyErr_Restore(et, ev, tb);
+        if (saved == NULL)
             return st;
-        }
         char *dst = PyBytes_AS_STRING(saved);
         for (int i = 0; i < a.tx.iovcnt; i++) {
             memcpy(dst, a.tx.iov[i].iov_base, a.tx.iov[i].iov_len);
