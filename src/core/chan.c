@@ -208,7 +208,7 @@ cmp_chan_ready(cmp_chan *c, int k, int fd, int is_socket)
     for (;;) {
         uint64_t w = atomic_load_explicit(bell, memory_order_seq_cst);
         if (!cmp_ring_empty(c->ring[k]))
-            return 1;
+            return CMP_CHAN_MESSAGE;
         if (w & 1) {
             /* Seen empty after w: if no producer bumped the word since, none
              * published unseen, and from now on they ring. */
@@ -221,17 +221,17 @@ cmp_chan_ready(cmp_chan *c, int k, int fd, int is_socket)
          * record for a message on its way, or the end. */
         int tag = peek(fd, is_socket);
         if (tag == PEEK_EOF)
-            return cmp_ring_empty(c->ring[k]) ? 3 : 1;
+            return cmp_ring_empty(c->ring[k]) ? CMP_CHAN_GONE : CMP_CHAN_MESSAGE;
         if (tag == TAG_BELL) {
             if (is_socket)
                 drop_record(fd);
             continue;
         }
         if (tag == TAG_FDS)
-            return cmp_ring_empty(c->ring[k]) ? 2 : 1;
+            return cmp_ring_empty(c->ring[k]) ? CMP_CHAN_FDS_AHEAD : CMP_CHAN_MESSAGE;
         if (tag >= 0) /* a byte someone wrote to the descriptor itself */
-            return cmp_ring_empty(c->ring[k]) ? 4 : 1;
-        return 0;
+            return cmp_ring_empty(c->ring[k]) ? CMP_CHAN_STRAY_BYTE : CMP_CHAN_MESSAGE;
+        return CMP_CHAN_QUIET;
     }
 }
 
@@ -257,19 +257,19 @@ cmp_chan_wait(cmp_chan *c, int k, int fd, int is_socket, int64_t deadline, cmp_s
     int64_t orphan_after = 0;
     for (;;) {
         int ready = cmp_chan_ready(c, k, fd, is_socket);
-        if (ready == 1) {
+        if (ready == CMP_CHAN_MESSAGE) {
             cmp_spin_settle(&chan_spin, spin, start);
             return CMP_OK;
         }
-        if (ready == 3)
+        if (ready == CMP_CHAN_GONE)
             return CMP_EEOF;
-        if (ready == 4) {
+        if (ready == CMP_CHAN_STRAY_BYTE) {
             errno = EPROTO;
             return CMP_ERRNO;
         }
         struct pollfd p = {.fd = fd, .events = POLLIN};
         int st;
-        if (ready == 2) {
+        if (ready == CMP_CHAN_FDS_AHEAD) {
             /* A producer is between its descriptor record and its message
              * -- or gave the message up (interrupted) after sending the
              * record: once that has lasted a second with nobody writing,

@@ -96,11 +96,16 @@ int cmp_chan_notify(cmp_chan *c, int k, int fd, int is_socket);
 /* Whether the reader of the producer's descriptor is gone (one poll()). */
 int cmp_chan_peer_gone(int fd);
 
-/* Consumer of ring k, on its descriptor fd: 1 if a message is there, 3 if
- * none is and the other end is gone for good, 2 if a descriptor record came
- * ahead of its message, 4 if a byte outside the protocol did (written to the
- * descriptor directly), else 0 -- with bit 0 of the bell clear, so the next
- * message rings. Never blocks. */
+/* What cmp_chan_ready() finds. */
+enum {
+    CMP_CHAN_QUIET = 0,     /* nothing yet; bit 0 of the bell is clear, so the next message rings */
+    CMP_CHAN_MESSAGE = 1,   /* a message is in the ring */
+    CMP_CHAN_FDS_AHEAD = 2, /* a descriptor record came ahead of its message */
+    CMP_CHAN_GONE = 3,      /* no message, and the other end is gone for good */
+    CMP_CHAN_STRAY_BYTE = 4, /* no message, and a byte written to the descriptor directly */
+};
+
+/* Consumer of ring k, on its descriptor fd: one of the above. Never blocks. */
 int cmp_chan_ready(cmp_chan *c, int k, int fd, int is_socket);
 
 /* Consumer: wait until a message is in ring k (CMP_OK), the other end is

@@ -369,13 +369,7 @@ cmp_tracker_revive(void)
 }
 
 int
-cmp_tracker_add(const char *name, int fd)
-{
-    return cmp_tracker_add_kind(name, fd, CMP_TRACK_SHM);
-}
-
-int
-cmp_tracker_add_kind(const char *name, int fd, int kind)
+cmp_tracker_add(const char *name, int fd, int kind)
 {
     size_t n = strlen(name);
     struct stat st;

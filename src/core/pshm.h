@@ -41,19 +41,16 @@ void cmp_pshm_unmap(void *addr, size_t size);
  * share it). CMP_OK or CMP_ERRNO. */
 int cmp_tracker_ensure(void);
 
-/* Register the block `name` open on `fd`: a slot number, CMP_EFULL when
- * the table is full, or CMP_ERRNO. */
-int cmp_tracker_add(const char *name, int fd);
-
-/* Forget a registration (the block was unlinked by its owner). */
-void cmp_tracker_remove(int slot);
-
 /* What a registration unlinks: a block (/dev/shm/NAME) or a named semaphore
  * (registered under its file's name, "/sem.NAME"). The warning names it. */
 enum { CMP_TRACK_SHM = 0, CMP_TRACK_SEM = 1, CMP_TRACK_KINDS = 2 };
 
-/* cmp_tracker_add for a resource of that kind. */
-int cmp_tracker_add_kind(const char *name, int fd, int kind);
+/* Register the resource `name` of that kind, open on `fd`: a slot number,
+ * CMP_EFULL when the table is full, or CMP_ERRNO. */
+int cmp_tracker_add(const char *name, int fd, int kind);
+
+/* Forget a registration (the block was unlinked by its owner). */
+void cmp_tracker_remove(int slot);
 
 /* Forget every registration of `name` of that kind (resource_tracker's
  * unregister); how many there were. */

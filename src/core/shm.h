@@ -12,7 +12,7 @@
  *
  * Reuse: a block goes back to the arena when it is freed in the process that
  * allocated it, unless another process may still be using it -- it was alive
- * when this process forked, or it was handed out with cmp_shm_mark_shared().
+ * when this process forked, or it was handed out with cmp_shm_share().
  * Such a block stays reserved until the allocating process exits. A large
  * block (a segment of its own) is never reused, so freeing it in the
  * allocating process always unmaps and closes it there; other processes

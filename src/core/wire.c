@@ -151,6 +151,14 @@ cmp_wire_rx_started(const cmp_wire_rx *rx)
     return rx->hdr_have > 0;
 }
 
+int
+cmp_wire_rx_eof_inside(const cmp_wire_rx *rx)
+{
+    if (!rx->header_done)
+        return rx->hdr_have != 0 && rx->hdr_have != 4; /* 4: the marker, whole */
+    return rx->body_have != 0;
+}
+
 void
 cmp_wire_put_fds(struct msghdr *m, cmp_cmsg_space *space, const int *fds, int nfds)
 {

@@ -104,6 +104,12 @@ void cmp_wire_rx_reset(cmp_wire_rx *rx);
 /* True once some byte of the current frame has been read. */
 int cmp_wire_rx_started(const cmp_wire_rx *rx);
 
+/* After CMP_EEOF: whether the end of file came inside one of the stdlib's
+ * reads of a frame (the length, the long length after the -1 marker, the
+ * payload) -- "got end of file during message" there -- rather than before
+ * one of them (EOFError). */
+int cmp_wire_rx_eof_inside(const cmp_wire_rx *rx);
+
 /* Read the rest of the header. CMP_OK with rx->len set; CMP_EEOF (end of
  * file: before the first byte if !cmp_wire_rx_started(rx), else inside the
  * header); CMP_EBADMSG (a negative length other than the marker); CMP_EINTR;

@@ -326,10 +326,10 @@ fail:
 /* ------------------------------------------------------------------------ */
 /* Pipe() channels                                                          */
 
+/* Make self an end of ch, taking over a reference to it. */
 static void
 chan_attach(CmpConnection *self, cmp_chan_seg *ch, int end)
 {
-    ch->refs++;
     self->chan = ch;
     self->end = end;
     self->exact = 0;
@@ -381,8 +381,8 @@ cmp_py_pipe(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyErr_SetString(PyExc_TypeError, "_pipe: cls must make Connections");
         goto done;
     }
-    chan_attach((CmpConnection *)c1, ch, 0);
-    chan_attach((CmpConnection *)c2, ch, 1);
+    chan_attach((CmpConnection *)c1, cmp_chan_hold(ch), 0);
+    chan_attach((CmpConnection *)c2, cmp_chan_hold(ch), 1);
     ret = PyTuple_Pack(2, c1, c2);
 done:
     cmp_chan_release(ch);
@@ -421,7 +421,6 @@ cmp_conn_ring_attach(PyObject *op, PyObject *args)
     if (cmp_chan_attach(memfd, (size_t)size, end, self->readable, &ch) != CMP_OK)
         return cmp_set_error(CMP_ERRNO);
     chan_attach(self, ch, end);
-    ch->refs--; /* the Connection holds the only reference */
     self->exact = (char)(exact != 0);
     Py_RETURN_NONE;
 }

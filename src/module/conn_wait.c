@@ -76,6 +76,17 @@ cmp_conn_poll(PyObject *op, PyObject *const *args, Py_ssize_t nargs, PyObject *k
     return PyBool_FromLong(r > 0);
 }
 
+/* Whether recv() on a Pipe() end in wait()'s list answers at once: with a
+ * message, or with the error of a gone peer, a stray byte or a close. */
+static int
+chan_answers(CmpConnection *c)
+{
+    if (c->chan == NULL)
+        return 1; /* closed meanwhile: let recv() say so */
+    int rd = cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
+    return rd == CMP_CHAN_MESSAGE || rd == CMP_CHAN_GONE || rd == CMP_CHAN_STRAY_BYTE;
+}
+
 PyDoc_STRVAR(wait_doc,
              "wait($module, /, object_list, timeout=None)\n"
              "--\n"
@@ -148,11 +159,7 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
         for (Py_ssize_t i = 0; i < n; i++) {
             fds[i].revents = 0;
             if (chans[i] != NULL) {
-                CmpConnection *c = chans[i];
-                int rd = c->chan == NULL
-                                 ? 1 /* closed meanwhile: let recv() say so */
-                                 : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
-                fds[i].events = (rd == 1 || rd >= 3) ? 0 : POLLIN;
+                fds[i].events = chan_answers(chans[i]) ? 0 : POLLIN;
                 any |= fds[i].events == 0;
             }
         }
@@ -166,11 +173,7 @@ cmp_py_wait(PyObject *module, PyObject *const *args, Py_ssize_t nargs, PyObject 
                     fds[i].revents = POLLIN;
                 }
                 else if (fds[i].revents != 0) {
-                    CmpConnection *c = chans[i];
-                    int rd = c->chan == NULL
-                                     ? 1
-                                     : cmp_chan_ready(&c->chan->c, chan_rx(c), c->fd, c->is_socket);
-                    fds[i].revents = (rd == 1 || rd >= 3) ? POLLIN : 0;
+                    fds[i].revents = chan_answers(chans[i]) ? POLLIN : 0;
                 }
                 fds[i].events = POLLIN;
             }

@@ -303,15 +303,14 @@ conn_write_frame(CmpConnection *self, struct iovec *iov, int iovcnt, const int *
         size_t rest = 0;
         for (int i = 0; i < a.tx.iovcnt; i++)
             rest += a.tx.iov[i].iov_len;
+        PyObject *et, *ev, *tb;
+        PyErr_Fetch(&et, &ev, &tb);
         PyObject *saved = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)rest);
-        if (saved == NULL) {
-            /* The stream is broken either way; the signal's exception wins. */
-            PyObject *et, *ev, *tb;
-            PyErr_Fetch(&et, &ev, &tb);
-            PyErr_Clear();
-            PyErr_Restore(et, ev, tb);
+        if (saved == NULL)
+            PyErr_Clear(); /* the stream is broken either way; the signal's exception wins */
+        PyErr_Restore(et, ev, tb);
+        if (saved == NULL)
             return st;
-        }
         char *dst = PyBytes_AS_STRING(saved);
         for (int i = 0; i < a.tx.iovcnt; i++) {
             memcpy(dst, a.tx.iov[i].iov_base, a.tx.iov[i].iov_len);
@@ -619,18 +618,6 @@ lost:
  * (recv_bytes_into), else NULL. On CMP_OK *bufp is the new bytes object, or
  * NULL if the payload went into `into`; rx holds the length and descriptors
  * (the caller closes them). Otherwise an exception is set. */
-
-/* The stdlib reads a frame in up to three reads (the length, the long
- * length after the -1 marker, the body): end of file before the first byte of
- * one of them is EOFError, inside one "got end of file during message". */
-static int
-eof_inside_a_read(const cmp_wire_rx *rx)
-{
-    if (!rx->header_done)
-        return rx->hdr_have != 0 && rx->hdr_have != 4;
-    return rx->body_have != 0;
-}
-
 static int
 conn_recv_frame(CmpConnection *self, cmp_wire_rx *rx, Py_ssize_t maxlength, char *into,
                 Py_ssize_t room, PyObject **bufp)
@@ -686,7 +673,7 @@ fail:
         Py_XDECREF(buf);
         return st;
     }
-    int inside = eof_inside_a_read(rx);
+    int inside = cmp_wire_rx_eof_inside(rx);
     close_fds(rx->fds, rx->nfds);
     rx->nfds = 0;
     Py_XDECREF(buf);

@@ -197,7 +197,7 @@ cmp_py_shm_create(PyObject *module, PyObject *args)
         Py_INCREF(name);
     }
     if (track) {
-        slot = cmp_tracker_add(cname, fd);
+        slot = cmp_tracker_add(cname, fd, CMP_TRACK_SHM);
         if (slot < 0) {
             cmp_set_error(slot);
             close(fd);
@@ -304,7 +304,7 @@ cmp_py_tracker_add(PyObject *Py_UNUSED(module), PyObject *args)
         PyErr_SetString(PyExc_ValueError, "unknown tracker kind");
         return NULL;
     }
-    int slot = cmp_tracker_add_kind(cname, fd, kind);
+    int slot = cmp_tracker_add(cname, fd, kind);
     if (slot < 0)
         return cmp_set_error(slot);
     return PyLong_FromLong(slot);

@@ -525,13 +525,11 @@ semlock_reacquire(CmpSemLock *lk, long times)
     for (long i = 0; i < times; i++) {
         if (cmp_sem_trywait(SEM(lk)) == CMP_OK)
             continue;
-        int st;
         Py_BEGIN_ALLOW_THREADS
-        do {
-            st = cmp_sem_wait(SEM(lk), CMP_FOREVER);
-        } while (st == CMP_EINTR);
-        Py_END_ALLOW_THREADS(void)
-        st; /* CMP_OK; CMP_ERRNO would be EFAULT: a bug */
+        /* until CMP_OK (CMP_ERRNO would be EFAULT: a bug) */
+        while (cmp_sem_wait(SEM(lk), CMP_FOREVER) == CMP_EINTR)
+            ;
+        Py_END_ALLOW_THREADS
     }
 }
 

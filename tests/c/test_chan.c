@@ -4,6 +4,7 @@
 #include "ctest.h"
 #include "chan.h"
 
+#include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -64,14 +65,14 @@ CTEST(bell_follows_the_ring)
     int sv[2];
     CHECK_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv), 0);
     /* end 1 sends to ring 0, read on sv[0] */
-    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), 0);
+    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), CMP_CHAN_QUIET);
     CHECK(!readable(sv[0]));
     CHECK_EQ(put(&c, 0, sv[1], "a"), CMP_OK);
     CHECK(readable(sv[0]));
     CHECK_EQ(put(&c, 0, sv[1], "b"), CMP_OK); /* rung already: no second bell */
     char buf[64];
     CHECK_EQ(take(&c, 0, buf, sizeof(buf)), 1);
-    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), 1); /* "b" is there: bell kept */
+    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), CMP_CHAN_MESSAGE); /* "b" is there: bell kept */
     CHECK(readable(sv[0]));
     CHECK_EQ(take(&c, 0, buf, sizeof(buf)), 1);
     CHECK(!strcmp(buf, "b"));
@@ -82,7 +83,7 @@ CTEST(bell_follows_the_ring)
     CHECK_EQ(cmp_chan_wait(&c, 0, sv[0], 1, cmp_monotonic_ns(), &(cmp_spin_budget){0}), CMP_OK);
     close(sv[1]);
     CHECK_EQ(take(&c, 0, buf, sizeof(buf)), 1);
-    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), 3); /* empty, and the end */
+    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), CMP_CHAN_GONE); /* empty, and the end */
     CHECK_EQ(cmp_chan_wait(&c, 0, sv[0], 1, CMP_FOREVER, &(cmp_spin_budget){0}), CMP_EEOF);
     close(sv[0]);
     munmap(mem, cmp_chan_size(2, CAP));
@@ -150,6 +151,27 @@ CTEST(descriptor_records_skip_bells)
         close(p[i]);
         close(sv[i]);
     }
+}
+
+CTEST(stray_byte_is_a_protocol_error)
+{
+    /* A byte written to the descriptor directly (not a bell, not a
+     * descriptor record) is neither a message nor the end: recv() says so. */
+    cmp_chan c;
+    void *mem = new_chan(2, &c);
+    CHECK(mem != NULL);
+    int sv[2];
+    CHECK_EQ(socketpair(AF_UNIX, SOCK_SEQPACKET, 0, sv), 0);
+    CHECK_EQ(send(sv[1], "x", 1, 0), 1);
+    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), CMP_CHAN_STRAY_BYTE);
+    errno = 0;
+    CHECK_EQ(cmp_chan_wait(&c, 0, sv[0], 1, CMP_FOREVER, &(cmp_spin_budget){0}), CMP_ERRNO);
+    CHECK_EQ(errno, EPROTO);
+    CHECK_EQ(put(&c, 0, sv[1], "a"), CMP_OK); /* a message still comes first */
+    CHECK_EQ(cmp_chan_ready(&c, 0, sv[0], 1), CMP_CHAN_MESSAGE);
+    close(sv[0]);
+    close(sv[1]);
+    munmap(mem, cmp_chan_size(2, CAP));
 }
 
 CTEST(pipe_peer_gone)

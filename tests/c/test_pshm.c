@@ -14,6 +14,26 @@ unique_name(char *buf, size_t n, const char *tag)
     snprintf(buf, n, "/cmp_ctest_%s_%d", tag, (int)getpid());
 }
 
+/* In a child that starts a tracker, which inherits stderr: keep its expected
+ * warning out of the log. */
+static void
+quiet_stderr(void)
+{
+    int null = open("/dev/null", O_WRONLY);
+    if (null >= 0)
+        dup2(null, 2);
+}
+
+/* Whether the file at path is gone within five seconds (the tracker unlinks
+ * once the child that started it has exited). */
+static int
+gone_soon(const char *path)
+{
+    for (int i = 0; i < 500 && access(path, F_OK) == 0; i++)
+        usleep(10000);
+    return access(path, F_OK) != 0;
+}
+
 CTEST(create_attach_unlink)
 {
     char name[64];
@@ -47,15 +67,13 @@ CTEST(tracker_unlinks_what_is_left)
     pid_t pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
-        /* the tracker inherits stderr: keep its expected warning out of the log */
-        int null = open("/dev/null", O_WRONLY);
-        if (null >= 0)
-            dup2(null, 2);
+        quiet_stderr();
         size_t sz = 64;
         int a = cmp_pshm_open(kept, 1, &sz), b = cmp_pshm_open(freed, 1, &sz);
         if (a < 0 || b < 0)
             _exit(2);
-        int sa = cmp_tracker_add(kept, a), sb = cmp_tracker_add(freed, b);
+        int sa = cmp_tracker_add(kept, a, CMP_TRACK_SHM),
+            sb = cmp_tracker_add(freed, b, CMP_TRACK_SHM);
         if (sa < 0 || sb < 0)
             _exit(3);
         cmp_pshm_unlink(freed);
@@ -65,14 +83,10 @@ CTEST(tracker_unlinks_what_is_left)
     int st;
     CHECK(waitpid(pid, &st, 0) == pid);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    char kept_path[96];
+    snprintf(kept_path, sizeof kept_path, "/dev/shm%s", kept);
+    CHECK(gone_soon(kept_path));
     size_t seen;
-    for (int i = 0; i < 500; i++) {
-        int fd = cmp_pshm_open(kept, 0, &seen);
-        if (fd < 0)
-            break;
-        close(fd);
-        usleep(10000);
-    }
     CHECK_EQ(cmp_pshm_open(kept, 0, &seen), CMP_ERRNO);
     CHECK_EQ(errno, ENOENT);
 }
@@ -88,9 +102,7 @@ CTEST(tracker_kinds_and_forget_by_name)
     pid_t pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
-        int null = open("/dev/null", O_WRONLY);
-        if (null >= 0)
-            dup2(null, 2);
+        quiet_stderr();
         size_t sz = 64;
         int s = open(sem_path, O_RDWR | O_CREAT | O_EXCL, 0600);
         int f = cmp_pshm_open(forgotten, 1, &sz);
@@ -98,8 +110,9 @@ CTEST(tracker_kinds_and_forget_by_name)
             _exit(2);
         char sem_name[96];
         snprintf(sem_name, sizeof sem_name, "/sem.%s", sem + 1);
-        if (cmp_tracker_add_kind(sem_name, s, CMP_TRACK_SEM) < 0
-            || cmp_tracker_add(forgotten, f) < 0 || cmp_tracker_add(forgotten, f) < 0)
+        if (cmp_tracker_add(sem_name, s, CMP_TRACK_SEM) < 0
+            || cmp_tracker_add(forgotten, f, CMP_TRACK_SHM) < 0
+            || cmp_tracker_add(forgotten, f, CMP_TRACK_SHM) < 0)
             _exit(3);
         if (cmp_tracker_forget(forgotten, CMP_TRACK_SEM) != 0 || /* wrong kind */
             cmp_tracker_forget(forgotten, CMP_TRACK_SHM) != 2)
@@ -112,9 +125,7 @@ CTEST(tracker_kinds_and_forget_by_name)
     int st;
     CHECK(waitpid(pid, &st, 0) == pid);
     CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
-    for (int i = 0; i < 500 && access(sem_path, F_OK) == 0; i++)
-        usleep(10000);
-    CHECK(access(sem_path, F_OK) != 0);
+    CHECK(gone_soon(sem_path));
     size_t seen;
     int fd = cmp_pshm_open(forgotten, 0, &seen);
     CHECK(fd >= 0);

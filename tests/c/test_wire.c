@@ -182,6 +182,37 @@ CTEST(bad_and_truncated_headers)
     close(sv[1]);
 }
 
+/* End of file between the stdlib's reads of a frame is EOFError, inside one
+ * "got end of file during message". */
+CTEST(eof_inside_a_read_is_told_from_eof_between_reads)
+{
+    static const struct {
+        const char *bytes;
+        size_t n;
+        int inside;
+    } cases[] = {
+            {"", 0, 0},
+            {"\0\0", 2, 1},
+            {"\xff\xff\xff\xff", 4, 0}, /* the marker, then nothing */
+            {"\xff\xff\xff\xff\0\0", 6, 1},
+            {"\0\0\0\x03", 4, 0}, /* the length, then no payload */
+            {"\0\0\0\003a", 5, 1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int sv[2];
+        CHECK_EQ(socketpair(AF_UNIX, SOCK_STREAM, 0, sv), 0);
+        CHECK_EQ(write(sv[0], cases[i].bytes, cases[i].n), (ssize_t)cases[i].n);
+        close(sv[0]);
+        cmp_wire_rx rx;
+        char *buf = NULL;
+        uint64_t len;
+        CHECK_EQ(recv_frame(sv[1], 1, &rx, &buf, &len), CMP_EEOF);
+        CHECK_EQ(cmp_wire_rx_eof_inside(&rx), cases[i].inside);
+        free(buf);
+        close(sv[1]);
+    }
+}
+
 CTEST(reads_resume_after_a_short_read)
 {
     int sv[2];
