@@ -404,7 +404,12 @@ cmp_codec_load(cmp_state *st, unsigned char *buf, size_t len)
     if (mv == NULL)
         return NULL;
     obj = PyObject_CallOneArg(st->loads, mv);
-    /* Nothing may keep a view of the buffer we reuse. */
+    /* Nothing may keep a view of the buffer we reuse. Held only here (the
+     * usual case), dropping it releases it: no release() call to look up. */
+    if (Py_REFCNT(mv) == 1) {
+        Py_DECREF(mv);
+        return obj;
+    }
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
     PyObject *r = PyObject_CallMethod(mv, "release", NULL);
