@@ -56,28 +56,6 @@ enum { TASK_APPLY = 0, TASK_MAP = 1, TASK_STARMAP = 2, TASK_STOP = 3 };
 #define DISPATCH_BATCH 256
 
 /* ------------------------------------------------------------------------ */
-/* Exceptions as objects (PyErr_GetRaisedException is 3.12+)                */
-
-static PyObject *
-exc_fetch(void)
-{
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL && value != NULL)
-        PyException_SetTraceback(value, tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    return value;
-}
-
-static void
-exc_restore(PyObject *value)
-{
-    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(value)), value, PyException_GetTraceback(value));
-}
-
-/* ------------------------------------------------------------------------ */
 /* Messages                                                                 */
 
 static PyObject *
@@ -223,9 +201,9 @@ task_func(cmp_state *st, PyObject *cache, unsigned char *p, size_t flen, int cac
 static PyObject *
 task_failure(PyObject *hook, PyObject *value)
 {
-    PyObject *exc = exc_fetch();
+    PyObject *exc = cmp_exc_fetch();
     if (!PyErr_GivenExceptionMatches(exc, PyExc_Exception)) {
-        exc_restore(exc);
+        cmp_exc_restore(exc);
         return NULL;
     }
     PyObject *r = value ? PyObject_CallFunctionObjArgs(hook, exc, value, NULL)
@@ -453,7 +431,7 @@ pool_dispatch(PyObject *module, PyObject *args)
             if (value == NULL) {
                 /* An unpicklable result fails its task (the stdlib's result
                  * thread dies here). */
-                value = exc_fetch();
+                value = cmp_exc_fetch();
                 success = 0;
             }
             deliver(cache, set_name, h[1], h[2], success, value);
@@ -593,9 +571,9 @@ pool_put_tasks(PyObject *module, PyObject *args)
             goto error;
         PyObject *pieces = task_pieces(st, fcache, w[0], w[1], w[2], w[3], func, payload);
         if (pieces == NULL) {
-            PyObject *exc = exc_fetch();
+            PyObject *exc = cmp_exc_fetch();
             if (!PyErr_GivenExceptionMatches(exc, PyExc_Exception)) {
-                exc_restore(exc);
+                cmp_exc_restore(exc);
                 goto error;
             }
             PyObject *pair = PyTuple_Pack(2, item, exc);

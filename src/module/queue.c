@@ -596,30 +596,6 @@ part_take(CmpQueueObject *self, cmp_ring_rop *op, size_t *lens)
     return buf;
 }
 
-/* The exception being raised as one object (PyErr_GetRaisedException is
- * 3.12+); NULL if none. */
-static PyObject *
-fetch_exception(void)
-{
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
-    if (et == NULL)
-        return NULL;
-    PyErr_NormalizeException(&et, &ev, &tb);
-    if (tb != NULL && ev != NULL)
-        PyException_SetTraceback(ev, tb);
-    Py_XDECREF(et);
-    Py_XDECREF(tb);
-    return ev;
-}
-
-static void
-raise_exception(PyObject *exc)
-{
-    PyObject *tb = PyException_GetTraceback(exc);
-    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, tb);
-}
-
 /* Put the exception being raised, or messages, at the front of the
  * backlog. 0, or -1 (out of memory: they are lost, a MemoryError set). */
 static int
@@ -633,7 +609,7 @@ backlog_push(CmpQueueObject *self, PyObject *entries)
 static int
 backlog_push_error(CmpQueueObject *self)
 {
-    PyObject *exc = fetch_exception();
+    PyObject *exc = cmp_exc_fetch();
     if (exc == NULL)
         return 0;
     PyObject *one = PyList_New(1);
@@ -668,7 +644,7 @@ backlog_serve(CmpQueueObject *self, size_t max)
         }
         PyObject *obj = NULL;
         if (PyExceptionInstance_Check(e))
-            raise_exception(e); /* steals e */
+            cmp_exc_restore(e); /* steals e */
         else {
             obj = cmp_codec_load(self->st, (unsigned char *)PyBytes_AS_STRING(e),
                                  (size_t)PyBytes_GET_SIZE(e));
@@ -708,7 +684,7 @@ load_batch(CmpQueueObject *self, unsigned char *buf, const size_t *lens, size_t 
     if (list == NULL || i == n)
         return list;
     /* Item i failed: keep the rest, raw, then the error in front. */
-    PyObject *exc = fetch_exception();
+    PyObject *exc = cmp_exc_fetch();
     PyObject *rest = PyList_New(0);
     off += lens[i];
     for (size_t j = i + 1; rest != NULL && j < n; off += lens[j++]) {
@@ -728,11 +704,11 @@ load_batch(CmpQueueObject *self, unsigned char *buf, const size_t *lens, size_t 
     if (PyList_GET_SIZE(list) == 0) {
         Py_DECREF(list);
         if (exc != NULL)
-            raise_exception(exc);
+            cmp_exc_restore(exc);
         return NULL;
     }
     if (exc != NULL) {
-        raise_exception(exc);
+        cmp_exc_restore(exc);
         if (backlog_push_error(self) < 0)
             Py_CLEAR(list);
     }
