@@ -451,36 +451,26 @@ done:
 /* ------------------------------------------------------------------------ */
 /* Posting                                                                  */
 
-/* One bytes object from a list of bytes-like pieces. A piece may be a
- * PickleBuffer (protocol 5 writes large buffers so): it has no len(), and a
- * Fortran-ordered one is contiguous but not C-contiguous, so both loops go
- * through the buffer protocol and copy in memory order, as pickle does. */
+/* One bytes object from a list of pieces (what cmp_codec_encode returns:
+ * bytes, or C-contiguous buffers the sink kept, PickleBuffers without a
+ * len()): a lone bytes piece as it is, else pinned once and copied. */
 static PyObject *
 join_pieces(PyObject *pieces)
 {
-    Py_ssize_t n = PyList_GET_SIZE(pieces), total = 0;
-    if (n == 1 && PyBytes_CheckExact(PyList_GET_ITEM(pieces, 0)))
+    if (PyList_GET_SIZE(pieces) == 1 && PyBytes_CheckExact(PyList_GET_ITEM(pieces, 0)))
         return Py_NewRef(PyList_GET_ITEM(pieces, 0));
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_buffer v;
-        if (PyObject_GetBuffer(PyList_GET_ITEM(pieces, i), &v, PyBUF_FULL_RO) < 0)
-            return NULL;
-        total += v.len;
-        PyBuffer_Release(&v);
-    }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
-    char *p = out ? PyBytes_AS_STRING(out) : NULL;
-    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
-        Py_buffer v;
-        if (PyObject_GetBuffer(PyList_GET_ITEM(pieces, i), &v, PyBUF_FULL_RO) < 0) {
-            Py_CLEAR(out);
-            break;
+    cmp_pinned m;
+    if (cmp_pin(&m, pieces) < 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)m.msg.len);
+    if (out != NULL) {
+        char *p = PyBytes_AS_STRING(out);
+        for (int i = 0; i < m.msg.niov; i++) {
+            memcpy(p, m.iov[i].iov_base, m.iov[i].iov_len);
+            p += m.iov[i].iov_len;
         }
-        if (PyBuffer_ToContiguous(p, &v, v.len, 'A') < 0)
-            Py_CLEAR(out);
-        p += v.len;
-        PyBuffer_Release(&v);
     }
+    cmp_unpin(&m);
     return out;
 }
 
