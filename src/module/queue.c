@@ -419,7 +419,8 @@ queue_put_many(CmpQueueObject *self, PyObject *const *args, Py_ssize_t nargs, Py
         if (rc)
             msgs[i] = fast[i].msg;
     }
-    for (; opened < n; opened++) {
+    /* A SimpleRing's write_pieces pins each message itself. */
+    for (; !self->simple && opened < n; opened++) {
         PyObject *p = PyList_GET_ITEM(all, opened);
         if (p == NULL) {
             views[opened].n = 0;
