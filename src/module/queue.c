@@ -27,12 +27,10 @@ typedef struct {
     cmp_shm_block block;
     PyObject *module; /* keeps cmp_state alive */
     cmp_state *st;
-    unsigned char *scratch;
-    size_t scratch_cap;
-    char scratch_busy;
-    char closed;  /* _closed */
-    char pending; /* _pending: this process has an overflow */
-    char simple;  /* SimpleRing: put blocks, no overflow */
+    cmp_rxbuf scratch; /* get()'s buffer; lent out (empty here) while in use */
+    char closed;       /* _closed */
+    char pending;      /* _pending: this process has an overflow */
+    char simple;       /* SimpleRing: put blocks, no overflow */
     /* see "get" below */
     cmp_ring_rop part;       /* a streamed message partly received */
     unsigned char *part_buf; /* its buffer (malloc'd); NULL: none */
@@ -131,9 +129,7 @@ queue_release(CmpQueueObject *self)
         cmp_shm_free(&self->block);
         self->ring = NULL;
     }
-    free(self->scratch);
-    self->scratch = NULL;
-    self->scratch_cap = 0;
+    cmp_rxbuf_free(&self->scratch);
 }
 
 static void
@@ -725,8 +721,7 @@ take_and_load(CmpQueueObject *self, size_t max, int blocking, int64_t deadline, 
         return backlog_serve(self, max);
     size_t lens1[1];
     size_t *lens = lens1;
-    unsigned char *buf;
-    size_t cap;
+    cmp_rxbuf b = {NULL, 0};
     PyObject *list = NULL;
     cmp_ring_rop op;
     if (max > 1) {
@@ -734,60 +729,32 @@ take_and_load(CmpQueueObject *self, size_t max, int blocking, int64_t deadline, 
         if (lens == NULL)
             return PyErr_NoMemory();
     }
-    /* A buffer of our own when resuming, or re-entered (from an unpickler). */
-    unsigned char *part = part_take(self, &op, lens);
-    int own = part != NULL || self->scratch_busy;
-    if (part != NULL) {
-        buf = part;
-        cap = op.cap;
-    }
-    else if (own) {
-        cap = CMP_RXBUF_MIN;
-        buf = malloc(cap);
+    /* The partly received message's buffer when resuming; else the scratch
+     * buffer, borrowed (a get() re-entered from an unpickler makes its own). */
+    b.buf = part_take(self, &op, lens);
+    if (b.buf != NULL) {
+        b.cap = op.cap;
     }
     else {
-        if (self->scratch == NULL) {
-            self->scratch = malloc(CMP_RXBUF_MIN);
-            self->scratch_cap = self->scratch ? CMP_RXBUF_MIN : 0;
-        }
-        buf = self->scratch;
-        cap = self->scratch_cap;
-        self->scratch_busy = 1;
+        b = self->scratch;
+        self->scratch = (cmp_rxbuf){NULL, 0};
+        if (cmp_rxbuf_grow(&b, CMP_RXBUF_MIN) < 0)
+            goto done;
+        cmp_ring_rop_init(&op, b.buf, b.cap, lens, max);
     }
-    if (buf == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (part == NULL)
-        cmp_ring_rop_init(&op, buf, cap, lens, max);
     int st;
     for (;;) {
         st = cmp_codec_take(self->ring, &op, blocking ? deadline : CMP_RING_NOW);
         if (st != CMP_NEED)
             break;
-        size_t want = op.need > cap * 2 ? op.need : cap * 2;
-        unsigned char *nb = realloc(buf, want);
-        if (nb == NULL) {
-            PyErr_NoMemory();
+        if (cmp_rxbuf_grow(&b, op.need) < 0)
             goto done;
-        }
-        buf = nb;
-        cap = want;
-        if (!own) {
-            self->scratch = buf;
-            self->scratch_cap = cap;
-        }
-        cmp_ring_rop_init(&op, buf, cap, lens, max);
+        cmp_ring_rop_init(&op, b.buf, b.cap, lens, max);
     }
     if (st != CMP_OK && op.locked) {
-        /* Partly received: keep it for the next get(), in a buffer of its own. */
-        if (!own) {
-            self->scratch = NULL;
-            self->scratch_cap = 0;
-            own = 1;
-        }
-        part_keep(self, &op, buf);
-        buf = NULL;
+        /* Partly received: keep it, in this buffer, for the next get(). */
+        part_keep(self, &op, b.buf);
+        b = (cmp_rxbuf){NULL, 0};
     }
     if (st == CMP_EEMPTY || st == CMP_ETIMEDOUT) {
         if (raise_empty)
@@ -798,21 +765,16 @@ take_and_load(CmpQueueObject *self, size_t max, int blocking, int64_t deadline, 
     else if (st != CMP_OK)
         cmp_set_error(st);
     else
-        list = load_batch(self, buf, lens, op.n);
+        list = load_batch(self, b.buf, lens, op.n);
 done:
     if (lens != lens1)
         PyMem_Free(lens);
-    if (own) {
-        free(buf);
-    }
-    else {
-        self->scratch_busy = 0;
-        if (self->scratch_cap > CMP_RXBUF_KEEP) {
-            free(self->scratch);
-            self->scratch = NULL;
-            self->scratch_cap = 0;
-        }
-    }
+    /* Give the buffer back, unless a re-entered get() already did its own. */
+    cmp_rxbuf_trim(&b);
+    if (self->scratch.buf == NULL)
+        self->scratch = b;
+    else
+        cmp_rxbuf_free(&b);
     return list;
 }
 
