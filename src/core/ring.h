@@ -89,14 +89,13 @@ typedef struct {
     size_t len; /* sum of the pieces */
 } cmp_ring_msg;
 
-/* offer flags */
-#define CMP_RING_WAIT_LOCK \
-    1 /* wait for the put lock (bounded: until the
-                                   deadline; unbounded: LOCK_PATIENCE, then
-                                   defer); else only spin for it briefly */
-#define CMP_RING_TRY \
-    2 /* never sleep: CMP_EFULL if it would have to
-                                   (for a slot or for the lock) */
+/* offer flags.
+ * CMP_RING_WAIT_LOCK: wait for the put lock (bounded: until the deadline;
+ *   unbounded: LOCK_PATIENCE, then defer); else only spin for it briefly.
+ * CMP_RING_TRY: never sleep: CMP_EFULL if it would have to (for a slot or
+ *   for the lock). */
+#define CMP_RING_WAIT_LOCK 1
+#define CMP_RING_TRY 2
 #define CMP_RING_LOCK_PATIENCE_NS (2 * 1000000LL)
 
 /* Accept `count` messages for the queue, in order; *accepted of them were
@@ -116,12 +115,12 @@ typedef struct {
     int reserved; /* in: the message holds a reserved slot */
     /* Optional, for cmp.connection's transport (cmp_ring_wop_init leaves
      * them off): */
-    int64_t deadline;              /* give up waiting then: CMP_ETIMEDOUT (resumable) */
-    int mark;                      /* the taker sees it in cmp_ring_rop.mark */
-    int (*on_lock)(void *arg);     /* once, holding the put lock, before any
-                                   record: non-CMP_OK aborts the write */
-    void (*on_publish)(void *arg); /* once, when the message's first record
-                                       is in the ring */
+    int64_t deadline; /* give up waiting then: CMP_ETIMEDOUT (resumable) */
+    int mark;         /* the taker sees it in cmp_ring_rop.mark */
+    /* once, holding the put lock, before any record: non-CMP_OK aborts the write */
+    int (*on_lock)(void *arg);
+    /* once, when the message's first record is in the ring */
+    void (*on_publish)(void *arg);
     void *arg;
     /* private */
     int hooked;
@@ -158,9 +157,9 @@ typedef struct {
     int mark;                /* out: the first message's wop.mark */
     size_t need;             /* out with CMP_NEED: buffer size needed */
     _Atomic uint64_t *claim; /* in, optional (set after rop_init): see below */
-    int64_t stream_deadline; /* in, optional: the deadline for the rest of a
-                                   streamed message once its first chunk is
-                                   taken; 0 (rop_init): take's deadline */
+    /* in, optional: the deadline for the rest of a streamed message once its
+     * first chunk is taken; 0 (rop_init): take's deadline */
+    int64_t stream_deadline;
     /* private */
     int locked;
     size_t total, got;

@@ -22,28 +22,31 @@ sink_write(CmpSinkObject *self, PyObject *data)
 {
     Py_buffer view;
     Py_ssize_t len;
-    if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) == 0) {
+    PyObject *piece;
+    if (PyBytes_CheckExact(data)) { /* nearly every write: no buffer to ask for */
+        len = PyBytes_GET_SIZE(data);
+        piece = Py_NewRef(data);
+    }
+    else if (PyObject_GetBuffer(data, &view, PyBUF_SIMPLE) == 0) {
         len = view.len;
         PyBuffer_Release(&view);
-        if (PyList_Append(self->pieces, data) < 0)
-            return NULL;
-        return PyLong_FromSsize_t(len);
+        piece = Py_NewRef(data);
     }
-    PyErr_Clear();
-    if (PyObject_GetBuffer(data, &view, PyBUF_FULL_RO) < 0)
-        return NULL;
-    len = view.len;
-    PyObject *copy = PyBytes_FromStringAndSize(NULL, len);
-    if (copy != NULL && PyBuffer_ToContiguous(PyBytes_AS_STRING(copy), &view, len, 'A') < 0)
-        Py_CLEAR(copy);
-    PyBuffer_Release(&view);
-    if (copy == NULL)
-        return NULL;
-    int rc = PyList_Append(self->pieces, copy);
-    Py_DECREF(copy);
-    if (rc < 0)
-        return NULL;
-    return PyLong_FromSsize_t(len);
+    else {
+        PyErr_Clear();
+        if (PyObject_GetBuffer(data, &view, PyBUF_FULL_RO) < 0)
+            return NULL;
+        len = view.len;
+        piece = PyBytes_FromStringAndSize(NULL, len);
+        if (piece != NULL && PyBuffer_ToContiguous(PyBytes_AS_STRING(piece), &view, len, 'A') < 0)
+            Py_CLEAR(piece);
+        PyBuffer_Release(&view);
+        if (piece == NULL)
+            return NULL;
+    }
+    int rc = PyList_Append(self->pieces, piece);
+    Py_DECREF(piece);
+    return rc < 0 ? NULL : PyLong_FromSsize_t(len);
 }
 
 static int
@@ -401,7 +404,12 @@ cmp_codec_load(cmp_state *st, unsigned char *buf, size_t len)
     if (mv == NULL)
         return NULL;
     obj = PyObject_CallOneArg(st->loads, mv);
-    /* Nothing may keep a view of the buffer we reuse. */
+    /* Nothing may keep a view of the buffer we reuse. Held only here (the
+     * usual case), dropping it releases it: no release() call to look up. */
+    if (Py_REFCNT(mv) == 1) {
+        Py_DECREF(mv);
+        return obj;
+    }
     PyObject *et, *ev, *tb;
     PyErr_Fetch(&et, &ev, &tb);
     PyObject *r = PyObject_CallMethod(mv, "release", NULL);

@@ -43,6 +43,30 @@ cmp_set_error(int status)
     return NULL;
 }
 
+/* The exception being raised as one object, its traceback attached
+ * (PyErr_GetRaisedException is 3.12+); NULL if none. */
+PyObject *
+cmp_exc_fetch(void)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (type == NULL)
+        return NULL;
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL && value != NULL)
+        PyException_SetTraceback(value, tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value;
+}
+
+/* Raise exc again (stolen). */
+void
+cmp_exc_restore(PyObject *exc)
+{
+    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, PyException_GetTraceback(exc));
+}
+
 PyObject *
 cmp_set_error_with_filename(int status, PyObject *filename)
 {

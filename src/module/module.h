@@ -46,6 +46,12 @@ PyObject *cmp_set_error(int status);
 /* The same, naming `filename` in the OSError (as open() does). */
 PyObject *cmp_set_error_with_filename(int status, PyObject *filename);
 
+/* The exception being raised, taken as one object with its traceback
+ * (NULL if none); and raising it again, the reference stolen. What
+ * PyErr_GetRaisedException / PyErr_SetRaisedException do from 3.12 on. */
+PyObject *cmp_exc_fetch(void);
+void cmp_exc_restore(PyObject *exc);
+
 /* timeout (None or a number of seconds) -> absolute deadline.
  * Returns 0, or -1 with an exception set. */
 int cmp_deadline_from_timeout(PyObject *timeout, int64_t *deadline);

@@ -56,28 +56,6 @@ enum { TASK_APPLY = 0, TASK_MAP = 1, TASK_STARMAP = 2, TASK_STOP = 3 };
 #define DISPATCH_BATCH 256
 
 /* ------------------------------------------------------------------------ */
-/* Exceptions as objects (PyErr_GetRaisedException is 3.12+)                */
-
-static PyObject *
-exc_fetch(void)
-{
-    PyObject *type, *value, *tb;
-    PyErr_Fetch(&type, &value, &tb);
-    PyErr_NormalizeException(&type, &value, &tb);
-    if (tb != NULL && value != NULL)
-        PyException_SetTraceback(value, tb);
-    Py_XDECREF(type);
-    Py_XDECREF(tb);
-    return value;
-}
-
-static void
-exc_restore(PyObject *value)
-{
-    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(value)), value, PyException_GetTraceback(value));
-}
-
-/* ------------------------------------------------------------------------ */
 /* Messages                                                                 */
 
 static PyObject *
@@ -223,9 +201,9 @@ task_func(cmp_state *st, PyObject *cache, unsigned char *p, size_t flen, int cac
 static PyObject *
 task_failure(PyObject *hook, PyObject *value)
 {
-    PyObject *exc = exc_fetch();
+    PyObject *exc = cmp_exc_fetch();
     if (!PyErr_GivenExceptionMatches(exc, PyExc_Exception)) {
-        exc_restore(exc);
+        cmp_exc_restore(exc);
         return NULL;
     }
     PyObject *r = value ? PyObject_CallFunctionObjArgs(hook, exc, value, NULL)
@@ -453,7 +431,7 @@ pool_dispatch(PyObject *module, PyObject *args)
             if (value == NULL) {
                 /* An unpicklable result fails its task (the stdlib's result
                  * thread dies here). */
-                value = exc_fetch();
+                value = cmp_exc_fetch();
                 success = 0;
             }
             deliver(cache, set_name, h[1], h[2], success, value);
@@ -473,36 +451,26 @@ done:
 /* ------------------------------------------------------------------------ */
 /* Posting                                                                  */
 
-/* One bytes object from a list of bytes-like pieces. A piece may be a
- * PickleBuffer (protocol 5 writes large buffers so): it has no len(), and a
- * Fortran-ordered one is contiguous but not C-contiguous, so both loops go
- * through the buffer protocol and copy in memory order, as pickle does. */
+/* One bytes object from a list of pieces (what cmp_codec_encode returns:
+ * bytes, or C-contiguous buffers the sink kept, PickleBuffers without a
+ * len()): a lone bytes piece as it is, else pinned once and copied. */
 static PyObject *
 join_pieces(PyObject *pieces)
 {
-    Py_ssize_t n = PyList_GET_SIZE(pieces), total = 0;
-    if (n == 1 && PyBytes_CheckExact(PyList_GET_ITEM(pieces, 0)))
+    if (PyList_GET_SIZE(pieces) == 1 && PyBytes_CheckExact(PyList_GET_ITEM(pieces, 0)))
         return Py_NewRef(PyList_GET_ITEM(pieces, 0));
-    for (Py_ssize_t i = 0; i < n; i++) {
-        Py_buffer v;
-        if (PyObject_GetBuffer(PyList_GET_ITEM(pieces, i), &v, PyBUF_FULL_RO) < 0)
-            return NULL;
-        total += v.len;
-        PyBuffer_Release(&v);
-    }
-    PyObject *out = PyBytes_FromStringAndSize(NULL, total);
-    char *p = out ? PyBytes_AS_STRING(out) : NULL;
-    for (Py_ssize_t i = 0; out != NULL && i < n; i++) {
-        Py_buffer v;
-        if (PyObject_GetBuffer(PyList_GET_ITEM(pieces, i), &v, PyBUF_FULL_RO) < 0) {
-            Py_CLEAR(out);
-            break;
+    cmp_pinned m;
+    if (cmp_pin(&m, pieces) < 0)
+        return NULL;
+    PyObject *out = PyBytes_FromStringAndSize(NULL, (Py_ssize_t)m.msg.len);
+    if (out != NULL) {
+        char *p = PyBytes_AS_STRING(out);
+        for (int i = 0; i < m.msg.niov; i++) {
+            memcpy(p, m.iov[i].iov_base, m.iov[i].iov_len);
+            p += m.iov[i].iov_len;
         }
-        if (PyBuffer_ToContiguous(p, &v, v.len, 'A') < 0)
-            Py_CLEAR(out);
-        p += v.len;
-        PyBuffer_Release(&v);
     }
+    cmp_unpin(&m);
     return out;
 }
 
@@ -593,9 +561,9 @@ pool_put_tasks(PyObject *module, PyObject *args)
             goto error;
         PyObject *pieces = task_pieces(st, fcache, w[0], w[1], w[2], w[3], func, payload);
         if (pieces == NULL) {
-            PyObject *exc = exc_fetch();
+            PyObject *exc = cmp_exc_fetch();
             if (!PyErr_GivenExceptionMatches(exc, PyExc_Exception)) {
-                exc_restore(exc);
+                cmp_exc_restore(exc);
                 goto error;
             }
             PyObject *pair = PyTuple_Pack(2, item, exc);

@@ -27,12 +27,10 @@ typedef struct {
     cmp_shm_block block;
     PyObject *module; /* keeps cmp_state alive */
     cmp_state *st;
-    unsigned char *scratch;
-    size_t scratch_cap;
-    char scratch_busy;
-    char closed;  /* _closed */
-    char pending; /* _pending: this process has an overflow */
-    char simple;  /* SimpleRing: put blocks, no overflow */
+    cmp_rxbuf scratch; /* get()'s buffer; lent out (empty here) while in use */
+    char closed;       /* _closed */
+    char pending;      /* _pending: this process has an overflow */
+    char simple;       /* SimpleRing: put blocks, no overflow */
     /* see "get" below */
     cmp_ring_rop part;       /* a streamed message partly received */
     unsigned char *part_buf; /* its buffer (malloc'd); NULL: none */
@@ -131,9 +129,7 @@ queue_release(CmpQueueObject *self)
         cmp_shm_free(&self->block);
         self->ring = NULL;
     }
-    free(self->scratch);
-    self->scratch = NULL;
-    self->scratch_cap = 0;
+    cmp_rxbuf_free(&self->scratch);
 }
 
 static void
@@ -419,7 +415,8 @@ queue_put_many(CmpQueueObject *self, PyObject *const *args, Py_ssize_t nargs, Py
         if (rc)
             msgs[i] = fast[i].msg;
     }
-    for (; opened < n; opened++) {
+    /* A SimpleRing's write_pieces pins each message itself. */
+    for (; !self->simple && opened < n; opened++) {
         PyObject *p = PyList_GET_ITEM(all, opened);
         if (p == NULL) {
             views[opened].n = 0;
@@ -596,30 +593,6 @@ part_take(CmpQueueObject *self, cmp_ring_rop *op, size_t *lens)
     return buf;
 }
 
-/* The exception being raised as one object (PyErr_GetRaisedException is
- * 3.12+); NULL if none. */
-static PyObject *
-fetch_exception(void)
-{
-    PyObject *et, *ev, *tb;
-    PyErr_Fetch(&et, &ev, &tb);
-    if (et == NULL)
-        return NULL;
-    PyErr_NormalizeException(&et, &ev, &tb);
-    if (tb != NULL && ev != NULL)
-        PyException_SetTraceback(ev, tb);
-    Py_XDECREF(et);
-    Py_XDECREF(tb);
-    return ev;
-}
-
-static void
-raise_exception(PyObject *exc)
-{
-    PyObject *tb = PyException_GetTraceback(exc);
-    PyErr_Restore(Py_NewRef((PyObject *)Py_TYPE(exc)), exc, tb);
-}
-
 /* Put the exception being raised, or messages, at the front of the
  * backlog. 0, or -1 (out of memory: they are lost, a MemoryError set). */
 static int
@@ -633,7 +606,7 @@ backlog_push(CmpQueueObject *self, PyObject *entries)
 static int
 backlog_push_error(CmpQueueObject *self)
 {
-    PyObject *exc = fetch_exception();
+    PyObject *exc = cmp_exc_fetch();
     if (exc == NULL)
         return 0;
     PyObject *one = PyList_New(1);
@@ -668,7 +641,7 @@ backlog_serve(CmpQueueObject *self, size_t max)
         }
         PyObject *obj = NULL;
         if (PyExceptionInstance_Check(e))
-            raise_exception(e); /* steals e */
+            cmp_exc_restore(e); /* steals e */
         else {
             obj = cmp_codec_load(self->st, (unsigned char *)PyBytes_AS_STRING(e),
                                  (size_t)PyBytes_GET_SIZE(e));
@@ -708,7 +681,7 @@ load_batch(CmpQueueObject *self, unsigned char *buf, const size_t *lens, size_t 
     if (list == NULL || i == n)
         return list;
     /* Item i failed: keep the rest, raw, then the error in front. */
-    PyObject *exc = fetch_exception();
+    PyObject *exc = cmp_exc_fetch();
     PyObject *rest = PyList_New(0);
     off += lens[i];
     for (size_t j = i + 1; rest != NULL && j < n; off += lens[j++]) {
@@ -728,11 +701,11 @@ load_batch(CmpQueueObject *self, unsigned char *buf, const size_t *lens, size_t 
     if (PyList_GET_SIZE(list) == 0) {
         Py_DECREF(list);
         if (exc != NULL)
-            raise_exception(exc);
+            cmp_exc_restore(exc);
         return NULL;
     }
     if (exc != NULL) {
-        raise_exception(exc);
+        cmp_exc_restore(exc);
         if (backlog_push_error(self) < 0)
             Py_CLEAR(list);
     }
@@ -748,8 +721,7 @@ take_and_load(CmpQueueObject *self, size_t max, int blocking, int64_t deadline, 
         return backlog_serve(self, max);
     size_t lens1[1];
     size_t *lens = lens1;
-    unsigned char *buf;
-    size_t cap;
+    cmp_rxbuf b = {NULL, 0};
     PyObject *list = NULL;
     cmp_ring_rop op;
     if (max > 1) {
@@ -757,60 +729,32 @@ take_and_load(CmpQueueObject *self, size_t max, int blocking, int64_t deadline, 
         if (lens == NULL)
             return PyErr_NoMemory();
     }
-    /* A buffer of our own when resuming, or re-entered (from an unpickler). */
-    unsigned char *part = part_take(self, &op, lens);
-    int own = part != NULL || self->scratch_busy;
-    if (part != NULL) {
-        buf = part;
-        cap = op.cap;
-    }
-    else if (own) {
-        cap = CMP_RXBUF_MIN;
-        buf = malloc(cap);
+    /* The partly received message's buffer when resuming; else the scratch
+     * buffer, borrowed (a get() re-entered from an unpickler makes its own). */
+    b.buf = part_take(self, &op, lens);
+    if (b.buf != NULL) {
+        b.cap = op.cap;
     }
     else {
-        if (self->scratch == NULL) {
-            self->scratch = malloc(CMP_RXBUF_MIN);
-            self->scratch_cap = self->scratch ? CMP_RXBUF_MIN : 0;
-        }
-        buf = self->scratch;
-        cap = self->scratch_cap;
-        self->scratch_busy = 1;
+        b = self->scratch;
+        self->scratch = (cmp_rxbuf){NULL, 0};
+        if (cmp_rxbuf_grow(&b, CMP_RXBUF_MIN) < 0)
+            goto done;
+        cmp_ring_rop_init(&op, b.buf, b.cap, lens, max);
     }
-    if (buf == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    if (part == NULL)
-        cmp_ring_rop_init(&op, buf, cap, lens, max);
     int st;
     for (;;) {
         st = cmp_codec_take(self->ring, &op, blocking ? deadline : CMP_RING_NOW);
         if (st != CMP_NEED)
             break;
-        size_t want = op.need > cap * 2 ? op.need : cap * 2;
-        unsigned char *nb = realloc(buf, want);
-        if (nb == NULL) {
-            PyErr_NoMemory();
+        if (cmp_rxbuf_grow(&b, op.need) < 0)
             goto done;
-        }
-        buf = nb;
-        cap = want;
-        if (!own) {
-            self->scratch = buf;
-            self->scratch_cap = cap;
-        }
-        cmp_ring_rop_init(&op, buf, cap, lens, max);
+        cmp_ring_rop_init(&op, b.buf, b.cap, lens, max);
     }
     if (st != CMP_OK && op.locked) {
-        /* Partly received: keep it for the next get(), in a buffer of its own. */
-        if (!own) {
-            self->scratch = NULL;
-            self->scratch_cap = 0;
-            own = 1;
-        }
-        part_keep(self, &op, buf);
-        buf = NULL;
+        /* Partly received: keep it, in this buffer, for the next get(). */
+        part_keep(self, &op, b.buf);
+        b = (cmp_rxbuf){NULL, 0};
     }
     if (st == CMP_EEMPTY || st == CMP_ETIMEDOUT) {
         if (raise_empty)
@@ -821,21 +765,16 @@ take_and_load(CmpQueueObject *self, size_t max, int blocking, int64_t deadline, 
     else if (st != CMP_OK)
         cmp_set_error(st);
     else
-        list = load_batch(self, buf, lens, op.n);
+        list = load_batch(self, b.buf, lens, op.n);
 done:
     if (lens != lens1)
         PyMem_Free(lens);
-    if (own) {
-        free(buf);
-    }
-    else {
-        self->scratch_busy = 0;
-        if (self->scratch_cap > CMP_RXBUF_KEEP) {
-            free(self->scratch);
-            self->scratch = NULL;
-            self->scratch_cap = 0;
-        }
-    }
+    /* Give the buffer back, unless a re-entered get() already did its own. */
+    cmp_rxbuf_trim(&b);
+    if (self->scratch.buf == NULL)
+        self->scratch = b;
+    else
+        cmp_rxbuf_free(&b);
     return list;
 }
 

@@ -49,6 +49,24 @@ write1(cmp_ring *r, const void *data, size_t len, int reserved)
     return cmp_ring_write(r, &op);
 }
 
+/* A child process that writes one message (it blocks while nobody reads). */
+static pid_t
+fork_write1(cmp_ring *r, const void *data, size_t len)
+{
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(write1(r, data, len, 0) == CMP_OK ? 0 : 1);
+    return pid;
+}
+
+/* Reap a child: did it exit with 0? */
+static int
+reaped_ok(pid_t pid)
+{
+    int status;
+    return waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
 /* take one message into buf; its length or a negative status */
 static long
 take1(cmp_ring *r, void *buf, size_t cap, int64_t deadline)
@@ -177,12 +195,8 @@ CTEST(messages_larger_than_the_ring_stream)
 CTEST(dead_producer_mid_stream_is_recovered)
 {
     cmp_ring *r = new_ring(4096, 0, 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        static char big[1 << 16];
-        write1(r, big, sizeof(big), 0); /* blocks: nobody reads */
-        _exit(0);
-    }
+    static char big[1 << 16];
+    pid_t pid = fork_write1(r, big, sizeof(big)); /* blocks: nobody reads */
     usleep(100 * 1000);
     kill(pid, SIGKILL);
     waitpid(pid, NULL, 0);
@@ -201,12 +215,8 @@ CTEST(dead_producer_mid_stream_is_recovered)
 CTEST(dead_lock_holder_is_detected)
 {
     cmp_ring *r = new_ring(4096, 0, 0);
-    pid_t pid = fork();
-    if (pid == 0) {
-        static char big[1 << 16];
-        write1(r, big, sizeof(big), 0); /* holds the put lock */
-        _exit(0);
-    }
+    static char big[1 << 16];
+    pid_t pid = fork_write1(r, big, sizeof(big)); /* holds the put lock */
     usleep(100 * 1000);
     kill(pid, SIGKILL); /* not reaped yet: a zombie holds the lock */
     unsigned char out[1 << 16];
@@ -261,9 +271,7 @@ CTEST(claim_of_a_streamed_message)
     for (size_t i = 0; i < 2048; i++)
         big[i] = i + 100;
     _Atomic uint64_t claim[CMP_RING_CLAIM_WORDS] = {0};
-    pid_t pid = fork();
-    if (pid == 0)
-        _exit(write1(r, big, sizeof(big), 0) == CMP_OK ? 0 : 1);
+    pid_t pid = fork_write1(r, big, sizeof(big));
     size_t len;
     cmp_ring_rop op;
     cmp_ring_rop_init(&op, out, sizeof(out), &len, 1);
@@ -273,9 +281,7 @@ CTEST(claim_of_a_streamed_message)
     CHECK(memcmp(out, big, sizeof(big)) == 0);
     CHECK_EQ(claim[0], 100);
     CHECK_EQ(claim[2], 102);
-    int status;
-    waitpid(pid, &status, 0);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(reaped_ok(pid));
     free_ring(r);
 }
 
@@ -285,9 +291,7 @@ CTEST(stalled_stream_honours_the_deadline_and_resumes)
     static unsigned char big[16384], out[sizeof(big)];
     for (size_t i = 0; i < sizeof(big); i++)
         big[i] = (unsigned char)(i * 7);
-    pid_t pid = fork();
-    if (pid == 0)
-        _exit(write1(r, big, sizeof(big), 0) == CMP_OK ? 0 : 1);
+    pid_t pid = fork_write1(r, big, sizeof(big));
     size_t len;
     cmp_ring_rop op;
     cmp_ring_rop_init(&op, out, sizeof(out), &len, 1);
@@ -305,9 +309,7 @@ CTEST(stalled_stream_honours_the_deadline_and_resumes)
     CHECK_EQ(cmp_ring_take(r, &op, cmp_deadline_after(10)), CMP_OK);
     CHECK_EQ(len, sizeof(big));
     CHECK(memcmp(out, big, sizeof(big)) == 0);
-    int status;
-    waitpid(pid, &status, 0);
-    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    CHECK(reaped_ok(pid));
     free_ring(r);
 }
 
