@@ -8,20 +8,26 @@ rate is that of a program that starts children steadily.
 import time
 
 
-def _compile_cmp():
-    """Byte-compile cmp as installing it would. A source checkout run with
-    PYTHONDONTWRITEBYTECODE (or -B) has no bytecode for cmp, so every spawned
-    child would compile cmp from source, while the stdlib's bytecode comes
-    installed: that measures the checkout, not cmp."""
+def _compile_imports():
+    """Byte-compile cmp as installing it would, and this module. A source
+    checkout run with PYTHONDONTWRITEBYTECODE (or -B) has no bytecode for
+    them, so every spawned child would compile cmp from source, while the
+    stdlib's bytecode comes installed: that measures the checkout, not cmp;
+    and every spawn or forkserver child, on either side, would compile this
+    module (which holds its target) afresh.
+
+    Called by the workload in the measuring process, never at import: every
+    spawn and forkserver child imports this module to find its target, and
+    compileall's imports (traceback, and from 3.14 _colorize, dataclasses,
+    inspect, ast) would then cost each child several times a start, on
+    both sides alike, hiding the start itself."""
     import compileall
     import importlib.util
     spec = importlib.util.find_spec('cmp')
     if spec is not None and spec.submodule_search_locations:
         for folder in spec.submodule_search_locations:
             compileall.compile_dir(folder, maxlevels=0, quiet=2)
-
-
-_compile_cmp()
+    compileall.compile_file(__file__, quiet=2)
 
 
 def _noop():
@@ -30,6 +36,7 @@ def _noop():
 
 def _start_join(method, n):
     def start_join(mp, scale=1.0):
+        _compile_imports()
         ctx = mp.get_context(method)
         count = max(1, round(n * scale))
         warm = ctx.Process(target=_noop)

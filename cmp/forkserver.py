@@ -261,18 +261,12 @@ def _run_child(data, fds):
     """In a child of the server: become the requested process."""
     requester_pidfd, *inherited = fds
     context._inherited_fds = inherited
-    process.current_process()._inheriting = True
-    try:
-        prep, offset = spawn._load_prefixed(data, 0)
-        spawn.prepare(prep)
-        process_obj, _ = spawn._load_prefixed(data, offset)
-    finally:
-        del process.current_process()._inheriting
-    del data
-    if process_obj.daemon:
-        # Our parent is the server; a daemon dies with the requester.
-        _core.die_with_parent(0, os.dup(requester_pidfd))
-    return process_obj._bootstrap(parent_sentinel=requester_pidfd)
+
+    def before_run(process_obj):
+        if process_obj.daemon:
+            # Our parent is the server; a daemon dies with the requester.
+            _core.die_with_parent(0, os.dup(requester_pidfd))
+    return spawn._prepare_and_run(data, requester_pidfd, before_run)
 
 
 def read_signed(sock):

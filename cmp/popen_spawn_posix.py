@@ -102,7 +102,7 @@ def _is_open(fd):
 
 def _start_state():
     """Everything a child spawned now would start from."""
-    return (spawn.get_executable(), tuple(spawn.get_spare_command_line()),
+    return (spawn.get_executable(), tuple(spawn.get_command_line(spare=3)),
             dict(os.environb), os.getcwd(), _core.proc_state())
 
 

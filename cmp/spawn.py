@@ -186,18 +186,10 @@ def _read_all(fd):
         chunks.append(b)
 
 
-def get_spare_command_line():
-    """The argv of a spare interpreter: one started ahead of time that waits,
-    on descriptor 3, for the child it is to become (see popen_spawn_posix)."""
-    import subprocess
-    opts = subprocess._args_from_interpreter_flags()
-    prog = 'from cmp.spawn import spawn_main; spawn_main()'
-    return [_executable, *opts, '-c', prog, '--cmp-spawn', 'spare=3']
-
-
 def spawn_main():
-    """Entry point of a spawned child (see get_command_line) or of a spare
-    (see get_spare_command_line)."""
+    """Entry point of a spawned child (see get_command_line: fd=, ppid=,
+    main=) or of a spare (spare=: the socket, descriptor 3, on which it
+    waits for the child it is to become; see popen_spawn_posix)."""
     assert is_forking(sys.argv), 'spawn_main() is run by cmp in a spawned child'
     kw = dict(arg.split('=', 1) for arg in sys.argv[2:])
     if 'spare' in kw:

@@ -104,8 +104,9 @@ cmp_die_with_parent(pid_t expected_ppid)
 pid_t
 cmp_fork(int die_with_parent, int parent_pidfd)
 {
-    pid_t parent = getpid();
-    int main_thread = (pid_t)syscall(SYS_gettid) == parent;
+    /* Only a daemon needs to know who forked it, and from which thread. */
+    pid_t parent = die_with_parent ? getpid() : 0;
+    int main_thread = die_with_parent && (pid_t)syscall(SYS_gettid) == parent;
     pid_t pid = fork();
     if (pid < 0)
         return CMP_ERRNO;
@@ -123,25 +124,17 @@ cmp_fork(int die_with_parent, int parent_pidfd)
     return pid;
 }
 
-pid_t
-cmp_spawn(const char *path, char *const argv[], char *const envp[], const int *keep, size_t nkeep)
+/* Spawn with the file actions `fa` that the caller has added to (rc: the
+ * first failure to add one, or 0), then destroy them. */
+static pid_t
+spawn_with(posix_spawn_file_actions_t *fa, int rc, const char *path, char *const argv[],
+           char *const envp[])
 {
-    posix_spawn_file_actions_t fa;
     pid_t pid;
-    int rc;
 
-    if ((rc = posix_spawn_file_actions_init(&fa)) != 0) {
-        errno = rc;
-        return CMP_ERRNO;
-    }
-    for (size_t i = 0; i < nkeep; i++) {
-        /* dup2(fd, fd) in a file action clears close-on-exec (glibc >= 2.29) */
-        if ((rc = posix_spawn_file_actions_adddup2(&fa, keep[i], keep[i])) != 0)
-            goto done;
-    }
-    rc = posix_spawn(&pid, path, &fa, NULL, argv, envp);
-done:
-    posix_spawn_file_actions_destroy(&fa);
+    if (rc == 0)
+        rc = posix_spawn(&pid, path, fa, NULL, argv, envp);
+    posix_spawn_file_actions_destroy(fa);
     if (rc != 0) {
         errno = rc;
         return CMP_ERRNO;
@@ -150,11 +143,26 @@ done:
 }
 
 pid_t
+cmp_spawn(const char *path, char *const argv[], char *const envp[], const int *keep, size_t nkeep)
+{
+    posix_spawn_file_actions_t fa;
+    int rc;
+
+    if ((rc = posix_spawn_file_actions_init(&fa)) != 0) {
+        errno = rc;
+        return CMP_ERRNO;
+    }
+    /* dup2(fd, fd) in a file action clears close-on-exec (glibc >= 2.29) */
+    for (size_t i = 0; i < nkeep && rc == 0; i++)
+        rc = posix_spawn_file_actions_adddup2(&fa, keep[i], keep[i]);
+    return spawn_with(&fa, rc, path, argv, envp);
+}
+
+pid_t
 cmp_spawn_clean(const char *path, char *const argv[], char *const envp[], const int *keep,
                 size_t nkeep)
 {
     posix_spawn_file_actions_t fa;
-    pid_t pid;
     int rc;
 
     if ((rc = posix_spawn_file_actions_init(&fa)) != 0) {
@@ -173,14 +181,7 @@ cmp_spawn_clean(const char *path, char *const argv[], char *const envp[], const 
         rc = posix_spawn_file_actions_adddup2(&fa, high + (int)i, 3 + (int)i);
     if (rc == 0)
         rc = posix_spawn_file_actions_addclosefrom_np(&fa, 3 + (int)nkeep);
-    if (rc == 0)
-        rc = posix_spawn(&pid, path, &fa, NULL, argv, envp);
-    posix_spawn_file_actions_destroy(&fa);
-    if (rc != 0) {
-        errno = rc;
-        return CMP_ERRNO;
-    }
-    return pid;
+    return spawn_with(&fa, rc, path, argv, envp);
 }
 
 /* ------------------------------------------------------------------------ */

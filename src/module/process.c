@@ -176,86 +176,6 @@ fail:
     return NULL;
 }
 
-PyDoc_STRVAR(spawn_doc,
-             "spawn($module, path, argv, env, keep_fds, clean=False, /)\n"
-             "--\n"
-             "\n"
-             "Returns pid.\n\n"
-             "posix_spawn path with argv and env (sequences of str); the descriptors in\n"
-             "keep_fds stay open in the child under the same numbers. With clean, the\n"
-             "child has only 0, 1, 2 and keep_fds[i] as 3 + i.");
-
-static PyObject *
-cmp_py_spawn(PyObject *Py_UNUSED(module), PyObject *args)
-{
-    PyObject *path = NULL, *argv_o, *env_o, *fds_o, *result = NULL;
-    PyObject *argv_keep = NULL, *env_keep = NULL, *fds = NULL;
-    char **argv = NULL, **envp = NULL;
-    int *keep = NULL, clean = 0;
-
-    if (!PyArg_ParseTuple(args, "O&OOO|p:spawn", PyUnicode_FSConverter, &path, &argv_o, &env_o,
-                          &fds_o, &clean))
-        return NULL;
-    if ((argv = to_cstring_array(argv_o, &argv_keep)) == NULL)
-        goto done;
-    if ((envp = to_cstring_array(env_o, &env_keep)) == NULL)
-        goto done;
-    if ((fds = PySequence_Fast(fds_o, "keep_fds must be a sequence")) == NULL)
-        goto done;
-    Py_ssize_t n = PySequence_Fast_GET_SIZE(fds);
-    if ((keep = PyMem_Calloc((size_t)n + 1, sizeof(int))) == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t i = 0; i < n; i++) {
-        long fd = PyLong_AsLong(PySequence_Fast_GET_ITEM(fds, i));
-        if (fd == -1 && PyErr_Occurred())
-            goto done;
-        if (fd < 0 || fd > INT_MAX) {
-            PyErr_Format(PyExc_ValueError, "bad file descriptor %ld", fd);
-            goto done;
-        }
-        keep[i] = (int)fd;
-    }
-    pid_t pid = (clean ? cmp_spawn_clean : cmp_spawn)(PyBytes_AS_STRING(path), argv, envp, keep,
-                                                      (size_t)n);
-    if (pid < 0)
-        cmp_set_error(CMP_ERRNO);
-    else
-        result = PyLong_FromLong((long)pid);
-done:
-    PyMem_Free(keep);
-    PyMem_Free(envp);
-    PyMem_Free(argv);
-    Py_XDECREF(fds);
-    Py_XDECREF(env_keep);
-    Py_XDECREF(argv_keep);
-    Py_XDECREF(path);
-    return result;
-}
-
-PyDoc_STRVAR(die_with_parent_doc,
-             "die_with_parent($module, ppid, pidfd=-1, /)\n"
-             "--\n"
-             "\n"
-             "Be killed when the parent process goes: with a watcher thread on pidfd when\n"
-             "one is given (taking it over), else PR_SET_PDEATHSIG checked against ppid.");
-
-static PyObject *
-cmp_py_die_with_parent(PyObject *Py_UNUSED(module), PyObject *args)
-{
-    int ppid, pidfd = -1;
-    if (!PyArg_ParseTuple(args, "i|i:die_with_parent", &ppid, &pidfd))
-        return NULL;
-    int st = pidfd >= 0 ? cmp_watch_parent(pidfd) : cmp_die_with_parent(ppid);
-    if (st != CMP_OK)
-        return cmp_set_error(st);
-    Py_RETURN_NONE;
-}
-
-/* ------------------------------------------------------------------------ */
-/* Fork server                                                              */
-
 /* fds: a sequence of descriptors -> out[0..*n); 0, or -1 with an error set. */
 static int
 fd_array(PyObject *seq, int *out, int room, int *n)
@@ -287,6 +207,80 @@ fd_array(PyObject *seq, int *out, int room, int *n)
     return 0;
 }
 
+PyDoc_STRVAR(spawn_doc,
+             "spawn($module, path, argv, env, keep_fds, clean=False, /)\n"
+             "--\n"
+             "\n"
+             "Returns pid.\n\n"
+             "posix_spawn path with argv and env (sequences of str); the descriptors in\n"
+             "keep_fds stay open in the child under the same numbers. With clean, the\n"
+             "child has only 0, 1, 2 and keep_fds[i] as 3 + i.");
+
+static PyObject *
+cmp_py_spawn(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    PyObject *path = NULL, *argv_o, *env_o, *fds_o, *result = NULL;
+    PyObject *argv_keep = NULL, *env_keep = NULL;
+    char **argv = NULL, **envp = NULL;
+    int *keep = NULL, clean = 0, n;
+
+    if (!PyArg_ParseTuple(args, "O&OOO|p:spawn", PyUnicode_FSConverter, &path, &argv_o, &env_o,
+                          &fds_o, &clean))
+        return NULL;
+    if ((argv = to_cstring_array(argv_o, &argv_keep)) == NULL)
+        goto done;
+    if ((envp = to_cstring_array(env_o, &env_keep)) == NULL)
+        goto done;
+    Py_ssize_t room = PySequence_Size(fds_o);
+    if (room < 0 || room > INT_MAX) {
+        if (room >= 0)
+            PyErr_SetString(PyExc_ValueError, "too many fds");
+        goto done;
+    }
+    if ((keep = PyMem_Calloc((size_t)room + 1, sizeof(int))) == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (fd_array(fds_o, keep, (int)room, &n) < 0)
+        goto done;
+    pid_t pid = (clean ? cmp_spawn_clean : cmp_spawn)(PyBytes_AS_STRING(path), argv, envp, keep,
+                                                      (size_t)n);
+    if (pid < 0)
+        cmp_set_error(CMP_ERRNO);
+    else
+        result = PyLong_FromLong((long)pid);
+done:
+    PyMem_Free(keep);
+    PyMem_Free(envp);
+    PyMem_Free(argv);
+    Py_XDECREF(env_keep);
+    Py_XDECREF(argv_keep);
+    Py_XDECREF(path);
+    return result;
+}
+
+PyDoc_STRVAR(die_with_parent_doc,
+             "die_with_parent($module, ppid, pidfd=-1, /)\n"
+             "--\n"
+             "\n"
+             "Be killed when the parent process goes: with a watcher thread on pidfd when\n"
+             "one is given (taking it over), else PR_SET_PDEATHSIG checked against ppid.");
+
+static PyObject *
+cmp_py_die_with_parent(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int ppid, pidfd = -1;
+    if (!PyArg_ParseTuple(args, "i|i:die_with_parent", &ppid, &pidfd))
+        return NULL;
+    int st = pidfd >= 0 ? cmp_watch_parent(pidfd) : cmp_die_with_parent(ppid);
+    if (st != CMP_OK)
+        return cmp_set_error(st);
+    Py_RETURN_NONE;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Fork server                                                              */
+
 static int
 key_arg(PyObject *obj, void *out)
 {
@@ -309,8 +303,8 @@ PyDoc_STRVAR(forkserver_request_doc,
              "Returns (sock, pid).\n\n"
              "Ask the fork server at address (bytes) for a child that gets fds and\n"
              "reads payload; returns the connection (a descriptor: the exit code\n"
-             "arrives on it) and the child's pid. EOFError if the server refused or\n"
-             "is gone.");
+             "arrives on it) and the child's pid. ConnectionResetError if the server\n"
+             "closed the connection unanswered (it refused, or is gone).");
 
 static PyObject *
 cmp_py_forkserver_request(PyObject *Py_UNUSED(module), PyObject *args)

@@ -111,6 +111,34 @@ CTEST(spawn_keeps_only_listed_fds)
     close(p[0]);
 }
 
+CTEST(spawn_clean_renumbers_kept_fds_and_closes_the_rest)
+{
+    int p[2], null = open("/dev/null", O_RDONLY);
+    CHECK(null >= 0);
+    int extra = fcntl(null, F_DUPFD, 20); /* inheritable, not kept */
+    CHECK(extra >= 20);
+    close(null);
+    CHECK(pipe2(p, O_CLOEXEC) == 0);
+    int high = fcntl(p[1], F_DUPFD_CLOEXEC, 40); /* placed at 3 across a gap */
+    CHECK(high >= 40);
+    char arg[64];
+    snprintf(arg, sizeof arg, "echo ok >&3; [ -e /proc/self/fd/%d ] && exit 3; exit 0", extra);
+    char *argv[] = {"sh", "-c", arg, NULL};
+    char *envp[] = {NULL};
+    pid_t pid = cmp_spawn_clean("/bin/sh", argv, envp, &high, 1);
+    CHECK(pid > 0);
+    close(p[1]);
+    close(high);
+    char buf[8] = {0};
+    CHECK(read(p[0], buf, sizeof buf - 1) == 3);
+    CHECK(buf[0] == 'o' && buf[1] == 'k');
+    int st;
+    CHECK(waitpid(pid, &st, 0) == pid);
+    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    close(p[0]);
+    close(extra);
+}
+
 CTEST(fs_send_recv_carries_payload_and_fds)
 {
     int sv[2], p[2];
