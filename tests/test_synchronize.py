@@ -433,9 +433,14 @@ def test_create_destroy_100000_leaves_nothing():
         def fds():
             return len(os.listdir('/proc/self/fd'))
         def shm():
-            # The stdlib's named semaphores of other programs on the machine
-            # come and go; cmp creates no names at all.
-            return {n for n in os.listdir('/dev/shm') if not n.startswith('sem.mp-')}
+            # cmp creates no names at all: nothing under /dev/shm is open or
+            # mapped here. (Listing /dev/shm itself would count other programs'
+            # segments, which come and go while this runs.)
+            held = {os.readlink('/proc/self/fd/' + fd) for fd in os.listdir('/proc/self/fd')
+                    if os.path.exists('/proc/self/fd/' + fd)}
+            with open('/proc/self/maps') as f:
+                held |= {line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6}
+            return {p for p in held if p.startswith('/dev/shm/')}
         def rss_kb():
             with open('/proc/self/status') as f:
                 return int(next(l for l in f if l.startswith('VmRSS')).split()[1])
