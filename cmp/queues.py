@@ -40,11 +40,6 @@ DEFAULT_RING_SIZE = 1 << 20
 
 _SEM_VALUE_MAX = 2147483647     # what the stdlib reports as an unbounded queue's _maxsize
 
-# The stdlib's feeder thread stops when it pops this from the buffer; code
-# that overrides Queue._feed (loky) imports it.
-_sentinel = object()
-
-
 def _ring_size(ring_size):
     if ring_size is None:
         env = os.environ.get('CMP_QUEUE_RING_SIZE')
