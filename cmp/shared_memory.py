@@ -47,7 +47,9 @@ class SharedMemory:
         if name is not None:
             name = '/' + name
         if create and track:
-            resource_tracker._resource_tracker._relaunch_if_died()
+            # The stdlib's register() starts the tracker, or relaunches a
+            # killed one with its warning; shm_create registers the block.
+            resource_tracker.ensure_running()
         if create and name is None:
             self._create_fresh(size, track)
         elif create:

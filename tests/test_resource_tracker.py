@@ -293,6 +293,30 @@ def test_a_tracker_killed_is_relaunched_where_the_stdlib_registers():
     assert 'There appear to be 1 leaked shared_memory objects' in r.stderr
 
 
+def test_a_tracker_started_by_a_block_is_relaunched_when_killed():
+    # Creating a block starts the tracker (as the stdlib's register() does);
+    # killed, it is relaunched, with the warning, at the next lock of a spawn
+    # context, and the first block is still cleaned up.
+    r = assert_same('''
+        import os, signal, warnings
+        rt = __import__(mp.__name__ + '.resource_tracker', fromlist=['x'])
+        shared_memory = __import__(mp.__name__ + '.shared_memory', fromlist=['x'])
+        t = rt._resource_tracker
+        s = shared_memory.SharedMemory(create=True, size=16)
+        print(t._pid is not None)
+        os.kill(t._pid, signal.SIGKILL)
+        os.waitpid(t._pid, 0)
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter('always')
+            mp.get_context('spawn').Lock()
+        print([str(x.message)[:30] for x in w])
+        print(s.name, flush=True)
+        s.close()
+    ''', normalize_output=lambda out: out.rsplit('\n', 2)[0])[1]
+    assert _gone('/dev/shm/' + r.stdout.splitlines()[-1].lstrip('/'))
+    assert 'There appear to be 1 leaked shared_memory objects' in r.stderr
+
+
 @pytest.mark.parametrize('method', ['spawn', 'forkserver'])
 def test_a_child_started_afresh_shares_its_parents_tracker(method):
     # CPython's test_resource_tracker_reused, and what it is for: a block the
