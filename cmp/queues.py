@@ -404,6 +404,14 @@ class _FeederQueue(Queue):
         except AttributeError:
             pass
 
+    if _versions.QUEUE_TERMINATE_BROKEN:
+        def _terminate_broken(self):
+            """As Queue's: nothing waits for the feeder (writing into a ring
+            no one reads, it gets no EPIPE to stop it, as the stdlib's does)."""
+            self._reader.close()
+            self.close()
+            self.cancel_join_thread()
+
 
 class JoinableQueue(Queue):
     """A Queue with task_done() and join() (multiprocessing.JoinableQueue)."""
