@@ -95,7 +95,7 @@ class ResourceTracker:
         self._registered = set()       # (name, rtype) registered through this handle
         if _versions.TRACKER_313:
             self._exitcode = None
-            self._use_simple_format = True
+            self._use_simple_format = _versions.TRACKER_SIMPLE_FORMAT
             self._waitpid_timed_out = False
 
     def getfd(self):
