@@ -117,7 +117,8 @@ class SharedMemory:
 
     def _forget(self):
         if self._track_slot is not None:
-            _core.tracker_forget(self._name, 0)    # by name, as resource_tracker.unregister
+            # By name, as resource_tracker.unregister does.
+            _core.tracker_forget(self._name, resource_tracker._KIND['shared_memory'])
             self._track_slot = None
 
 
