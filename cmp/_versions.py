@@ -99,6 +99,10 @@ CONNECTION_BUFSIZE = 64 * 1024 if _V >= (3, 14) else 8192
 
 # -- 3.15 --------------------------------------------------------------------
 
+# ResourceTracker._use_simple_format starts False (JSON messages; a name is
+# limited to 255 bytes, not by the 512-byte line).
+TRACKER_SIMPLE_FORMAT = _V < (3, 15)
+
 # set_forkserver_preload(modules, *, on_error='ignore'|'warn'|'fail').
 FORKSERVER_PRELOAD_ON_ERROR = _V >= (3, 15)
 

@@ -29,10 +29,9 @@ Differences from the stdlib, all where it loses data or fails late:
 import itertools
 import os
 import socket
-import sys
 import tempfile
 
-from . import _core, _versions, process, reduction, util
+from . import _core, _versions, reduction, util
 from .context import AuthenticationError, BufferTooShort
 
 __all__ = ['Client', 'Listener', 'Pipe', 'wait']

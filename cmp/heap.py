@@ -94,12 +94,11 @@ class Heap:
         return (arena, 0, length)
 
     def _discard_arena(self, arena):
-        """Unmap an arena that is all one free block, if it is large."""
+        """Unmap an arena that is all one free block (its last allocated
+        block was just freed), if it is large."""
         length = arena.size
         if length < self._DISCARD_FREE_SPACE_LARGER_THAN:
             return
-        if self._allocated_blocks.pop(arena, None):
-            raise AssertionError('discarding an arena that has allocated blocks')
         del self._start_to_block[(arena, 0)]
         del self._stop_to_block[(arena, length)]
         self._arenas.remove(arena)
@@ -154,7 +153,6 @@ class Heap:
         del self._start_to_block[(arena, start)]
         del self._stop_to_block[(arena, stop)]
         self._unindex_length(block, stop - start)
-        return start, stop
 
     def _remove_allocated_block(self, block):
         arena, start, stop = block

@@ -1004,14 +1004,21 @@ BaseListProxy = MakeProxyType('BaseListProxy', (
 ))
 
 
-class ListProxy(BaseListProxy):
-    def __iadd__(self, value):
-        self._callmethod('extend', (value,))
-        return self
+def _in_place(name, server_method=None):
+    """x op= y: server_method (name by default) on the server, and x stays
+    this proxy."""
+    server_method = server_method or name
 
-    def __imul__(self, value):
-        self._callmethod('__imul__', (value,))
+    def method(self, value):
+        self._callmethod(server_method, (value,))
         return self
+    method.__name__ = method.__qualname__ = name
+    return method
+
+
+class ListProxy(BaseListProxy):
+    __iadd__ = _in_place('__iadd__', 'extend')
+    __imul__ = _in_place('__imul__')
 
     if _versions.PROXY_GENERIC:
         __class_getitem__ = classmethod(types.GenericAlias)
@@ -1029,9 +1036,7 @@ _BaseDictProxy._method_to_typeid_ = {'__iter__': 'Iterator'}
 if _versions.PROXY_GENERIC:
     class DictProxy(_BaseDictProxy):
         if _versions.MANAGER_SETS:
-            def __ior__(self, value):
-                self._callmethod('__ior__', (value,))
-                return self
+            __ior__ = _in_place('__ior__')
 
         __class_getitem__ = classmethod(types.GenericAlias)
 else:
@@ -1051,14 +1056,6 @@ if _versions.MANAGER_SETS:
         'issuperset', 'pop', 'remove', 'symmetric_difference',
         'symmetric_difference_update', 'union', 'update',
     ))
-
-    def _in_place(name):
-        """x op= y on the server, and x stays this proxy."""
-        def method(self, value):
-            self._callmethod(name, (value,))
-            return self
-        method.__name__ = name
-        return method
 
     class SetProxy(_BaseSetProxy):
         __ior__ = _in_place('__ior__')

@@ -685,10 +685,6 @@ class Pool:
         self._terminate = util.Finalize(self, w.join, args=(True,), exitpriority=15)
         self._state = RUN
 
-    def _repopulate_pool(self):
-        """Start workers in the free slots now, as the worker handler does."""
-        self._w.repopulate()
-
     def __del__(self, _warn=warnings.warn, RUN=RUN):
         if self._state == RUN:
             _warn(f"unclosed running multiprocessing pool {self!r}", ResourceWarning,

@@ -40,11 +40,6 @@ DEFAULT_RING_SIZE = 1 << 20
 
 _SEM_VALUE_MAX = 2147483647     # what the stdlib reports as an unbounded queue's _maxsize
 
-# The stdlib's feeder thread stops when it pops this from the buffer; code
-# that overrides Queue._feed (loky) imports it.
-_sentinel = object()
-
-
 def _ring_size(ring_size):
     if ring_size is None:
         env = os.environ.get('CMP_QUEUE_RING_SIZE')
@@ -408,6 +403,14 @@ class _FeederQueue(Queue):
             self._jointhread.cancel()
         except AttributeError:
             pass
+
+    if _versions.QUEUE_TERMINATE_BROKEN:
+        def _terminate_broken(self):
+            """As Queue's: nothing waits for the feeder (writing into a ring
+            no one reads, it gets no EPIPE to stop it, as the stdlib's does)."""
+            self._reader.close()
+            self.close()
+            self.cancel_join_thread()
 
 
 class JoinableQueue(Queue):

@@ -180,7 +180,7 @@ def recvfds(sock, size):
         raise RuntimeError('received %d items of ancdata' % len(ancdata))
     level, kind, data = ancdata[0]
     if (level != socket.SOL_SOCKET or kind != socket.SCM_RIGHTS
-            or len(data) % a.itemsize):
+            or len(data) % a.itemsize or not msg):
         raise RuntimeError('Invalid data received')
     a.frombytes(data)
     if len(a) % 256 != msg[0]:

@@ -95,7 +95,7 @@ class ResourceTracker:
         self._registered = set()       # (name, rtype) registered through this handle
         if _versions.TRACKER_313:
             self._exitcode = None
-            self._use_simple_format = True
+            self._use_simple_format = _versions.TRACKER_SIMPLE_FORMAT
             self._waitpid_timed_out = False
 
     def getfd(self):
@@ -124,11 +124,12 @@ class ResourceTracker:
         return True
 
     def _relaunch_if_died(self):
-        """If the tracker this process started was killed, start another,
-        with the stdlib's warning (the stdlib's register() does it each time;
-        cmp at the points where the stdlib registers: a SharedMemory block, and
-        a lock of a spawn or forkserver context, where the stdlib's is named)."""
-        if self._pid is not None:
+        """If this process has a tracker (started here or attached) and the
+        one it started was killed, start another, with the stdlib's warning.
+        The stdlib's register() does this each time; a lock of a spawn or
+        forkserver context (named and registered in the stdlib) needs no
+        tracker in cmp, so it starts none, only relaunches."""
+        if _core.tracker_table_fd() >= 0:
             self.ensure_running()
 
     def _stop(self, use_blocking_lock=True, wait_timeout=None):
@@ -236,9 +237,7 @@ def _decode_message(line):
 
 def _apply(cache, line):
     cmd, rtype, name = _decode_message(line)
-    if rtype not in _CLEANUP_FUNCS:
-        raise ValueError(f'Cannot register {name} for automatic cleanup: '
-                         f'unknown resource type {rtype}')
+    ResourceTracker._kind(name, rtype)      # an unknown rtype: ValueError
     if cmd == 'REGISTER':
         cache[rtype].add(name)
     elif cmd == 'UNREGISTER':

@@ -47,7 +47,9 @@ class SharedMemory:
         if name is not None:
             name = '/' + name
         if create and track:
-            resource_tracker._resource_tracker._relaunch_if_died()
+            # The stdlib's register() starts the tracker, or relaunches a
+            # killed one with its warning; shm_create registers the block.
+            resource_tracker.ensure_running()
         if create and name is None:
             self._create_fresh(size, track)
         elif create:
@@ -115,7 +117,8 @@ class SharedMemory:
 
     def _forget(self):
         if self._track_slot is not None:
-            _core.tracker_forget(self._name, 0)    # by name, as resource_tracker.unregister
+            # By name, as resource_tracker.unregister does.
+            _core.tracker_forget(self._name, resource_tracker._KIND['shared_memory'])
             self._track_slot = None
 
 

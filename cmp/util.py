@@ -74,8 +74,7 @@ if _versions.UTIL_WARNING:
 def _set_process_name(record):
     # logging reads processName from sys.modules['multiprocessing'], which is
     # cmp only under the runner; name the process here for cmp's own records.
-    from .process import current_process
-    record.processName = current_process().name
+    record.processName = process.current_process().name
     return True
 
 
@@ -401,7 +400,6 @@ def close_all_fds_except(fds):
     fds = sorted(set(fds) | {-1}) + [os.sysconf('SC_OPEN_MAX')]
     for i in range(len(fds) - 1):
         os.closerange(fds[i] + 1, fds[i + 1])
-
 
 
 # ---------------------------------------------------------------------------

@@ -546,3 +546,56 @@ def test_empty_on_a_closed_queue_as_the_stdlib():
         q.join_thread()
         print(empty(q))
     ''')
+
+
+def test_terminate_broken_on_a_queue_with_its_own_feeder():
+    # concurrent.futures (3.12+) closes a broken call queue with
+    # _terminate_broken(); a subclass that runs the stdlib's feeder thread
+    # (loky's design: it overrides _start_thread) gets it too.
+    pytest.importorskip('multiprocessing.queues')
+    import multiprocessing.queues
+    if not hasattr(multiprocessing.queues.Queue, '_terminate_broken'):
+        pytest.skip('Queue._terminate_broken() is 3.12+')
+    same('''
+        import importlib, pickle, threading, weakref
+        queues = importlib.import_module(mp.__name__ + '.queues')
+        util = importlib.import_module(mp.__name__ + '.util')
+
+        class Own(queues.Queue):
+            def _start_thread(self):
+                self._buffer.clear()
+                self._thread = threading.Thread(
+                    target=Own._feed, daemon=True,
+                    args=(self._buffer, self._notempty, self._send_bytes, self._wlock))
+                self._thread.start()
+                self._jointhread = util.Finalize(self._thread, queues.Queue._finalize_join,
+                                                 [weakref.ref(self._thread)], exitpriority=-5)
+                self._close = util.Finalize(self, queues.Queue._finalize_close,
+                                            [self._buffer, self._notempty], exitpriority=10)
+
+            @staticmethod
+            def _feed(buffer, notempty, send_bytes, wlock):
+                while True:
+                    with notempty:
+                        if not buffer:
+                            notempty.wait()
+                    while buffer:
+                        obj = buffer.popleft()
+                        if obj is queues._sentinel:
+                            return
+                        try:
+                            with wlock:
+                                send_bytes(pickle.dumps(obj))
+                        except OSError:     # the stdlib's: its reader is closed
+                            return
+
+        q = Own(ctx=mp.get_context())
+        q.put(1)
+        print(q.get(timeout=10))
+        q.put(2)
+        q._terminate_broken()
+        try:
+            q.put(3)
+        except ValueError:
+            print('closed')
+    ''')

@@ -168,6 +168,22 @@ def test_sendfds_recvfds_on_a_socket():
         s2.close()
 
 
+def test_recvfds_of_descriptors_without_their_byte():
+    # A message with descriptors but no data byte is the stdlib's "Invalid
+    # data received", not an IndexError.
+    assert_same('''
+        import array, importlib, os, socket
+        reduction = importlib.import_module(mp.__name__ + '.reduction')
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        r, w = os.pipe()
+        a.sendmsg([b''], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array('i', [r]))])
+        try:
+            reduction.recvfds(b, 1)
+        except Exception as e:
+            print(type(e).__name__, e)
+    ''')
+
+
 def test_send_handle_on_a_raw_socket():
     # Objects that are not cmp Connections get the stdlib's raw form.
     s1, s2 = socket.socketpair()
