@@ -152,7 +152,7 @@ PyDoc_STRVAR(shm_create_doc,
              "Create a block of size bytes named name (str with its leading '/'), or\n"
              "under a fresh stdlib-style random name when name is None, and map it.\n"
              "With track, register it with the resource tracker; slot is then its\n"
-             "registration (for tracker_remove), else None.\n"
+             "slot in the tracker's table (tracker_forget drops it by name), else None.\n"
              "\n"
              "Returns (name, mapping, slot).");
 
@@ -271,17 +271,6 @@ cmp_py_shm_unlink(PyObject *Py_UNUSED(module), PyObject *name)
     Py_RETURN_NONE;
 }
 
-static PyObject *
-cmp_py_tracker_remove(PyObject *Py_UNUSED(module), PyObject *arg)
-{
-    long slot = PyLong_AsLong(arg);
-    if (slot == -1 && PyErr_Occurred())
-        return NULL;
-    if (slot >= 0 && slot <= INT_MAX)
-        cmp_tracker_remove((int)slot);
-    Py_RETURN_NONE;
-}
-
 PyDoc_STRVAR(tracker_add_doc,
              "tracker_add($module, name, fd, kind, /)\n"
              "--\n"
@@ -369,11 +358,6 @@ static PyMethodDef pshm_methods[] = {
          "--\n"
          "\n"
          "Unlink the block name (str with its leading '/')."},
-        {"tracker_remove", cmp_py_tracker_remove, METH_O,
-         "tracker_remove($module, slot, /)\n"
-         "--\n"
-         "\n"
-         "Forget a block registered by shm_create"},
         {"tracker_add", cmp_py_tracker_add, METH_VARARGS, tracker_add_doc},
         {"tracker_forget", cmp_py_tracker_forget, METH_VARARGS,
          "tracker_forget($module, name, kind, /)\n"
