@@ -291,9 +291,14 @@ def _flush_std_streams():
             pass
 
 
+_devnull_stdin = None     # what _close_stdin() made sys.stdin
+
+
 def _close_stdin():
-    """A child's stdin reads from /dev/null, as in the stdlib."""
-    if sys.stdin is None:
+    """A child's stdin reads from /dev/null, as in the stdlib. One that
+    already does (a child of the fork server, or of another child) keeps it."""
+    global _devnull_stdin
+    if sys.stdin is None or (sys.stdin is _devnull_stdin and not sys.stdin.closed):
         return
     try:
         sys.stdin.close()
@@ -302,7 +307,7 @@ def _close_stdin():
     try:
         fd = os.open(os.devnull, os.O_RDONLY)
         try:
-            sys.stdin = open(fd, encoding="utf-8", closefd=False)
+            sys.stdin = _devnull_stdin = open(fd, encoding="utf-8", closefd=False)
         except BaseException:
             os.close(fd)
             raise
