@@ -186,7 +186,8 @@ def main():
     """Entry point of the server process."""
     listener_fd, alive_r, data_r = map(int, sys.argv[2:5])
     with open(data_r, 'rb') as f:
-        prep, _ = spawn._load_prefixed(f.read(), 0)
+        sample = f.read()
+    prep, _ = spawn._load_prefixed(sample, 0)
     preload = prep.pop('preload')
     key = prep.pop('key')
     on_error = prep.pop('preload_on_error')
@@ -220,6 +221,8 @@ def main():
     request = _core.forkserver_serve(listener_fd, alive_r, key)
     if request is None:
         os._exit(0)                 # the main process is gone: so are we
+    if type(request) is int:
+        request = _wait_as_spare(request, sample)
     code = 1
     try:
         signal.signal(signal.SIGINT, old_sigint)
@@ -232,6 +235,23 @@ def main():
         util._flush_std_streams()
     finally:
         util._forked_child_exit(code)
+
+
+def _wait_as_spare(end, sample):
+    """In a spare (a child forked ahead of the next request): do now what
+    every child does first, then wait for the request the server hands
+    over. What is done here leaves no trace the child could see: it warms
+    the pages every child writes to (copying them from the server's) while
+    no one waits for it."""
+    try:
+        util._forked_child_atexit()
+        spawn._load_prefixed(sample, 0)     # the unpickling of preparation data
+        request = _core.forkserver_take(end)
+    except BaseException:
+        os._exit(1)                 # (a request it cannot read: its requester hears 1)
+    if request is None:
+        os._exit(0)                 # the server is gone: no request will come
+    return request
 
 
 def _preload_main(main_path, on_error):

@@ -423,6 +423,58 @@ def test_forkserver_refuses_strangers():
         'wrong listener refused', 'child ran', '0']), r.stdout + r.stderr
 
 
+def test_forkserver_spare():
+    """After its first child the fork server keeps one forked ahead (a
+    spare) and hands it the next request: each child still has its own pid,
+    exit code and arguments; a spare killed while it waits is replaced by a
+    fork for the next request; and the spare left when the program ends
+    exits with the server."""
+    r = run('''
+        import os, signal, time
+        from cmp import forkserver
+        def f(q, code):
+            q.put(os.getpid())
+            raise SystemExit(code)
+        def kids(server):
+            with open('/proc/%d/task/%d/children' % (server, server)) as fh:
+                return [int(k) for k in fh.read().split()]
+        def waiting(server):
+            # the server's children that run no Process: its spare
+            deadline = time.monotonic() + 10
+            while not kids(server) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            return kids(server)
+        if __name__ == '__main__':
+            q = mp.SimpleQueue()
+            def start(code):
+                p = mp.Process(target=f, args=(q, code))
+                p.start()
+                p.join()
+                return p.pid, q.get(), p.exitcode
+            pid, seen, exitcode = start(3)
+            print(seen == pid, exitcode)
+            server = forkserver._forkserver._server_pid
+            for code in (0, 7, -1):
+                spare = waiting(server)
+                pid, seen, exitcode = start(code)
+                print(spare == [pid], seen == pid, exitcode == code % 256)
+            spare = waiting(server)
+            os.kill(spare[0], signal.SIGKILL)
+            while kids(server) == spare:        # until the server reaps it
+                time.sleep(0.01)
+            pid, seen, exitcode = start(5)
+            print(pid != spare[0], seen == pid, exitcode)
+            print('spare', waiting(server)[0], flush=True)
+    ''', 'cmp', start_method='forkserver')
+    lines = r.stdout.splitlines()
+    assert lines[:5] == ['True 3'] + ['True True True'] * 3 + ['True True 5'], r.stdout + r.stderr
+    spare = int(lines[5].split()[1])
+    deadline = time.monotonic() + 10
+    while os.path.exists('/proc/%d' % spare) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists('/proc/%d' % spare), 'the spare outlived its program'
+
+
 def test_spawn_sees_the_state_at_start(tmp_path):
     """A spawned child starts from what the parent is at start(), also when
     a spare interpreter was waiting: environment, working directory, umask,

@@ -534,6 +534,7 @@ cmp_fs_server_init(cmp_fs_server *s, int listener, int alive,
                    const unsigned char key[CMP_FS_KEY_LEN])
 {
     memset(s, 0, sizeof(*s));
+    s->spare_sock = s->spare_end = -1;
     s->listener = listener;
     s->alive = alive;
     memcpy(s->key, key, CMP_FS_KEY_LEN);
@@ -587,6 +588,12 @@ reap_children(cmp_fs_server *s)
         if (pid <= 0)
             return;
         int code = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
+        if (pid == s->spare) { /* it died waiting: the next request is forked for */
+            close(s->spare_sock);
+            s->spare_sock = -1;
+            s->spare = 0;
+            continue;
+        }
         for (size_t i = 0; i < s->nkids; i++) {
             if (s->kids[i].pid == pid) {
                 answer(s->kids[i].conn, code);
@@ -596,6 +603,18 @@ reap_children(cmp_fs_server *s)
             }
         }
     }
+}
+
+/* After answering with `pid`: the child has the request's descriptors;
+ * keep its connection for the exit code. */
+static void
+keep_child(cmp_fs_server *s, cmp_fs_req *req, pid_t pid)
+{
+    for (int i = 0; i < req->nfds; i++)
+        close(req->fds[i]);
+    req->nfds = 0;
+    CMP_ASSERT(s->nkids < s->cap_kids); /* cmp_fs_next made room */
+    s->kids[s->nkids++] = (cmp_fs_child){.pid = pid, .conn = req->conn};
 }
 
 static int
@@ -642,10 +661,36 @@ read_request(cmp_fs_server *s, int conn, cmp_fs_req *req)
     return CMP_EBADMSG;
 }
 
+/* Give request `req` (with room for one more descriptor) to the spare:
+ * its connection first, then its descriptors, after a header that says how
+ * much payload follows on the connection. CMP_OK, or CMP_ERRNO (the spare
+ * is gone). */
+static int
+hand_off(cmp_fs_server *s, const cmp_fs_req *req)
+{
+    int fds[CMP_WIRE_MAX_FDS];
+    fds[0] = req->conn;
+    memcpy(fds + 1, req->fds, sizeof(int) * (size_t)req->nfds);
+    cmp_fs_header h = {.magic = CMP_FS_MAGIC, .size = req->size};
+    struct iovec iov = {&h, sizeof(h)};
+    struct msghdr m = {.msg_iov = &iov, .msg_iovlen = 1};
+    cmp_cmsg_space cmsg;
+    cmp_wire_put_fds(&m, &cmsg, fds, req->nfds + 1);
+    ssize_t w;
+    do {
+        w = sendmsg(s->spare_sock, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+    } while (w < 0 && errno == EINTR);
+    return w == (ssize_t)sizeof(h) ? CMP_OK : CMP_ERRNO;
+}
+
 int
 cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req)
 {
     for (;;) {
+        if (s->want_spare && s->spare == 0) {
+            s->want_spare = 0;
+            return CMP_FS_SPARE;
+        }
         size_t n = 3 + s->npending;
         if (grow((void **)&s->pfds, &s->cap_pfds, n, sizeof(*s->pfds)) != CMP_OK
             || grow((void **)&s->kids, &s->cap_kids, s->nkids + 1, sizeof(*s->kids)) != CMP_OK)
@@ -659,8 +704,15 @@ cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req)
         int r = poll(p, (nfds_t)n, -1);
         if (r < 0)
             return errno == EINTR ? CMP_EINTR : CMP_ERRNO;
-        if (p[0].revents)
+        if (p[0].revents) {
+            if (s->spare > 0) { /* not left behind, not even as a zombie */
+                kill(s->spare, SIGKILL);
+                while (waitpid(s->spare, NULL, 0) < 0 && errno == EINTR)
+                    ;
+                s->spare = 0;
+            }
             return CMP_EEOF;
+        }
         if (p[1].revents)
             reap_children(s);
         /* Pending connections first: their requesters are already waiting. */
@@ -669,9 +721,28 @@ cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req)
                 continue;
             int conn = s->pending[i];
             s->pending[i] = s->pending[--s->npending];
-            if (read_request(s, conn, req) == CMP_OK)
-                return CMP_OK; /* cmp_fs_forked has room to record it */
-            close(conn);
+            if (read_request(s, conn, req) != CMP_OK) {
+                close(conn);
+                continue;
+            }
+            s->want_spare = 1;
+            if (s->spare > 0 && req->nfds < CMP_WIRE_MAX_FDS) {
+                /* The spare becomes this request's child. Answer first:
+                 * the hand-off wakes the spare, which may then run on
+                 * this CPU before the requester hears from us. */
+                pid_t pid = s->spare;
+                answer(req->conn, pid);
+                if (hand_off(s, req) != CMP_OK)
+                    kill(pid, SIGKILL); /* it died meanwhile: the requester
+                                           hears how, when it is reaped */
+                keep_child(s, req, pid);
+                close(s->spare_sock);
+                s->spare_sock = -1;
+                s->spare = 0;
+                s->want_spare = 0;
+                return CMP_FS_SPARE; /* the next one */
+            }
+            return CMP_OK; /* cmp_fs_forked has room to record it */
         }
         if (p[2].revents) {
             int conn = accept4(s->listener, NULL, NULL, SOCK_CLOEXEC);
@@ -693,22 +764,72 @@ cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req)
 void
 cmp_fs_forked(cmp_fs_server *s, cmp_fs_req *req, pid_t pid, int err)
 {
-    for (int i = 0; i < req->nfds; i++)
-        close(req->fds[i]);
-    req->nfds = 0;
     if (pid < 0) {
+        for (int i = 0; i < req->nfds; i++)
+            close(req->fds[i]);
+        req->nfds = 0;
         answer(req->conn, -(int64_t)err);
         close(req->conn);
         return;
     }
     answer(req->conn, pid);
-    CMP_ASSERT(s->nkids < s->cap_kids); /* cmp_fs_next made room */
-    s->kids[s->nkids++] = (cmp_fs_child){.pid = pid, .conn = req->conn};
+    keep_child(s, req, pid);
+}
+
+int
+cmp_fs_spare_open(cmp_fs_server *s)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+        return CMP_ERRNO;
+    s->spare_sock = sv[0];
+    s->spare_end = sv[1];
+    return CMP_OK;
+}
+
+void
+cmp_fs_spare_forked(cmp_fs_server *s, pid_t pid)
+{
+    close(s->spare_end);
+    s->spare_end = -1;
+    if (pid < 0) {
+        close(s->spare_sock);
+        s->spare_sock = -1;
+        return;
+    }
+    s->spare = pid;
+}
+
+int
+cmp_fs_in_spare(cmp_fs_server *s)
+{
+    int end = s->spare_end;
+    s->spare_end = -1;
+    cmp_fs_in_child(s);
+    return end;
+}
+
+int
+cmp_fs_take(int end, cmp_fs_req *req)
+{
+    int st = cmp_fs_recv(end, req);
+    if (st != CMP_OK)
+        return st;
+    if (req->nfds < 1)
+        return CMP_EBADMSG;
+    req->conn = req->fds[0];
+    req->nfds--;
+    memmove(req->fds, req->fds + 1, sizeof(int) * (size_t)req->nfds);
+    return CMP_OK;
 }
 
 void
 cmp_fs_in_child(cmp_fs_server *s)
 {
+    if (s->spare_sock >= 0)
+        close(s->spare_sock);
+    if (s->spare_end >= 0)
+        close(s->spare_end);
     close(s->listener);
     close(s->alive);
     close(s->sigfd);

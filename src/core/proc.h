@@ -126,6 +126,12 @@ typedef struct {
     int conn;
 } cmp_fs_child;
 
+/* What cmp_fs_next returns when the server should fork a spare: a child
+ * forked ahead of the next request, which waits for it (cmp_fs_take) while
+ * the server goes on. The next valid request is handed to it, so neither
+ * the fork nor the child's own start-up is paid by the requester. */
+#define CMP_FS_SPARE 1
+
 /* The server's state: what it listens on and what it waits for. */
 typedef struct {
     int listener, alive, sigfd;
@@ -135,6 +141,10 @@ typedef struct {
     size_t npending, cap_pending;
     cmp_fs_child *kids; /* forked, not yet reaped */
     size_t nkids, cap_kids;
+    pid_t spare;    /* waiting for a request, or 0 */
+    int spare_sock; /* our end of its hand-off socket, or -1 */
+    int spare_end;  /* its end, until it is forked, or -1 */
+    int want_spare; /* a request was served since the last spare */
     struct pollfd *pfds;
     size_t cap_pfds;
 } cmp_fs_server;
@@ -144,10 +154,29 @@ typedef struct {
 int cmp_fs_server_init(cmp_fs_server *s, int listener, int alive,
                        const unsigned char key[CMP_FS_KEY_LEN]);
 
-/* Serve until a valid request arrives (CMP_OK, *req filled: fork now), the
- * program is gone (CMP_EEOF), a signal arrives (CMP_EINTR) or an error
- * (CMP_ERRNO). Children that ended meanwhile are reaped and reported. */
+/* Serve until a valid request arrives that no spare can take (CMP_OK, *req
+ * filled: fork now), a spare is wanted (CMP_FS_SPARE: cmp_fs_spare_open,
+ * fork, then cmp_fs_spare_forked or cmp_fs_in_spare), the program is gone
+ * (CMP_EEOF), a signal arrives (CMP_EINTR) or an error (CMP_ERRNO).
+ * Requests a spare takes are answered here; children that ended meanwhile
+ * are reaped and reported. */
 int cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req);
+
+/* Before forking a spare: its hand-off socket. CMP_OK or CMP_ERRNO (then
+ * go on without one). */
+int cmp_fs_spare_open(cmp_fs_server *s);
+
+/* In the server after forking a spare (pid < 0: fork failed). */
+void cmp_fs_spare_forked(cmp_fs_server *s, pid_t pid);
+
+/* In the spare: cmp_fs_in_child, keeping only its end of the hand-off
+ * socket, which it returns. */
+int cmp_fs_in_spare(cmp_fs_server *s);
+
+/* In a spare: wait on `end` for the request the server hands over. CMP_OK
+ * (*req as a forked child gets it), CMP_EEOF (the server is gone: exit),
+ * CMP_EBADMSG, CMP_ERRNO. EINTR is retried. */
+int cmp_fs_take(int end, cmp_fs_req *req);
 
 /* In the server after fork(): answer the request with `pid` (or -errno when
  * pid < 0), keep its connection for the exit code, close its descriptors. */

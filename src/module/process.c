@@ -497,10 +497,12 @@ PyDoc_STRVAR(forkserver_serve_doc,
              "forkserver_serve($module, listener, alive, key, /)\n"
              "--\n"
              "\n"
-             "Returns (payload, fds) or None.\n\n"
+             "Returns (payload, fds), an int or None.\n\n"
              "The fork server's loop: accept requests on listener, fork a child for\n"
-             "each, report pids and exit codes. Returns in each child, with its payload\n"
-             "and descriptors; returns None in the server once alive reaches EOF.");
+             "each (or hand it to the spare forked ahead), report pids and exit codes.\n"
+             "Returns in each child, with its payload and descriptors; in a spare, with\n"
+             "its end of the hand-off socket (for forkserver_take); None in the server\n"
+             "once alive reaches EOF.");
 
 static PyObject *
 cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
@@ -526,6 +528,19 @@ cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
         }
         if (st == CMP_EEOF)
             Py_RETURN_NONE;
+        if (st == CMP_FS_SPARE) {
+            if (cmp_fs_spare_open(&s) != CMP_OK)
+                continue; /* no spare this time: the next request is forked for */
+            PyOS_BeforeFork();
+            pid_t pid = fork();
+            if (pid == 0) {
+                PyOS_AfterFork_Child();
+                return PyLong_FromLong(cmp_fs_in_spare(&s));
+            }
+            PyOS_AfterFork_Parent();
+            cmp_fs_spare_forked(&s, pid);
+            continue;
+        }
         if (st != CMP_OK)
             return cmp_set_error(st);
         PyOS_BeforeFork();
@@ -541,6 +556,34 @@ cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
     }
 }
 
+PyDoc_STRVAR(forkserver_take_doc,
+             "forkserver_take($module, end, /)\n"
+             "--\n"
+             "\n"
+             "Returns (payload, fds) or None.\n\n"
+             "In a spare of the fork server: wait on end (what forkserver_serve returned)\n"
+             "for the request the server hands over, and read it as a forked child\n"
+             "does; None once the server is gone. Closes end.");
+
+static PyObject *
+cmp_py_forkserver_take(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    cmp_fs_req req;
+    int st;
+    int end = PyObject_AsFileDescriptor(arg);
+    if (end < 0)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    st = cmp_fs_take(end, &req);
+    Py_END_ALLOW_THREADS
+    close(end);
+    if (st == CMP_EEOF)
+        Py_RETURN_NONE;
+    if (st != CMP_OK)
+        return cmp_set_error(st);
+    return child_request(&req);
+}
+
 static PyMethodDef proc_methods[] = {
         {"send_request", cmp_py_send_request, METH_VARARGS, send_request_doc},
         {"recv_request", cmp_py_recv_request, METH_O, recv_request_doc},
@@ -548,6 +591,7 @@ static PyMethodDef proc_methods[] = {
         {"proc_state", cmp_py_proc_state, METH_NOARGS, proc_state_doc},
         {"forkserver_request", cmp_py_forkserver_request, METH_VARARGS, forkserver_request_doc},
         {"forkserver_serve", cmp_py_forkserver_serve, METH_VARARGS, forkserver_serve_doc},
+        {"forkserver_take", cmp_py_forkserver_take, METH_O, forkserver_take_doc},
         {"fork", cmp_py_fork, METH_VARARGS, fork_doc},
         {"pidfd_open", cmp_py_pidfd_open, METH_O,
          "pidfd_open($module, pid, /)\n--\n\nA pidfd for process pid."},

@@ -4,9 +4,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <sys/stat.h>
 #include <signal.h>
 #include <sys/wait.h>
@@ -175,6 +179,153 @@ CTEST(fs_send_recv_carries_payload_and_fds)
     close(sv[0]);
     close(p[0]);
     close(p[1]);
+}
+
+/* A child of the test server: read the payload (one byte: the exit code),
+ * tell the pipe it got (its first descriptor) who it is and whether it was
+ * a spare, and exit. */
+static void
+fs_child(cmp_fs_req *req, char how)
+{
+    char code = 0;
+    if (cmp_read_exact(req->conn, &code, 1) != CMP_OK || req->nfds != 1)
+        _exit(100);
+    char line[32];
+    int n = snprintf(line, sizeof line, "%c%d\n", how, (int)getpid());
+    if (write(req->fds[0], line, (size_t)n) != n)
+        _exit(101);
+    _exit(code);
+}
+
+/* The binding's loop (src/module/process.c), without Python. */
+static void
+fs_serve(int listener, int alive, const unsigned char *key)
+{
+    cmp_fs_server s;
+    cmp_fs_req req;
+    if (cmp_fs_server_init(&s, listener, alive, key) != CMP_OK)
+        _exit(102);
+    for (;;) {
+        int st = cmp_fs_next(&s, &req);
+        if (st == CMP_EEOF)
+            _exit(0);
+        if (st == CMP_FS_SPARE) {
+            if (cmp_fs_spare_open(&s) != CMP_OK)
+                continue;
+            pid_t pid = fork();
+            if (pid == 0) {
+                int end = cmp_fs_in_spare(&s);
+                int r = cmp_fs_take(end, &req);
+                if (r == CMP_EEOF)
+                    _exit(0);
+                if (r != CMP_OK)
+                    _exit(103);
+                fs_child(&req, 'S');
+            }
+            cmp_fs_spare_forked(&s, pid);
+            continue;
+        }
+        if (st == CMP_EINTR)
+            continue;
+        if (st != CMP_OK)
+            _exit(104);
+        pid_t pid = fork();
+        if (pid == 0) {
+            cmp_fs_in_child(&s);
+            fs_child(&req, 'D');
+        }
+        cmp_fs_forked(&s, &req, pid, errno);
+    }
+}
+
+/* Ask the server for a child that exits with `code`: what it wrote to
+ * `report` ('D' forked for the request, 'S' the spare), or 0 if something
+ * failed; its pid and exit status. */
+static char
+fs_start(const char *addr, size_t addrlen, const unsigned char *key, int report_w, int report_r,
+         char code, int64_t *pid, int *status)
+{
+    int sock;
+    if (cmp_fs_request(addr, addrlen, 0, key, &code, 1, &report_w, 1, &sock, pid) != CMP_OK)
+        return 0;
+    char line[32] = {0};
+    unsigned char buf[8] = {0};
+    ssize_t n = read(report_r, line, sizeof line - 1);
+    int ok = n > 2 && atoi(line + 1) == (int)*pid && cmp_read_exact(sock, buf, 8) == CMP_OK;
+    close(sock);
+    *status = (int)(int8_t)buf[0];
+    return ok ? line[0] : 0;
+}
+
+CTEST(fs_server_hands_requests_to_a_spare)
+{
+    int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    char addr[64];
+    int addrlen = snprintf(addr + 1, sizeof addr - 1, "cmp-ctest-fs-%d", (int)getpid()) + 1;
+    addr[0] = '\0';
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    memcpy(sa.sun_path, addr, (size_t)addrlen);
+    CHECK_EQ(bind(listener, (struct sockaddr *)&sa,
+                  (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)addrlen)),
+             0);
+    CHECK_EQ(listen(listener, 8), 0);
+    int alive[2], report[2];
+    CHECK_EQ(pipe(alive), 0);
+    CHECK_EQ(pipe(report), 0);
+    unsigned char key[CMP_FS_KEY_LEN] = {9, 8, 7};
+    pid_t server = fork();
+    CHECK(server >= 0);
+    if (server == 0) {
+        close(alive[1]);
+        close(report[0]);
+        close(report[1]);
+        fs_serve(listener, alive[0], key);
+    }
+    close(listener);
+    close(alive[0]);
+    int64_t pid, spare = 0;
+    int status;
+    /* The first is forked for; each later one is the spare forked after it
+     * (the requester never waits for the fork), with its own exit code. */
+    CHECK_EQ(fs_start(addr, (size_t)addrlen, key, report[1], report[0], 3, &pid, &status), 'D');
+    CHECK_EQ(status, 3);
+    for (int i = 0; i < 3; i++) {
+        CHECK_EQ(fs_start(addr, (size_t)addrlen, key, report[1], report[0], (char)(10 + i), &pid,
+                          &status),
+                 'S');
+        CHECK_EQ(status, 10 + i);
+        CHECK(pid != spare);
+        spare = pid;
+    }
+    /* A spare killed while it waits: the next request is forked for. */
+    for (int tries = 0; tries < 500; tries++) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/task/%d/children", (int)server, (int)server);
+        FILE *f = fopen(path, "r");
+        int kid = 0;
+        if (f != NULL) {
+            if (fscanf(f, "%d", &kid) != 1)
+                kid = 0;
+            fclose(f);
+        }
+        if (kid > 0) {
+            CHECK_EQ(kill(kid, SIGKILL), 0);
+            break;
+        }
+        usleep(10000);
+    }
+    usleep(100000); /* reaped */
+    char how = fs_start(addr, (size_t)addrlen, key, report[1], report[0], 0, &pid, &status);
+    CHECK(how == 'D' || how == 'S');
+    CHECK_EQ(status, 0);
+    /* The program goes: the server exits, and so does its spare. */
+    close(report[1]);
+    close(alive[1]);
+    CHECK_EQ(waitpid(server, &status, 0), server);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    char c;
+    CHECK_EQ(read(report[0], &c, 1), 0); /* no spare holds the report pipe */
+    close(report[0]);
 }
 
 CTEST(place_fds_swaps_and_clears_cloexec)
