@@ -48,6 +48,8 @@ class ForkServer:
         self._server_pid = None
         self._listener_pid = None   # the process that listens on _address
         self._forkserver_authkey = None    # the stdlib's name for the server's key
+        self._base_prep = None      # the preparation data the server applied
+        self._tracker_pid = None    # the resource tracker the server uses
         self._lock = threading.Lock()
         self._preload_modules = ['__main__']
         self._preload_on_error = 'ignore'
@@ -96,6 +98,7 @@ class ForkServer:
                 os.waitpid(self._server_pid, 0)
             self._address = self._alive_w = self._server_pid = None
             self._listener_pid = self._forkserver_authkey = None
+            self._base_prep = self._tracker_pid = None
 
     def ensure_running(self):
         """Start the server if this process has none running."""
@@ -117,9 +120,12 @@ class ForkServer:
             try:
                 prep = spawn.get_preparation_data('ForkServer')
                 prep.pop('name')
+                base = {k: v for k, v in prep.items() if k not in _NOT_APPLIED}
+                table, pipe, tracker_pid = resource_tracker._current()
                 prep['preload'] = list(self._preload_modules)
                 prep['key'] = key
                 prep['preload_on_error'] = self._preload_on_error
+                prep['tracker'] = (table, pipe, tracker_pid)
                 payload = bytearray()
                 spawn.dump_prefixed(prep, payload)
                 prog = 'from cmp.forkserver import main; main()'
@@ -130,7 +136,7 @@ class ForkServer:
                 util._flush_std_streams()
                 pid = _core.spawn(spawn.get_executable(), cmd,
                                   [b'%s=%s' % kv for kv in os.environb.items()],
-                                  [listener.fileno(), alive_r, data_r])
+                                  [listener.fileno(), alive_r, data_r, table, pipe])
             except BaseException:
                 os.close(alive_w)
                 raise
@@ -145,7 +151,16 @@ class ForkServer:
             self._server_pid = pid
             self._listener_pid = os.getpid()
             self._forkserver_authkey = key
+            self._base_prep = base
+            self._tracker_pid = tracker_pid
 
+
+# Preparation data the server does not apply itself: every child is sent
+# these (the key of the main module, whose preloading may have failed).
+_NOT_APPLIED = ('authkey', 'init_main_from_path', 'init_main_from_name')
+# What the server puts back after preloading, for its children to start
+# from what it was told (what a preloaded module changed of it is undone).
+_RESTORED = ('sys_path', 'sys_argv', 'dir', 'orig_dir', 'start_method')
 
 # A child forked from a process that started a server shares that server;
 # it is not the server's parent, so it cannot waitpid() it.
@@ -191,6 +206,7 @@ def main():
     preload = prep.pop('preload')
     key = prep.pop('key')
     on_error = prep.pop('preload_on_error')
+    resource_tracker._attach_fds(*prep.pop('tracker'))     # shared by every child
     prep.pop('authkey', None)
     if '__main__' in preload:
         preload = [m for m in preload if m != '__main__']
@@ -211,6 +227,9 @@ def main():
             __import__(modname)
         except ImportError as e:
             _preload_failed(on_error, 'module %r' % modname, e)
+    # A request carries only what differs from what the server was started
+    # with (ForkServer._base_prep): make that hold again.
+    spawn.prepare({k: prep[k] for k in _RESTORED if k in prep})
     util._flush_std_streams()       # what the preloaded modules printed is the server's
     util._close_stdin()
     old_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)

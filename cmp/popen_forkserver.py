@@ -22,7 +22,9 @@ class Popen(popen_fork.Popen):
         return len(self._fds) - 1
 
     def _launch(self, process_obj):
-        data = spawn.pickle_for_child(self, process_obj)
+        server = forkserver._forkserver
+        server.ensure_running()
+        data = spawn.pickle_for_child(self, process_obj, server._base_prep, server._tracker_pid)
         sock, self.pid = forkserver.connect_to_new_process(
             [popen_fork.self_pidfd(), *self._fds], data)
         self.sentinel = sock

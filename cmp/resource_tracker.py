@@ -196,18 +196,30 @@ unregister = _resource_tracker.unregister
 getfd = _resource_tracker.getfd
 
 
+def _current():
+    """This process's tracker, started now if need be (as the stdlib's spawn
+    does): (its table's descriptor, its pipe's, its pid)."""
+    pipe = _resource_tracker.getfd()
+    return _core.tracker_table_fd(), pipe, _resource_tracker._pid
+
+
 def _for_child():
     """The preparation data that makes a child being started afresh share
-    this process's tracker (started now if need be, as the stdlib's spawn
-    does): its table and pipe, handed over with the child, and its pid."""
+    this process's tracker: its table and pipe, handed over with the child,
+    and its pid."""
     from .reduction import DupFd
-    pipe = _resource_tracker.getfd()
-    return DupFd(_core.tracker_table_fd()), DupFd(pipe), _resource_tracker._pid
+    table, pipe, pid = _current()
+    return DupFd(table), DupFd(pipe), pid
 
 
 def _attach(table, pipe, pid):
     """In that child (spawn.prepare): use the parent's tracker."""
-    _core.tracker_attach(table.detach(), pipe.detach(), pid)
+    _attach_fds(table.detach(), pipe.detach(), pid)
+
+
+def _attach_fds(table_fd, pipe_fd, pid):
+    """Use the tracker whose table and pipe these descriptors are (taken over)."""
+    _core.tracker_attach(table_fd, pipe_fd, pid)
     _resource_tracker.ensure_running()
 
 

@@ -271,18 +271,22 @@ def _load_prefixed(data, offset):
     return pickle.loads(data[start:start + n]), start + n
 
 
-def pickle_for_child(popen, process_obj):
+def pickle_for_child(popen, process_obj, base=None, tracker_pid=None):
     """What a child started by `popen` reads: the preparation data and the
     Process object, pickled while `popen` is the spawning one (so objects
     that carry descriptors or shared state may pickle, through
     popen.duplicate_for_child). The child shares this process's resource
-    tracker."""
+    tracker. A child of the fork server already is what `base` says and
+    uses the tracker of `tracker_pid`: it is sent only what differs."""
     from . import resource_tracker
     data = bytearray()
     context.set_spawning_popen(popen)
     try:
         prep = get_preparation_data(process_obj._name)
-        prep['resource_tracker'] = resource_tracker._for_child()
+        if base is not None:
+            prep = {k: v for k, v in prep.items() if k not in base or base[k] != v}
+        if tracker_pid is None or resource_tracker._current()[2] != tracker_pid:
+            prep['resource_tracker'] = resource_tracker._for_child()
         dump_prefixed(prep, data)
         dump_prefixed(process_obj, data)
     finally:

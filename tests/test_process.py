@@ -423,6 +423,25 @@ def test_forkserver_refuses_strangers():
         'wrong listener refused', 'child ran', '0']), r.stdout + r.stderr
 
 
+@pytest.mark.parametrize('early', [True, False], ids=['before-first-start', 'after'])
+def test_log_to_stderr_reaches_a_child_once(method, early):
+    """A child of a program that logs to stderr does too, with one handler
+    (a fork server's child once had the server's and its own), whether
+    logging was turned on before the first start or after it."""
+    assert_same('''
+        import logging, sys
+        def f():
+            print(len(mp.get_logger().handlers), mp.get_logger().level)
+        if __name__ == '__main__':
+            if sys.argv[1] == 'True':
+                mp.log_to_stderr(logging.WARNING)
+            p = mp.Process(target=f); p.start(); p.join()
+            mp.log_to_stderr(logging.WARNING) if sys.argv[1] != 'True' else None
+            for _ in range(2):
+                p = mp.Process(target=f); p.start(); p.join()
+    ''', start_method=method, args=(str(early),))
+
+
 def test_forkserver_spare():
     """After its first child the fork server keeps one forked ahead (a
     spare) and hands it the next request: each child still has its own pid,

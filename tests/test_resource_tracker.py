@@ -369,6 +369,47 @@ def test_a_child_started_afresh_shares_its_parents_tracker(method):
         assert 'There appear to be 1 leaked shared_memory objects' in r.stderr, r.stderr
 
 
+def test_a_fork_server_child_uses_the_tracker_relaunched_after_the_server_started():
+    """The fork server shares the tracker of the program that started it
+    with every child; once that tracker was killed and relaunched, a child
+    is handed the new one and uses it instead (a block it leaves is cleaned
+    up by the new tracker at the end)."""
+    r = run('''
+        import os, signal, time, warnings
+        from cmp import resource_tracker, shared_memory
+        rt = resource_tracker._resource_tracker
+        def child(conn):
+            s = shared_memory.SharedMemory(create=True, size=16)
+            conn.send((rt._pid, s.name))
+            s.close()
+        def start():
+            r, w = mp.Pipe(duplex=False)
+            p = mp.Process(target=child, args=(w,))
+            p.start()
+            pid, name = r.recv()
+            p.join()
+            return pid, name, p.exitcode
+        if __name__ == '__main__':
+            rt.ensure_running()
+            first = rt._pid
+            pid, name, code = start()
+            print(pid == first, code)
+            os.kill(first, signal.SIGKILL)
+            os.waitpid(first, 0)
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                rt.ensure_running()
+            for _ in range(2):
+                pid, name, code = start()
+                print(pid == rt._pid != first, code)
+            print(name, flush=True)
+    ''', 'cmp', start_method='forkserver')
+    lines = r.stdout.splitlines()
+    assert lines[:3] == ['True 0', 'True 0', 'True 0'], r.stdout + r.stderr
+    assert _gone('/dev/shm/' + lines[3].lstrip('/'))
+    assert 'leaked shared_memory objects' in r.stderr, r.stderr
+
+
 def test_attaching_refuses_what_is_not_a_tracker():
     r = run('''
         import errno, os

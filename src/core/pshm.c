@@ -308,10 +308,20 @@ set_cloexec(int fd)
 int
 cmp_tracker_attach(int table_fd, int pipe_fd, int pid)
 {
-    if (tracker_table != NULL) { /* keep ours: its registrations are there */
-        close(table_fd);
-        close(pipe_fd);
-        return CMP_OK;
+    if (tracker_table != NULL) {
+        if (tracker_owner == getpid() || tracker_pid == pid) {
+            /* Keep ours (its registrations are there), or the same one. */
+            close(table_fd);
+            close(pipe_fd);
+            return CMP_OK;
+        }
+        /* One inherited (a child of the fork server gets the server's) that
+         * is not the tracker handed over: use the one handed over. */
+        munmap(tracker_table, TRACKER_BYTES);
+        close(tracker_memfd);
+        close(tracker_pipe_w);
+        tracker_table = NULL;
+        tracker_memfd = tracker_pipe_w = -1;
     }
     struct stat tst, pst;
     void *mem;

@@ -72,8 +72,10 @@ int cmp_tracker_table_fd(void);
 /* Make this process use a tracker started elsewhere: its table's memfd, the
  * write end of its pipe (both taken over: kept close-on-exec, or closed on
  * failure) and its pid. Holding the pipe, this process too keeps it waiting.
- * A process that already has a tracker keeps it (and closes both). CMP_OK,
- * or CMP_ERRNO (EINVAL: not a tracker's table and pipe). */
+ * A process that started its own tracker, or already uses this one, keeps
+ * it (and closes both); one it inherited (a child of the fork server has
+ * the server's) is replaced. CMP_OK, or CMP_ERRNO (EINVAL: not a tracker's
+ * table and pipe). */
 int cmp_tracker_attach(int table_fd, int pipe_fd, int pid);
 
 #endif /* CMP_PSHM_H */

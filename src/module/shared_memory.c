@@ -335,8 +335,8 @@ PyDoc_STRVAR(tracker_attach_doc,
              "\n"
              "Use the tracker of another process (this process's parent): its table\n"
              "(tracker_table_fd() there), its pipe (tracker_fd()) and its pid. Both\n"
-             "descriptors are taken over (closed if it fails). A process that has a\n"
-             "tracker already keeps it.");
+             "descriptors are taken over (closed if it fails). A process that started\n"
+             "its own tracker, or uses this one, keeps it; an inherited one is replaced.");
 
 static PyObject *
 cmp_py_tracker_attach(PyObject *Py_UNUSED(module), PyObject *args)
