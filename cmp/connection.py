@@ -29,7 +29,6 @@ Differences from the stdlib, all where it loses data or fails late:
 import itertools
 import os
 import socket
-import tempfile
 
 from . import _core, _versions, reduction, util
 from .context import AuthenticationError, BufferTooShort
@@ -164,6 +163,7 @@ def arbitrary_address(family):
     """An unused address of the given family."""
     if family == 'AF_INET':
         return ('localhost', 0)
+    import tempfile     # here: a program that never asks keeps it unimported
     if family == 'AF_UNIX':
         if _versions.SOCK_ADDRESS_PREFIX:
             return os.path.join(_get_temp_dir(),

@@ -24,9 +24,7 @@ message, no syscall. This module is the stdlib's API over it:
   (e.g. loky): it reads the stdlib's REGISTER/UNREGISTER lines from fd and
   cleans up when every writer has closed it.
 """
-import base64
 import errno
-import json
 import os
 import signal
 import sys
@@ -230,6 +228,8 @@ def _decode_message(line):
     """(cmd, rtype, name) of one line: 'CMD:NAME:RTYPE' or, from 3.13 on,
     the JSON form {"cmd", "rtype", "base64_name"}."""
     if line.startswith(b'{'):
+        import base64
+        import json
         try:
             obj = json.loads(line.decode('ascii'))
             cmd, rtype, b64 = obj['cmd'], obj['rtype'], obj.get('base64_name', '')
