@@ -4,6 +4,9 @@ process.start_join.<method>: N sequential `ctx.Process(target=noop)`,
 `start()`, `join()` under one start method. One untimed start+join first
 pays the one-time costs (lazy imports, starting the fork server), so the
 rate is that of a program that starts children steadily.
+
+process.script_start_join.forkserver: the same, run as a script whose
+target is in its main module (see _script_start_join).
 """
 import time
 
@@ -58,9 +61,62 @@ def _start_join(method, n):
     return start_join
 
 
+_SCRIPT = '''
+import sys, time
+import importlib
+mp = importlib.import_module(sys.argv[1])
+
+def noop():
+    pass
+
+if __name__ == '__main__':
+    ctx = mp.get_context(sys.argv[2])
+    count = int(sys.argv[3])
+    warm = ctx.Process(target=noop)
+    warm.start()
+    warm.join()
+    failed = warm.exitcode != 0
+    t0 = time.perf_counter()
+    for _ in range(count):
+        p = ctx.Process(target=noop)
+        p.start()
+        p.join()
+        failed += p.exitcode != 0
+    print(count, time.perf_counter() - t0, failed)
+'''
+
+
+def _script_start_join(method, n):
+    """The same loop in the shape of most programs: a script whose target
+    is a function of its main module, started with `python script.py`. Under
+    spawn and forkserver each child needs that module: the fork server
+    imports it once (cmp, and the stdlib from 3.13); 3.11's stdlib server is
+    never told its path, so each of its children runs it again."""
+    def start_join(mp, scale=1.0):
+        import os
+        import subprocess
+        import sys
+        import tempfile
+        count = max(1, round(n * scale))
+        with tempfile.TemporaryDirectory(prefix='cmp-bench-') as tmp:
+            script = os.path.join(tmp, 'start_join.py')
+            with open(script, 'w') as f:
+                f.write(_SCRIPT)
+            out = subprocess.run([sys.executable, script, mp.__name__, method, str(count)],
+                                 check=True, capture_output=True, text=True).stdout
+        got, seconds, failed = out.split()
+        if int(failed):
+            raise RuntimeError('%s of %d children under %s did not exit with 0'
+                               % (failed, count + 1, method))
+        return int(got), float(seconds)
+    start_join.__name__ = 'script_start_join_' + method
+    return start_join
+
+
 # Counts chosen for about a second per run on a small machine.
 WORKLOADS = {
     'process.start_join.fork': (_start_join('fork', 400), 'starts/s'),
     'process.start_join.spawn': (_start_join('spawn', 25), 'starts/s'),
     'process.start_join.forkserver': (_start_join('forkserver', 150), 'starts/s'),
+    'process.script_start_join.forkserver': (_script_start_join('forkserver', 150), 'starts/s'),
 }
