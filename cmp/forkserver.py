@@ -153,6 +153,7 @@ class ForkServer:
             self._forkserver_authkey = key
             self._base_prep = base
             self._tracker_pid = tracker_pid
+            _watch_forks()
 
 
 # Preparation data the server does not apply itself: every child is sent
@@ -191,7 +192,16 @@ def _after_fork_in_child():
         _forkserver._server_pid = _SERVER_IN_PARENT
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_watching_forks = False
+
+
+def _watch_forks():
+    """From the first server on (not at import: a program that never starts
+    one spares its forked children the call)."""
+    global _watching_forks
+    if not _watching_forks:
+        os.register_at_fork(after_in_child=_after_fork_in_child)
+        _watching_forks = True
 
 
 # ---------------------------------------------------------------------------

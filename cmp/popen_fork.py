@@ -6,27 +6,20 @@ from . import _core, util
 
 __all__ = ['Popen']
 
-# A pidfd of this process, opened once and inherited by forked children as
-# their parent's sentinel (a child cannot open one for a parent that may
-# already be gone without racing against pid reuse).
+# (pid, a pidfd of the process pid): opened once per process and inherited
+# by forked children as their parent's sentinel (a child cannot open one for
+# a parent that may already be gone without racing against pid reuse). In
+# a child the inherited one names the parent: it stays open as that
+# sentinel, and the child opens its own when it needs one.
 _self_pidfd = None
 
 
 def self_pidfd():
     global _self_pidfd
-    if _self_pidfd is None:
-        _self_pidfd = _core.pidfd_open(os.getpid())
-    return _self_pidfd
-
-
-def _forget_self_pidfd():
-    # In a child the inherited descriptor names the parent; it stays open as
-    # the parent's sentinel but is no longer ours.
-    global _self_pidfd
-    _self_pidfd = None
-
-
-os.register_at_fork(after_in_child=_forget_self_pidfd)
+    pid = os.getpid()
+    if _self_pidfd is None or _self_pidfd[0] != pid:
+        _self_pidfd = (pid, _core.pidfd_open(pid))
+    return _self_pidfd[1]
 
 
 class Popen:

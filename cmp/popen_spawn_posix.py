@@ -133,10 +133,19 @@ class _Spares:
         self._spares = []
         self._want = 1
         self._lock = threading.Lock()
-        self._atexit = False
+        self._hooked = False
+
+    def _hook(self):
+        # From the first spawn start on (not at import: a program that never
+        # spawns spares its forked children the call).
+        if not self._hooked:
+            self._hooked = True
+            atexit.register(self.clear)
+            os.register_at_fork(after_in_child=self._forget_in_child)
 
     def take(self, state):
         """A spare that a child started now may become, or None."""
+        self._hook()
         with self._lock:
             spare = self._spares.pop(0) if self._spares else None
         if spare is None:
@@ -152,15 +161,13 @@ class _Spares:
 
     def start(self, state):
         """Start spares until there are as many as wanted."""
+        self._hook()
         while len(self._spares) < self._want:
             spare = self._spawn(state)
             if spare is None:
                 return          # no spare: the next start spawns as usual
             with self._lock:
                 self._spares.append(spare)
-            if not self._atexit:
-                atexit.register(self.clear)
-                self._atexit = True
 
     @staticmethod
     def _spawn(state):
@@ -201,4 +208,3 @@ def _socketpair():
 
 
 _spare = _Spares()
-os.register_at_fork(after_in_child=_spare._forget_in_child)
