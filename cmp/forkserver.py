@@ -304,11 +304,14 @@ def _warm_up(sample):
     process._ParentProcess(me.name, os.getppid(), None)
     util._flush_std_streams()
     # Finding and loading the module of its target: a search that finds
-    # nothing, and the code of this module, read but not run.
+    # nothing, and the code of this module, read from its bytecode but not
+    # run (not compiled either, when there is none: that would cost more
+    # than it saves).
     import importlib.util
     importlib.util.find_spec('_cmp_forkserver_warm_up_finds_nothing')
     spec = __spec__
-    if spec is not None and hasattr(spec.loader, 'get_code'):
+    if (spec is not None and hasattr(spec.loader, 'get_code') and spec.cached
+            and os.path.exists(spec.cached)):
         spec.loader.get_code(spec.name)
 
 
