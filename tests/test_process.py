@@ -433,10 +433,12 @@ def test_log_to_stderr_reaches_a_child_once(method, early):
         def f():
             print(len(mp.get_logger().handlers), mp.get_logger().level)
         if __name__ == '__main__':
-            if sys.argv[1] == 'True':
+            early = sys.argv[1] == 'True'
+            if early:
                 mp.log_to_stderr(logging.WARNING)
             p = mp.Process(target=f); p.start(); p.join()
-            mp.log_to_stderr(logging.WARNING) if sys.argv[1] != 'True' else None
+            if not early:
+                mp.log_to_stderr(logging.WARNING)
             for _ in range(2):
                 p = mp.Process(target=f); p.start(); p.join()
     ''', start_method=method, args=(str(early),))
