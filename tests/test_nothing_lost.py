@@ -152,6 +152,14 @@ def stopped_producer(target, obj):
     p.start()
     time.sleep(0.5)
     os.kill(p.pid, signal.SIGSTOP)
+    # Stopped before anyone reads: a stop that lands late lets the whole
+    # message through to the first get(), and there is nothing to interrupt.
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open('/proc/%d/stat' % p.pid) as f:
+            if f.read().rpartition(')')[2].split()[0] in 'Tt':
+                break
+        time.sleep(0.001)
     return p
 
 def interrupted(get, p):
