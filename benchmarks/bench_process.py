@@ -33,6 +33,12 @@ def _compile_imports():
     compileall.compile_file(__file__, quiet=2)
 
 
+def _check(failed, count, method):
+    if failed:
+        raise RuntimeError('%d of %d children under %s did not exit with 0'
+                           % (failed, count + 1, method))
+
+
 def _noop():
     pass
 
@@ -53,9 +59,7 @@ def _start_join(method, n):
             p.join()
             failed += p.exitcode != 0
         seconds = time.perf_counter() - t0
-        if warm.exitcode != 0 or failed:
-            raise RuntimeError('%d of %d children under %s did not exit with 0'
-                               % (failed + (warm.exitcode != 0), count + 1, method))
+        _check(failed + (warm.exitcode != 0), count, method)
         return count, seconds
     start_join.__name__ = 'start_join_' + method
     return start_join
@@ -105,9 +109,7 @@ def _script_start_join(method, n):
             out = subprocess.run([sys.executable, script, mp.__name__, method, str(count)],
                                  check=True, capture_output=True, text=True).stdout
         got, seconds, failed = out.split()
-        if int(failed):
-            raise RuntimeError('%s of %d children under %s did not exit with 0'
-                               % (failed, count + 1, method))
+        _check(int(failed), count, method)
         return int(got), float(seconds)
     start_join.__name__ = 'script_start_join_' + method
     return start_join

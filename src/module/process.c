@@ -428,24 +428,34 @@ PyDoc_STRVAR(recv_request_doc,
              "Wait for a request sent with send_request; None once the peer is gone.\n"
              "Closes sock.");
 
+/* A request that `receive` waits for on fd -- cmp_fs_recv (its payload
+ * follows on fd) or cmp_fs_take (on the connection handed over) -- read as
+ * a forked child reads it: (payload, fds), or None once the peer is gone.
+ * fd is closed. */
 static PyObject *
-cmp_py_recv_request(PyObject *Py_UNUSED(module), PyObject *arg)
+receive_request(PyObject *arg, int (*receive)(int, cmp_fs_req *))
 {
     cmp_fs_req req;
     int st;
-    int sock = PyObject_AsFileDescriptor(arg);
-    if (sock < 0)
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0)
         return NULL;
     Py_BEGIN_ALLOW_THREADS
-    st = cmp_fs_recv(sock, &req);
+    st = receive(fd, &req);
     Py_END_ALLOW_THREADS
-    if (st != CMP_OK) {
-        close(sock);
-        if (st == CMP_EEOF)
-            Py_RETURN_NONE;
+    if (st != CMP_OK || req.conn != fd)
+        close(fd); /* else child_request closes it */
+    if (st == CMP_EEOF)
+        Py_RETURN_NONE;
+    if (st != CMP_OK)
         return cmp_set_error(st);
-    }
     return child_request(&req);
+}
+
+static PyObject *
+cmp_py_recv_request(PyObject *Py_UNUSED(module), PyObject *arg)
+{
+    return receive_request(arg, cmp_fs_recv);
 }
 
 PyDoc_STRVAR(place_fds_doc,
@@ -568,20 +578,7 @@ PyDoc_STRVAR(forkserver_take_doc,
 static PyObject *
 cmp_py_forkserver_take(PyObject *Py_UNUSED(module), PyObject *arg)
 {
-    cmp_fs_req req;
-    int st;
-    int end = PyObject_AsFileDescriptor(arg);
-    if (end < 0)
-        return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    st = cmp_fs_take(end, &req);
-    Py_END_ALLOW_THREADS
-    close(end);
-    if (st == CMP_EEOF)
-        Py_RETURN_NONE;
-    if (st != CMP_OK)
-        return cmp_set_error(st);
-    return child_request(&req);
+    return receive_request(arg, cmp_fs_take);
 }
 
 static PyMethodDef proc_methods[] = {

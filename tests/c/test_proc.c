@@ -95,6 +95,16 @@ CTEST(child_dies_with_parent)
     close(gfd);
 }
 
+/* The child pid wrote "ok" (and a newline) to fd and exited with 0. */
+static int
+says_ok_and_exits_0(int fd, pid_t pid)
+{
+    char buf[8] = {0};
+    int st;
+    return read(fd, buf, sizeof buf - 1) == 3 && buf[0] == 'o' && buf[1] == 'k'
+           && waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
 CTEST(spawn_keeps_only_listed_fds)
 {
     int p[2];
@@ -106,12 +116,7 @@ CTEST(spawn_keeps_only_listed_fds)
     pid_t pid = cmp_spawn("/bin/sh", argv, envp, &p[1], 1);
     CHECK(pid > 0);
     close(p[1]);
-    char buf[8] = {0};
-    CHECK(read(p[0], buf, sizeof buf - 1) == 3);
-    CHECK(buf[0] == 'o' && buf[1] == 'k');
-    int st;
-    CHECK(waitpid(pid, &st, 0) == pid);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK(says_ok_and_exits_0(p[0], pid));
     close(p[0]);
 }
 
@@ -133,12 +138,7 @@ CTEST(spawn_clean_renumbers_kept_fds_and_closes_the_rest)
     CHECK(pid > 0);
     close(p[1]);
     close(high);
-    char buf[8] = {0};
-    CHECK(read(p[0], buf, sizeof buf - 1) == 3);
-    CHECK(buf[0] == 'o' && buf[1] == 'k');
-    int st;
-    CHECK(waitpid(pid, &st, 0) == pid);
-    CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    CHECK(says_ok_and_exits_0(p[0], pid));
     close(p[0]);
     close(extra);
 }
