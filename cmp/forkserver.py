@@ -20,6 +20,7 @@ checks that the socket it reached was listened on by the process that
 started the server, so a stranger that took over the address of a dead
 server gets no key.
 """
+import functools
 import gc
 import os
 import signal
@@ -250,8 +251,10 @@ def main():
     request = _core.forkserver_serve(listener_fd, alive_r, key)
     if request is None:
         os._exit(0)                 # the main process is gone: so are we
+    end = os._exit
     if type(request) is int:
-        request = _wait_as_spare(request, sample)
+        *request, conn = _wait_as_spare(request, sample)
+        end = functools.partial(_end_spare_child, os.getpid(), conn)
     code = 1
     try:
         signal.signal(signal.SIGINT, old_sigint)
@@ -263,7 +266,7 @@ def main():
         sys.excepthook(*sys.exc_info())
         util._flush_std_streams()
     finally:
-        util._forked_child_exit(code)
+        util._forked_child_exit(code, end)
 
 
 def _wait_as_spare(end, sample):
@@ -273,10 +276,13 @@ def _wait_as_spare(end, sample):
     write to (reference counts, the interpreter's caches): taken here, that
     costs no one a wait."""
     util._forked_child_atexit()
-    try:
-        _warm_up(sample)
-    except Exception:
-        pass                        # only slower
+    for step in _WARM_UP:
+        if _core.wait_readable(end, 0):
+            break                   # a request waits: the child does the rest
+        try:
+            step(sample)
+        except Exception:
+            pass                    # only slower
     try:
         request = _core.forkserver_take(end)
     except BaseException:
@@ -286,10 +292,28 @@ def _wait_as_spare(end, sample):
     return request
 
 
-def _warm_up(sample):
-    """What a child does before it runs its target, on what this process
-    already is: every step leaves things as they were."""
+def _end_spare_child(pid, conn, code):
+    """The end of a child that was a spare. The server answered the
+    requester with this pid before handing the request over, so the exit
+    code can follow on the same connection now: join() returns without
+    waiting for the kernel to free this process's memory and for the
+    server to reap it. Every descriptor but the standard three is closed
+    first, so what this process held (files, locks, sockets) is released
+    before join() returns, as with the stdlib."""
+    if os.getpid() == pid and -1 << 31 <= code < 1 << 31:     # (not a child
+        _core.forkserver_exit(conn, code)                      # os.fork() made)
+    os._exit(code)          # (a code beyond a C int fails here, as in the stdlib)
+
+
+# What a child does before it runs its target, done by a spare on what it
+# already is, in steps (a request that arrives cuts them short). Each step
+# leaves things as they were.
+
+def _warm_up_unpickling(sample):
     spawn._load_prefixed(sample, 0)
+
+
+def _warm_up_preparing(sample):
     spawn.prepare({'sys_path': sys.path, 'sys_argv': sys.argv})
     main = getattr(sys.modules['__main__'], '__file__', None)
     if main is not None:
@@ -303,16 +327,25 @@ def _warm_up(sample):
         threading.main_thread()._set_native_id()
     process._ParentProcess(me.name, os.getppid(), None)
     util._flush_std_streams()
-    # Finding and loading the module of its target: a search that finds
-    # nothing, and the code of this module, read from its bytecode but not
-    # run (not compiled either, when there is none: that would cost more
-    # than it saves).
+
+
+def _warm_up_importing(sample):
+    """Finding and loading the module of the target: a search that finds
+    nothing, and this module's bytecode, unmarshalled but not run (never
+    compiled, even where it is stale: that would cost more than it saves)."""
     import importlib.util
+    import marshal
     importlib.util.find_spec('_cmp_forkserver_warm_up_finds_nothing')
-    spec = __spec__
-    if (spec is not None and hasattr(spec.loader, 'get_code') and spec.cached
-            and os.path.exists(spec.cached)):
-        spec.loader.get_code(spec.name)
+    cached = getattr(__spec__, 'cached', None)
+    if cached:
+        try:
+            with open(cached, 'rb') as f:
+                marshal.loads(memoryview(f.read())[16:])   # after the pyc header
+        except (OSError, ValueError, EOFError, TypeError):
+            pass
+
+
+_WARM_UP = (_warm_up_unpickling, _warm_up_preparing, _warm_up_importing)
 
 
 def _preload_main(main_path, on_error):

@@ -273,14 +273,14 @@ def _forked_child_atexit():
         atexit.register(_exit_function)
 
 
-def _forked_child_exit(code):
+def _forked_child_exit(code, end=os._exit):
     """End such a child with exit status code, after its atexit handlers
-    where the stdlib runs them."""
+    where the stdlib runs them; end(code) is what ends it."""
     try:
         if _versions.FORK_CHILD_RUNS_ATEXIT:
             atexit._run_exitfuncs()
     finally:
-        os._exit(code)
+        end(code)
 
 
 def _flush_std_streams():

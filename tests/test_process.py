@@ -72,15 +72,18 @@ def test_nested_names_and_subclass(method):
     ('os.kill(os.getpid(), signal.SIGKILL)', 'self-kill'),
 ])
 def test_exit_codes_and_stderr(method, body, name):
+    # Twice: under forkserver the second child is the server's spare, which
+    # tells its exit code itself.
     std, mine = assert_same('''
         import os, signal, sys
         def f():
             %s
         if __name__ == '__main__':
-            p = mp.Process(target=f)
-            p.start()
-            p.join()
-            print(p.exitcode, repr(p))
+            for _ in range(2):
+                p = mp.Process(target=f)
+                p.start()
+                p.join()
+                print(p.exitcode, repr(p))
     ''' % body, start_method=method)
     # The child's report: "Process Process-1:", the traceback, the message.
     first = lambda r: r.stderr.splitlines()[:1]
@@ -459,10 +462,12 @@ def test_forkserver_spare():
         def kids(server):
             with open('/proc/%d/task/%d/children' % (server, server)) as fh:
                 return [int(k) for k in fh.read().split()]
-        def waiting(server):
-            # the server's children that run no Process: its spare
+        def waiting(server, ended=()):
+            # the server's children that run no Process: its spare (a child
+            # that ended may still be there a moment after join() returned)
             deadline = time.monotonic() + 10
-            while not kids(server) and time.monotonic() < deadline:
+            while ((not kids(server) or set(kids(server)) & set(ended))
+                   and time.monotonic() < deadline):
                 time.sleep(0.01)
             return kids(server)
         if __name__ == '__main__':
@@ -476,16 +481,16 @@ def test_forkserver_spare():
             print(seen == pid, exitcode)
             server = forkserver._forkserver._server_pid
             for code in (0, 7, -1):
-                spare = waiting(server)
+                spare = waiting(server, [pid])
                 pid, seen, exitcode = start(code)
                 print(spare == [pid], seen == pid, exitcode == code % 256)
-            spare = waiting(server)
+            spare = waiting(server, [pid])
             os.kill(spare[0], signal.SIGKILL)
             while kids(server) == spare:        # until the server reaps it
                 time.sleep(0.01)
             pid, seen, exitcode = start(5)
             print(pid != spare[0], seen == pid, exitcode)
-            print('spare', waiting(server)[0], flush=True)
+            print('spare', waiting(server, [pid])[0], flush=True)
     ''', 'cmp', start_method='forkserver')
     lines = r.stdout.splitlines()
     assert lines[:5] == ['True 3'] + ['True True True'] * 3 + ['True True 5'], r.stdout + r.stderr
@@ -494,6 +499,58 @@ def test_forkserver_spare():
     while os.path.exists('/proc/%d' % spare) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not os.path.exists('/proc/%d' % spare), 'the spare outlived its program'
+
+
+def test_join_returns_once_the_child_let_go(method):
+    """When join() returns, what the child held is released: a lock it took
+    on a file (and never let go of) is free. Under forkserver most of these
+    children are spares, which tell their exit code before the kernel has
+    freed their memory, but only after closing their descriptors."""
+    assert_same('''
+        import fcntl, sys
+        held = []
+        def hold(path, code):
+            held.append(open(path, 'w'))        # open until the process ends
+            fcntl.flock(held[-1], fcntl.LOCK_EX)
+            sys.exit(code)
+        if __name__ == '__main__':
+            seen = []
+            for i in range(20):
+                p = mp.Process(target=hold, args=('lockfile', i % 3))
+                p.start()
+                p.join()
+                with open('lockfile') as f:
+                    try:
+                        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        seen.append((p.exitcode, 'free'))
+                    except BlockingIOError:
+                        seen.append((p.exitcode, 'held'))
+            print(seen)
+    ''', start_method=method)
+
+
+def test_join_waits_for_the_child_not_a_process_it_forked(method):
+    """A process its target forks with os.fork() and that leaves the target
+    ends in the child's own exit path: it must not pass for the child
+    (whose exit code a spare of the fork server tells itself)."""
+    assert_same('''
+        import os, sys, time
+        def f(path):
+            pid = os.fork()
+            if pid == 0:
+                return                  # the grandchild leaves at once
+            os.waitpid(pid, 0)
+            time.sleep(0.2)
+            open(path, 'w').close()
+            sys.exit(5)
+        if __name__ == '__main__':
+            for _ in range(3):
+                p = mp.Process(target=f, args=('done',))
+                p.start()
+                p.join()
+                print(p.exitcode, os.path.exists('done'))
+                os.unlink('done')
+    ''', start_method=method)
 
 
 def test_spawn_sees_the_state_at_start(tmp_path):

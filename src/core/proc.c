@@ -824,6 +824,22 @@ cmp_fs_take(int end, cmp_fs_req *req)
 }
 
 void
+cmp_close_all_but(int keep)
+{
+    if (keep > 3)
+        syscall(SYS_close_range, 3u, (unsigned)keep - 1, 0u);
+    syscall(SYS_close_range, (unsigned)keep + 1, ~0u, 0u);
+}
+
+void
+cmp_fs_child_exit(int conn, int code)
+{
+    cmp_close_all_but(conn);
+    answer(conn, code & 0xff);
+    _exit(code);
+}
+
+void
 cmp_fs_in_child(cmp_fs_server *s)
 {
     if (s->spare_sock >= 0)

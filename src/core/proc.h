@@ -186,6 +186,15 @@ void cmp_fs_forked(cmp_fs_server *s, cmp_fs_req *req, pid_t pid, int err);
  * and restore the signal mask. */
 void cmp_fs_in_child(cmp_fs_server *s);
 
+/* Close every descriptor from 3 up but `keep` (>= 3). */
+void cmp_close_all_but(int keep);
+
+/* In a child a spare became: end with exit status `code`, after closing
+ * every descriptor but 0-2 and `conn`, its request's connection, and then
+ * telling the requester on it, as the server would once it has reaped us:
+ * join() need not wait for the kernel to free this process's memory. */
+void cmp_fs_child_exit(int conn, int code) __attribute__((noreturn));
+
 /* Read exactly n bytes from fd (EINTR retried). CMP_OK, CMP_EEOF, CMP_ERRNO. */
 int cmp_read_exact(int fd, void *buf, size_t n);
 

@@ -1,5 +1,6 @@
 /* Named POSIX shared memory and its resource tracker. */
 #include "pshm.h"
+#include "proc.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -12,7 +13,6 @@
 #include <sys/prctl.h>
 #include <sys/random.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -192,9 +192,7 @@ tracker_main(int rfd, track_table *t)
         dup2(null, 0);
         dup2(null, 1);
     }
-    if (rfd > 3)
-        syscall(SYS_close_range, 3u, (unsigned)rfd - 1, 0u);
-    syscall(SYS_close_range, (unsigned)rfd + 1, ~0u, 0u);
+    cmp_close_all_but(rfd);
 
     char buf[64];
     for (;;) {

@@ -342,9 +342,9 @@ cmp_py_forkserver_request(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 /* In a child of the server: its payload, read from the connection, and its
- * descriptors. */
+ * descriptors (and the connection, left open, if keep_conn). */
 static PyObject *
-child_request(cmp_fs_req *req)
+child_request(cmp_fs_req *req, int keep_conn)
 {
     PyObject *fds = NULL, *payload = NULL;
     if (req->size > (uint64_t)PY_SSIZE_T_MAX) {
@@ -374,12 +374,16 @@ child_request(cmp_fs_req *req)
         PyList_SET_ITEM(fds, i, fd);
     }
 done:
-    close(req->conn);
+    if (fds == NULL || !keep_conn)
+        close(req->conn);
     if (fds == NULL) {
         Py_XDECREF(payload);
         return NULL;
     }
-    PyObject *r = PyTuple_Pack(2, payload, fds);
+    PyObject *r = keep_conn ? Py_BuildValue("(OOi)", payload, fds, req->conn)
+                            : PyTuple_Pack(2, payload, fds);
+    if (r == NULL && keep_conn)
+        close(req->conn);
     Py_DECREF(payload);
     Py_DECREF(fds);
     return r;
@@ -430,10 +434,10 @@ PyDoc_STRVAR(recv_request_doc,
 
 /* A request that `receive` waits for on fd -- cmp_fs_recv (its payload
  * follows on fd) or cmp_fs_take (on the connection handed over) -- read as
- * a forked child reads it: (payload, fds), or None once the peer is gone.
- * fd is closed. */
+ * a forked child reads it: (payload, fds), with the connection as a third
+ * item if keep_conn, or None once the peer is gone. fd is closed. */
 static PyObject *
-receive_request(PyObject *arg, int (*receive)(int, cmp_fs_req *))
+receive_request(PyObject *arg, int (*receive)(int, cmp_fs_req *), int keep_conn)
 {
     cmp_fs_req req;
     int st;
@@ -449,13 +453,13 @@ receive_request(PyObject *arg, int (*receive)(int, cmp_fs_req *))
         Py_RETURN_NONE;
     if (st != CMP_OK)
         return cmp_set_error(st);
-    return child_request(&req);
+    return child_request(&req, keep_conn);
 }
 
 static PyObject *
 cmp_py_recv_request(PyObject *Py_UNUSED(module), PyObject *arg)
 {
-    return receive_request(arg, cmp_fs_recv);
+    return receive_request(arg, cmp_fs_recv, 0);
 }
 
 PyDoc_STRVAR(place_fds_doc,
@@ -559,7 +563,7 @@ cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
         if (pid == 0) {
             PyOS_AfterFork_Child();
             cmp_fs_in_child(&s);
-            return child_request(&req);
+            return child_request(&req, 0);
         }
         PyOS_AfterFork_Parent();
         cmp_fs_forked(&s, &req, pid, saved);
@@ -570,15 +574,38 @@ PyDoc_STRVAR(forkserver_take_doc,
              "forkserver_take($module, end, /)\n"
              "--\n"
              "\n"
-             "Returns (payload, fds) or None.\n\n"
+             "Returns (payload, fds, conn) or None.\n\n"
              "In a spare of the fork server: wait on end (what forkserver_serve returned)\n"
              "for the request the server hands over, and read it as a forked child\n"
-             "does; None once the server is gone. Closes end.");
+             "does, keeping its connection conn for forkserver_exit; None once the\n"
+             "server is gone. Closes end.");
 
 static PyObject *
 cmp_py_forkserver_take(PyObject *Py_UNUSED(module), PyObject *arg)
 {
-    return receive_request(arg, cmp_fs_take);
+    return receive_request(arg, cmp_fs_take, 1);
+}
+
+PyDoc_STRVAR(forkserver_exit_doc,
+             "forkserver_exit($module, conn, code, /)\n"
+             "--\n"
+             "\n"
+             "In a child a spare of the fork server became, as its last act: close\n"
+             "every descriptor but 0-2 and conn, tell the requester on conn that the\n"
+             "process ends with exit status code, and end it. Never returns.");
+
+static PyObject *
+cmp_py_forkserver_exit(PyObject *Py_UNUSED(module), PyObject *args)
+{
+    int conn, code;
+    if (!PyArg_ParseTuple(args, "ii:forkserver_exit", &conn, &code))
+        return NULL;
+    if (conn < 3) {
+        PyErr_SetString(PyExc_ValueError, "conn must be a descriptor above 2");
+        return NULL;
+    }
+    cmp_fs_child_exit(conn, code); /* the GIL held: no other thread runs
+                                      Python (or prints) meanwhile */
 }
 
 static PyMethodDef proc_methods[] = {
@@ -589,6 +616,7 @@ static PyMethodDef proc_methods[] = {
         {"forkserver_request", cmp_py_forkserver_request, METH_VARARGS, forkserver_request_doc},
         {"forkserver_serve", cmp_py_forkserver_serve, METH_VARARGS, forkserver_serve_doc},
         {"forkserver_take", cmp_py_forkserver_take, METH_O, forkserver_take_doc},
+        {"forkserver_exit", cmp_py_forkserver_exit, METH_VARARGS, forkserver_exit_doc},
         {"fork", cmp_py_fork, METH_VARARGS, fork_doc},
         {"pidfd_open", cmp_py_pidfd_open, METH_O,
          "pidfd_open($module, pid, /)\n--\n\nA pidfd for process pid."},

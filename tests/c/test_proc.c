@@ -183,7 +183,7 @@ CTEST(fs_send_recv_carries_payload_and_fds)
 
 /* A child of the test server: read the payload (one byte: the exit code),
  * tell the pipe it got (its first descriptor) who it is and whether it was
- * a spare, and exit. */
+ * a spare, and exit (a spare telling its exit code itself). */
 static void
 fs_child(cmp_fs_req *req, char how)
 {
@@ -194,6 +194,8 @@ fs_child(cmp_fs_req *req, char how)
     int n = snprintf(line, sizeof line, "%c%d\n", how, (int)getpid());
     if (write(req->fds[0], line, (size_t)n) != n)
         _exit(101);
+    if (how == 'S')
+        cmp_fs_child_exit(req->conn, code);
     _exit(code);
 }
 
