@@ -7,6 +7,13 @@ rate is that of a program that starts children steadily.
 
 process.script_start_join.forkserver: the same, run as a script whose
 target is in its main module (see _script_start_join).
+
+process.paced_start_join.<method>: the same start+join, one every few
+milliseconds, only the start+join timed: what a program that starts
+children now and then (a server, a job runner) waits per start, with the
+machine's other CPUs free meanwhile. Back to back on a machine with few
+CPUs, the work done between starts (the fork server's next spare, the last
+child's exit) competes with the starts themselves; here it does not.
 """
 import time
 
@@ -62,6 +69,30 @@ def _start_join(method, n):
         _check(failed + (warm.exitcode != 0), count, method)
         return count, seconds
     start_join.__name__ = 'start_join_' + method
+    return start_join
+
+
+def _paced_start_join(method, n, pause=0.005):
+    def start_join(mp, scale=1.0):
+        _compile_imports()
+        ctx = mp.get_context(method)
+        count = max(1, round(n * scale))
+        warm = ctx.Process(target=_noop)
+        warm.start()
+        warm.join()
+        failed = 0
+        seconds = 0.0
+        for _ in range(count):
+            time.sleep(pause)
+            t0 = time.perf_counter()
+            p = ctx.Process(target=_noop)
+            p.start()
+            p.join()
+            seconds += time.perf_counter() - t0
+            failed += p.exitcode != 0
+        _check(failed + (warm.exitcode != 0), count, method)
+        return count, seconds
+    start_join.__name__ = 'paced_start_join_' + method
     return start_join
 
 
@@ -121,4 +152,6 @@ WORKLOADS = {
     'process.start_join.spawn': (_start_join('spawn', 25), 'starts/s'),
     'process.start_join.forkserver': (_start_join('forkserver', 150), 'starts/s'),
     'process.script_start_join.forkserver': (_script_start_join('forkserver', 150), 'starts/s'),
+    'process.paced_start_join.fork': (_paced_start_join('fork', 150), 'starts/s'),
+    'process.paced_start_join.forkserver': (_paced_start_join('forkserver', 150), 'starts/s'),
 }

@@ -135,7 +135,8 @@ def test_list_and_selection(tmp_path):
     assert [line.split()[0] for line in stdout.splitlines()] == [w.name for w in WORKLOADS]
     code, stdout, _ = bench(['--list', 'fork', 'process.spawn'], cwd=tmp_path)
     assert code == 0
-    assert stdout.split()[::3] == ['process.start_join.fork', 'process.start_join.spawn']
+    assert stdout.split()[::3] == ['process.start_join.fork', 'process.start_join.spawn',
+                                   'process.paced_start_join.fork']
     code, stdout, stderr = bench(['--list', 'process', 'nosuch'], cwd=tmp_path)
     assert code == 2 and stdout == ''
     assert "no workload matches 'nosuch'" in stderr
