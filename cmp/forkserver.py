@@ -252,14 +252,17 @@ def main():
     if request is None:
         os._exit(0)                 # the main process is gone: so are we
     end = os._exit
-    if type(request) is int:
-        *request, conn = _wait_as_spare(request, sample)
-        end = functools.partial(_end_spare_child, os.getpid(), conn)
+    if len(request) == 2:           # (a spare: its hand-off socket and bell)
+        request = _wait_as_spare(*request, sample)
+        end = functools.partial(_end_spare_child, os.getpid(), request[2])
+    # (A child the server forked for its request keeps the request's
+    # connection open too: every child has as many descriptors.)
+    payload, fds, _ = request
     code = 1
     try:
         signal.signal(signal.SIGINT, old_sigint)
         util._forked_child_atexit()
-        code = _run_child(*request)
+        code = _run_child(payload, fds)
     except BaseException:
         # Failed before the process ran (its unpickling, its main module):
         # say why, as a child of the stdlib's server does.
@@ -269,7 +272,7 @@ def main():
         util._forked_child_exit(code, end)
 
 
-def _wait_as_spare(end, sample):
+def _wait_as_spare(end, bell, sample):
     """In a spare (a child forked ahead of the next request): do now what
     every child does first, then wait for the request the server hands
     over. A child's first steps copy the pages of the server's memory they
@@ -277,14 +280,14 @@ def _wait_as_spare(end, sample):
     costs no one a wait."""
     util._forked_child_atexit()
     for step in _WARM_UP:
-        if _core.wait_readable(end, 0):
+        if _core.wait_readable(bell, 0):
             break                   # a request waits: the child does the rest
         try:
             step(sample)
         except Exception:
             pass                    # only slower
     try:
-        request = _core.forkserver_take(end)
+        request = _core.forkserver_take(end, bell)
     except BaseException:
         os._exit(1)                 # (a request it cannot read: its requester hears 1)
     if request is None:
@@ -293,13 +296,14 @@ def _wait_as_spare(end, sample):
 
 
 def _end_spare_child(pid, conn, code):
-    """The end of a child that was a spare. The server answered the
-    requester with this pid before handing the request over, so the exit
-    code can follow on the same connection now: join() returns without
-    waiting for the kernel to free this process's memory and for the
-    server to reap it. Every descriptor but the standard three is closed
-    first, so what this process held (files, locks, sockets) is released
-    before join() returns, as with the stdlib."""
+    """The end of a child that was a spare: its exit code, sent on the
+    request's connection after the pid the server answered (it rang the
+    spare's bell after that), so that join() returns without waiting for
+    the kernel to free this process's memory and for the server to reap
+    it. Every descriptor but the standard three is closed first, so what
+    this process held (files, locks, sockets) is released before join()
+    returns, as with the stdlib. (A child the server forked for its request
+    cannot know that its pid was answered before it ends.)"""
     if os.getpid() == pid and -1 << 31 <= code < 1 << 31:     # (not a child
         _core.forkserver_exit(conn, code)                      # os.fork() made)
     os._exit(code)          # (a code beyond a C int fails here, as in the stdlib)

@@ -1,5 +1,6 @@
 """Starting a child through the fork server (mirrors multiprocessing.popen_forkserver)."""
 import os
+import time
 
 from . import _core, forkserver, popen_fork, spawn, util
 from . import reduction  # noqa: F401  (names of the stdlib's module)
@@ -10,7 +11,8 @@ __all__ = ['Popen']
 
 class Popen(popen_fork.Popen):
     """A child forked by the fork server. Its sentinel is the request's
-    connection, which becomes readable when the server reports the exit code."""
+    connection, which becomes readable when the exit code arrives (from the
+    server, or from a child that was a spare as its last act)."""
     method = 'forkserver'
 
     def __init__(self, process_obj):
@@ -31,14 +33,22 @@ class Popen(popen_fork.Popen):
         self.finalizer = util.Finalize(self, util.close_fds, (sock,))
 
     def poll(self, flag=os.WNOHANG):
-        if self.returncode is None:
-            timeout = 0 if flag == os.WNOHANG else None
-            if not _core.wait_readable(self.sentinel, timeout):
+        return self.wait(0 if flag == os.WNOHANG else None)
+
+    def wait(self, timeout=None):
+        # The exit code is the first answer after the pid that is not the
+        # pid again (both the server and the child answer with it).
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not _core.wait_readable(self.sentinel, left):
                 return None
             try:
-                self.returncode = forkserver.read_signed(self.sentinel)
+                code = forkserver.read_signed(self.sentinel)
             except (OSError, EOFError):
-                self.returncode = 255   # the server died: the status is lost
+                code = 255              # the server died: the status is lost
+            if code < _core.FORKSERVER_PID_TAG:
+                self.returncode = code
         return self.returncode
 
     def _kill_child(self, sig):

@@ -553,6 +553,34 @@ def test_join_waits_for_the_child_not_a_process_it_forked(method):
     ''', start_method=method)
 
 
+def test_forkserver_killed_after_start_loses_no_child():
+    """A child whose pid start() returned runs even if the fork server is
+    killed at once: the server's spare answers with its pid only once it has
+    the request. The stdlib's join() then returns at once with 255 (the exit
+    code is lost with the server) while the child runs on (and the stdlib
+    itself fails now and then in this loop); a child that was cmp's spare
+    tells its exit code itself, so join() waits for it and gets it."""
+    r = run('''
+        import os, signal, time
+        from cmp import forkserver
+        def touch(path):
+            time.sleep(0.05)
+            open(path, 'w').close()
+        if __name__ == '__main__':
+            for i in range(8):
+                warm = mp.Process(target=time.sleep, args=(0,))
+                warm.start()            # (the server's first child: then a spare)
+                warm.join()
+                p = mp.Process(target=touch, args=('ran-%d' % i,))
+                p.start()
+                os.kill(forkserver._forkserver._forkserver_pid, signal.SIGKILL)
+                p.join()
+                print(i, p.exitcode, os.path.exists('ran-%d' % i))
+    ''', 'cmp', start_method='forkserver')
+    assert r.stdout.splitlines() == ['%d 0 True' % i for i in range(8)], r.stdout + r.stderr
+    assert r.returncode == 0, r.stderr
+
+
 def test_spawn_sees_the_state_at_start(tmp_path):
     """A spawned child starts from what the parent is at start(), also when
     a spare interpreter was waiting: environment, working directory, umask,

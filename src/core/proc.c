@@ -14,6 +14,7 @@
 #include <sys/personality.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -498,13 +499,15 @@ cmp_fs_request(const char *addr, size_t addrlen, pid_t listener_pid,
     int64_t v = 0;
     for (int i = 7; i >= 0; i--)
         v = (v << 8) | buf[i];
-    if (v <= 0) {
+    if (v <= CMP_FS_PID_TAG) {
         close(fd);
-        errno = v < 0 ? (int)-v : EAGAIN;
+        if (v >= 0)
+            return CMP_EBADMSG;
+        errno = (int)-v;
         return CMP_ERRNO;
     }
     *sock = fd;
-    *pid = v;
+    *pid = v - CMP_FS_PID_TAG;
     return CMP_OK;
 }
 
@@ -534,7 +537,7 @@ cmp_fs_server_init(cmp_fs_server *s, int listener, int alive,
                    const unsigned char key[CMP_FS_KEY_LEN])
 {
     memset(s, 0, sizeof(*s));
-    s->spare_sock = s->spare_end = -1;
+    s->spare_sock = s->spare_end = s->spare_bell = -1;
     s->listener = listener;
     s->alive = alive;
     memcpy(s->key, key, CMP_FS_KEY_LEN);
@@ -576,6 +579,16 @@ answer(int conn, int64_t v)
     } while (w < 0 && errno == EINTR);
 }
 
+/* Forget the spare (gone, or given its request). */
+static void
+drop_spare(cmp_fs_server *s)
+{
+    close(s->spare_sock);
+    close(s->spare_bell);
+    s->spare_sock = s->spare_bell = -1;
+    s->spare = 0;
+}
+
 static void
 reap_children(cmp_fs_server *s)
 {
@@ -589,9 +602,7 @@ reap_children(cmp_fs_server *s)
             return;
         int code = WIFSIGNALED(status) ? -WTERMSIG(status) : WEXITSTATUS(status);
         if (pid == s->spare) { /* it died waiting: the next request is forked for */
-            close(s->spare_sock);
-            s->spare_sock = -1;
-            s->spare = 0;
+            drop_spare(s);
             continue;
         }
         for (size_t i = 0; i < s->nkids; i++) {
@@ -709,7 +720,7 @@ cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req)
                 kill(s->spare, SIGKILL);
                 while (waitpid(s->spare, NULL, 0) < 0 && errno == EINTR)
                     ;
-                s->spare = 0;
+                drop_spare(s);
             }
             return CMP_EEOF;
         }
@@ -727,22 +738,28 @@ cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req)
             }
             s->want_spare = 1;
             if (s->spare > 0 && req->nfds < CMP_WIRE_MAX_FDS) {
-                /* The spare becomes this request's child. Answer first:
-                 * the hand-off wakes the spare, which may then run on
-                 * this CPU before the requester hears from us. */
+                /* The spare becomes this request's child. The request is
+                 * queued on the spare's socket before its pid is answered
+                 * (were we killed after answering, the child would still
+                 * run, as a forked one does), but the spare sleeps until
+                 * its bell rings, after the answer: woken sooner, it would
+                 * take this CPU before the requester heard from us. */
                 pid_t pid = s->spare;
-                answer(req->conn, pid);
-                if (hand_off(s, req) != CMP_OK)
-                    kill(pid, SIGKILL); /* it died meanwhile: the requester
-                                           hears how, when it is reaped */
-                keep_child(s, req, pid);
-                close(s->spare_sock);
-                s->spare_sock = -1;
-                s->spare = 0;
-                s->want_spare = 0;
-                return CMP_FS_SPARE; /* the next one */
+                int bell = s->spare_bell, st = hand_off(s, req);
+                if (st == CMP_OK) {
+                    answer(req->conn, CMP_FS_PID_TAG + pid);
+                    uint64_t one = 1;
+                    ssize_t w = write(bell, &one, sizeof(one)); /* (a fresh eventfd takes it) */
+                    (void)w;
+                    drop_spare(s);
+                    keep_child(s, req, pid);
+                    s->want_spare = 0;
+                    return CMP_FS_SPARE; /* the next one */
+                }
+                drop_spare(s);
+                kill(pid, SIGKILL); /* gone or going: reaped unrecorded */
             }
-            return CMP_OK; /* cmp_fs_forked has room to record it */
+            return CMP_OK; /* fork for it; cmp_fs_forked has room to record it */
         }
         if (p[2].revents) {
             int conn = accept4(s->listener, NULL, NULL, SOCK_CLOEXEC);
@@ -772,7 +789,7 @@ cmp_fs_forked(cmp_fs_server *s, cmp_fs_req *req, pid_t pid, int err)
         close(req->conn);
         return;
     }
-    answer(req->conn, pid);
+    answer(req->conn, CMP_FS_PID_TAG + pid);
     keep_child(s, req, pid);
 }
 
@@ -782,8 +799,17 @@ cmp_fs_spare_open(cmp_fs_server *s)
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
         return CMP_ERRNO;
+    int bell = eventfd(0, EFD_CLOEXEC);
+    if (bell < 0) {
+        int saved = errno;
+        close(sv[0]);
+        close(sv[1]);
+        errno = saved;
+        return CMP_ERRNO;
+    }
     s->spare_sock = sv[0];
     s->spare_end = sv[1];
+    s->spare_bell = bell;
     return CMP_OK;
 }
 
@@ -792,27 +818,39 @@ cmp_fs_spare_forked(cmp_fs_server *s, pid_t pid)
 {
     close(s->spare_end);
     s->spare_end = -1;
-    if (pid < 0) {
-        close(s->spare_sock);
-        s->spare_sock = -1;
-        return;
-    }
-    s->spare = pid;
+    if (pid < 0)
+        drop_spare(s);
+    else
+        s->spare = pid;
 }
 
 int
-cmp_fs_in_spare(cmp_fs_server *s)
+cmp_fs_in_spare(cmp_fs_server *s, int *bell)
 {
     int end = s->spare_end;
-    s->spare_end = -1;
+    *bell = s->spare_bell;
+    s->spare_end = s->spare_bell = -1;
     cmp_fs_in_child(s);
     return end;
 }
 
 int
-cmp_fs_take(int end, cmp_fs_req *req)
+cmp_fs_take(int end, int bell, cmp_fs_req *req)
 {
+    /* Until the bell rings (the server has answered the requester), or the
+     * server is gone, having handed the request over or not: not on the
+     * request's arrival. */
+    struct pollfd p[2] = {{.fd = bell, .events = POLLIN}, {.fd = end, .events = 0}};
+    while (poll(p, 2, -1) < 0)
+        if (errno != EINTR)
+            return CMP_ERRNO;
+    int rung = p[0].revents != 0;
+    int flags = fcntl(end, F_GETFL);
+    if (flags < 0 || fcntl(end, F_SETFL, flags | O_NONBLOCK) < 0)
+        return CMP_ERRNO;
     int st = cmp_fs_recv(end, req);
+    if (st == CMP_ERRNO && errno == EAGAIN)
+        st = CMP_EEOF; /* the server is gone, and the request was not for us */
     if (st != CMP_OK)
         return st;
     if (req->nfds < 1)
@@ -820,6 +858,8 @@ cmp_fs_take(int end, cmp_fs_req *req)
     req->conn = req->fds[0];
     req->nfds--;
     memmove(req->fds, req->fds + 1, sizeof(int) * (size_t)req->nfds);
+    if (!rung) /* the server died before answering (or before ringing) */
+        answer(req->conn, CMP_FS_PID_TAG + getpid());
     return CMP_OK;
 }
 
@@ -846,6 +886,8 @@ cmp_fs_in_child(cmp_fs_server *s)
         close(s->spare_sock);
     if (s->spare_end >= 0)
         close(s->spare_end);
+    if (s->spare_bell >= 0)
+        close(s->spare_bell);
     close(s->listener);
     close(s->alive);
     close(s->sigfd);

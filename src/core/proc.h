@@ -75,13 +75,21 @@ int cmp_reap(pid_t pid, int *exitcode);
  * fits; the rest of the payload follows. The server checks the header (the
  * peer's uid, the magic, the key, compared in constant time), forks, and
  * the child reads the payload from the connection itself, so the server
- * never copies it. The server answers with the child's pid (or -errno if
- * fork failed) and, once it has reaped the child, its exit code: 8-byte
- * signed little-endian each.
+ * never copies it. The answers are 8-byte signed little-endian integers:
+ * first the child's pid plus CMP_FS_PID_TAG (or -errno if fork failed),
+ * then its exit code (-signal if a signal ended it), which the server
+ * sends once it has reaped the child. A request handed to a spare is
+ * answered once the spare has it (a server killed then loses no child),
+ * and the child the spare becomes sends its exit code itself as it ends
+ * (the server's follows it once reaped). Were the server gone between
+ * handing a request over and answering, the spare answers with its pid:
+ * a requester reads the pid from the first answer and the exit code from
+ * the first answer after it that is not a pid.
  */
 
 #define CMP_FS_KEY_LEN 32
-#define CMP_FS_MAGIC 0x31534d43u /* "CMS1" */
+#define CMP_FS_PID_TAG ((int64_t)1 << 40) /* above any pid, exit code or -errno */
+#define CMP_FS_MAGIC 0x31534d43u          /* "CMS1" */
 
 typedef struct {
     uint32_t magic;
@@ -144,6 +152,7 @@ typedef struct {
     pid_t spare;    /* waiting for a request, or 0 */
     int spare_sock; /* our end of its hand-off socket, or -1 */
     int spare_end;  /* its end, until it is forked, or -1 */
+    int spare_bell; /* an eventfd: it takes its request when this rings */
     int want_spare; /* a request was served since the last spare */
     struct pollfd *pfds;
     size_t cap_pfds;
@@ -170,13 +179,15 @@ int cmp_fs_spare_open(cmp_fs_server *s);
 void cmp_fs_spare_forked(cmp_fs_server *s, pid_t pid);
 
 /* In the spare: cmp_fs_in_child, keeping only its end of the hand-off
- * socket, which it returns. */
-int cmp_fs_in_spare(cmp_fs_server *s);
+ * socket, which it returns, and its bell (*bell). */
+int cmp_fs_in_spare(cmp_fs_server *s, int *bell);
 
-/* In a spare: wait on `end` for the request the server hands over. CMP_OK
- * (*req as a forked child gets it), CMP_EEOF (the server is gone: exit),
- * CMP_EBADMSG, CMP_ERRNO. EINTR is retried. */
-int cmp_fs_take(int end, cmp_fs_req *req);
+/* In a spare: wait for the request the server hands over on `end` (it rings
+ * `bell` once it has answered the requester; gone before, it leaves that
+ * to us). CMP_OK (*req as a forked child gets it),
+ * CMP_EEOF (the server is gone: exit), CMP_EBADMSG, CMP_ERRNO. EINTR is
+ * retried. */
+int cmp_fs_take(int end, int bell, cmp_fs_req *req);
 
 /* In the server after fork(): answer the request with `pid` (or -errno when
  * pid < 0), keep its connection for the exit code, close its descriptors. */

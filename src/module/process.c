@@ -432,34 +432,37 @@ PyDoc_STRVAR(recv_request_doc,
              "Wait for a request sent with send_request; None once the peer is gone.\n"
              "Closes sock.");
 
-/* A request that `receive` waits for on fd -- cmp_fs_recv (its payload
- * follows on fd) or cmp_fs_take (on the connection handed over) -- read as
- * a forked child reads it: (payload, fds), with the connection as a third
- * item if keep_conn, or None once the peer is gone. fd is closed. */
+/* A request waited for on fd -- with cmp_fs_recv (its payload follows on
+ * fd), or with cmp_fs_take when bell >= 0 (on the connection handed over:
+ * then the connection is kept, a third item) -- read as a child of the
+ * server reads it: (payload, fds[, conn]), or None once the peer is gone.
+ * fd and bell are closed. */
 static PyObject *
-receive_request(PyObject *arg, int (*receive)(int, cmp_fs_req *), int keep_conn)
+receive_request(int fd, int bell)
 {
     cmp_fs_req req;
     int st;
-    int fd = PyObject_AsFileDescriptor(arg);
-    if (fd < 0)
-        return NULL;
     Py_BEGIN_ALLOW_THREADS
-    st = receive(fd, &req);
+    st = bell < 0 ? cmp_fs_recv(fd, &req) : cmp_fs_take(fd, bell, &req);
     Py_END_ALLOW_THREADS
+    if (bell >= 0)
+        close(bell);
     if (st != CMP_OK || req.conn != fd)
         close(fd); /* else child_request closes it */
     if (st == CMP_EEOF)
         Py_RETURN_NONE;
     if (st != CMP_OK)
         return cmp_set_error(st);
-    return child_request(&req, keep_conn);
+    return child_request(&req, bell >= 0);
 }
 
 static PyObject *
 cmp_py_recv_request(PyObject *Py_UNUSED(module), PyObject *arg)
 {
-    return receive_request(arg, cmp_fs_recv, 0);
+    int fd = PyObject_AsFileDescriptor(arg);
+    if (fd < 0)
+        return NULL;
+    return receive_request(fd, -1);
 }
 
 PyDoc_STRVAR(place_fds_doc,
@@ -511,12 +514,12 @@ PyDoc_STRVAR(forkserver_serve_doc,
              "forkserver_serve($module, listener, alive, key, /)\n"
              "--\n"
              "\n"
-             "Returns (payload, fds), an int or None.\n\n"
+             "Returns (payload, fds, conn), (end, bell) or None.\n\n"
              "The fork server's loop: accept requests on listener, fork a child for\n"
              "each (or hand it to the spare forked ahead), report pids and exit codes.\n"
-             "Returns in each child, with its payload and descriptors; in a spare, with\n"
-             "its end of the hand-off socket (for forkserver_take); None in the server\n"
-             "once alive reaches EOF.");
+             "Returns in each child, with its payload, descriptors and connection; in a\n"
+             "spare, with its end of the hand-off socket and its bell (for\n"
+             "forkserver_take); None in the server once alive reaches EOF.");
 
 static PyObject *
 cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
@@ -549,7 +552,9 @@ cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
             pid_t pid = fork();
             if (pid == 0) {
                 PyOS_AfterFork_Child();
-                return PyLong_FromLong(cmp_fs_in_spare(&s));
+                int bell;
+                int end = cmp_fs_in_spare(&s, &bell);
+                return Py_BuildValue("(ii)", end, bell);
             }
             PyOS_AfterFork_Parent();
             cmp_fs_spare_forked(&s, pid);
@@ -563,7 +568,7 @@ cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
         if (pid == 0) {
             PyOS_AfterFork_Child();
             cmp_fs_in_child(&s);
-            return child_request(&req, 0);
+            return child_request(&req, 1); /* (conn kept, as in a spare's child) */
         }
         PyOS_AfterFork_Parent();
         cmp_fs_forked(&s, &req, pid, saved);
@@ -571,19 +576,26 @@ cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
 }
 
 PyDoc_STRVAR(forkserver_take_doc,
-             "forkserver_take($module, end, /)\n"
+             "forkserver_take($module, end, bell, /)\n"
              "--\n"
              "\n"
              "Returns (payload, fds, conn) or None.\n\n"
-             "In a spare of the fork server: wait on end (what forkserver_serve returned)\n"
-             "for the request the server hands over, and read it as a forked child\n"
-             "does, keeping its connection conn for forkserver_exit; None once the\n"
-             "server is gone. Closes end.");
+             "In a spare of the fork server: wait for the request the server hands over\n"
+             "on end once it rings bell (what forkserver_serve returned), and read it as\n"
+             "a forked child does, keeping its connection conn for forkserver_exit; None\n"
+             "once the server is gone. Closes end and bell.");
 
 static PyObject *
-cmp_py_forkserver_take(PyObject *Py_UNUSED(module), PyObject *arg)
+cmp_py_forkserver_take(PyObject *Py_UNUSED(module), PyObject *args)
 {
-    return receive_request(arg, cmp_fs_take, 1);
+    int end, bell;
+    if (!PyArg_ParseTuple(args, "ii:forkserver_take", &end, &bell))
+        return NULL;
+    if (end < 0 || bell < 0) {
+        PyErr_SetString(PyExc_ValueError, "negative file descriptor");
+        return NULL;
+    }
+    return receive_request(end, bell);
 }
 
 PyDoc_STRVAR(forkserver_exit_doc,
@@ -615,7 +627,7 @@ static PyMethodDef proc_methods[] = {
         {"proc_state", cmp_py_proc_state, METH_NOARGS, proc_state_doc},
         {"forkserver_request", cmp_py_forkserver_request, METH_VARARGS, forkserver_request_doc},
         {"forkserver_serve", cmp_py_forkserver_serve, METH_VARARGS, forkserver_serve_doc},
-        {"forkserver_take", cmp_py_forkserver_take, METH_O, forkserver_take_doc},
+        {"forkserver_take", cmp_py_forkserver_take, METH_VARARGS, forkserver_take_doc},
         {"forkserver_exit", cmp_py_forkserver_exit, METH_VARARGS, forkserver_exit_doc},
         {"fork", cmp_py_fork, METH_VARARGS, fork_doc},
         {"pidfd_open", cmp_py_pidfd_open, METH_O,
@@ -632,5 +644,8 @@ static PyMethodDef proc_methods[] = {
 int
 cmp_proc_exec(PyObject *module)
 {
+    /* (a long holds it: cmp is built for 64-bit Linux only) */
+    if (PyModule_AddIntConstant(module, "FORKSERVER_PID_TAG", (long)CMP_FS_PID_TAG) < 0)
+        return -1;
     return PyModule_AddFunctions(module, proc_methods);
 }

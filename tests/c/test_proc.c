@@ -183,7 +183,7 @@ CTEST(fs_send_recv_carries_payload_and_fds)
 
 /* A child of the test server: read the payload (one byte: the exit code),
  * tell the pipe it got (its first descriptor) who it is and whether it was
- * a spare, and exit (a spare telling its exit code itself). */
+ * a spare, and exit (a spare's child telling its exit code itself). */
 static void
 fs_child(cmp_fs_req *req, char how)
 {
@@ -216,8 +216,9 @@ fs_serve(int listener, int alive, const unsigned char *key)
                 continue;
             pid_t pid = fork();
             if (pid == 0) {
-                int end = cmp_fs_in_spare(&s);
-                int r = cmp_fs_take(end, &req);
+                int bell;
+                int end = cmp_fs_in_spare(&s, &bell);
+                int r = cmp_fs_take(end, bell, &req);
                 if (r == CMP_EEOF)
                     _exit(0);
                 if (r != CMP_OK)
@@ -251,11 +252,20 @@ fs_start(const char *addr, size_t addrlen, const unsigned char *key, int report_
     if (cmp_fs_request(addr, addrlen, 0, key, &code, 1, &report_w, 1, &sock, pid) != CMP_OK)
         return 0;
     char line[32] = {0};
-    unsigned char buf[8] = {0};
     ssize_t n = read(report_r, line, sizeof line - 1);
-    int ok = n > 2 && atoi(line + 1) == (int)*pid && cmp_read_exact(sock, buf, 8) == CMP_OK;
+    int ok = n > 2 && atoi(line + 1) == (int)*pid;
+    /* The exit code: the first answer that is not the pid again. */
+    int64_t v = CMP_FS_PID_TAG;
+    while (ok && v >= CMP_FS_PID_TAG) {
+        unsigned char buf[8];
+        ok = cmp_read_exact(sock, buf, 8) == CMP_OK;
+        v = 0;
+        for (int i = 7; i >= 0; i--)
+            v = (v << 8) | buf[i];
+        ok = ok && (v < CMP_FS_PID_TAG || v == CMP_FS_PID_TAG + *pid);
+    }
     close(sock);
-    *status = (int)(int8_t)buf[0];
+    *status = (int)v;
     return ok ? line[0] : 0;
 }
 
