@@ -37,7 +37,8 @@ class Popen(popen_fork.Popen):
 
     def wait(self, timeout=None):
         # The exit code is the first answer after the pid that is not the
-        # pid again (both the server and the child answer with it).
+        # pid again (a spare answers with it too when the server is gone
+        # before it did).
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.returncode is None:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())

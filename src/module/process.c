@@ -644,8 +644,10 @@ static PyMethodDef proc_methods[] = {
 int
 cmp_proc_exec(PyObject *module)
 {
-    /* (a long holds it: cmp is built for 64-bit Linux only) */
-    if (PyModule_AddIntConstant(module, "FORKSERVER_PID_TAG", (long)CMP_FS_PID_TAG) < 0)
+    PyObject *tag = PyLong_FromLongLong(CMP_FS_PID_TAG);
+    int r = PyModule_AddObjectRef(module, "FORKSERVER_PID_TAG", tag);
+    Py_XDECREF(tag);
+    if (r < 0)
         return -1;
     return PyModule_AddFunctions(module, proc_methods);
 }
