@@ -89,6 +89,9 @@ VARIES = {
     '003-08.py': Varies(drop=(r'^<pid> Myprocess-1$', r'正在和女主播聊天$')),  # the daemon
                                          # child may print before the main process ends
     '003-17.py': Varies(shapes=True),    # random sleeps, stopped midway
+    '003-19.py': Varies(masks=(r'^[34]$',)),  # each child adds 1 under one lock, then 1
+                                         # under another: one child's first += can
+                                         # interleave with the other's second (4, or 3)
     '004-09.py': Varies(strip=('请输入：',),   # the child's prompts land amid the parent's
                         drop=(r'^100$',)),   # lines; it may miss 100 (200 replaces it 50 ms later)
 }
