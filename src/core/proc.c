@@ -797,7 +797,9 @@ int
 cmp_fs_spare_open(cmp_fs_server *s)
 {
     int sv[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0)
+    /* Non-blocking: the server never waits on it, and the spare reads it
+     * only once poll() says the bell rang or the server is gone. */
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, sv) < 0)
         return CMP_ERRNO;
     int bell = eventfd(0, EFD_CLOEXEC);
     if (bell < 0) {
@@ -845,10 +847,7 @@ cmp_fs_take(int end, int bell, cmp_fs_req *req)
         if (errno != EINTR)
             return CMP_ERRNO;
     int rung = p[0].revents != 0;
-    int flags = fcntl(end, F_GETFL);
-    if (flags < 0 || fcntl(end, F_SETFL, flags | O_NONBLOCK) < 0)
-        return CMP_ERRNO;
-    int st = cmp_fs_recv(end, req);
+    int st = cmp_fs_recv(end, req); /* (end does not block) */
     if (st == CMP_ERRNO && errno == EAGAIN)
         st = CMP_EEOF; /* the server is gone, and the request was not for us */
     if (st != CMP_OK)

@@ -109,8 +109,9 @@ cmp_py_wait_readable(PyObject *Py_UNUSED(module), PyObject *args)
         return NULL;
     if (cmp_deadline_from_timeout(timeout, &a.deadline) < 0)
         return NULL;
-    int st = cmp_wait_readable(a.fd, cmp_monotonic_ns()); /* fast path, GIL held */
-    if (st == CMP_ETIMEDOUT && a.deadline != cmp_monotonic_ns())
+    int64_t now = cmp_monotonic_ns();
+    int st = cmp_wait_readable(a.fd, now);       /* fast path, GIL held */
+    if (st == CMP_ETIMEDOUT && a.deadline > now) /* (a zero timeout is done) */
         st = cmp_run_blocking(wait_readable_call, &a);
     if (st == CMP_OK)
         Py_RETURN_TRUE;
