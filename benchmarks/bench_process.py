@@ -50,29 +50,8 @@ def _noop():
     pass
 
 
-def _start_join(method, n):
-    def start_join(mp, scale=1.0):
-        _compile_imports()
-        ctx = mp.get_context(method)
-        count = max(1, round(n * scale))
-        warm = ctx.Process(target=_noop)
-        warm.start()
-        warm.join()
-        failed = 0
-        t0 = time.perf_counter()
-        for _ in range(count):
-            p = ctx.Process(target=_noop)
-            p.start()
-            p.join()
-            failed += p.exitcode != 0
-        seconds = time.perf_counter() - t0
-        _check(failed + (warm.exitcode != 0), count, method)
-        return count, seconds
-    start_join.__name__ = 'start_join_' + method
-    return start_join
-
-
-def _paced_start_join(method, n, pause=0.005):
+def _start_join(method, n, pause=0.0):
+    """N starts+joins, each after `pause` seconds of nothing (not timed)."""
     def start_join(mp, scale=1.0):
         _compile_imports()
         ctx = mp.get_context(method)
@@ -83,7 +62,8 @@ def _paced_start_join(method, n, pause=0.005):
         failed = 0
         seconds = 0.0
         for _ in range(count):
-            time.sleep(pause)
+            if pause:
+                time.sleep(pause)
             t0 = time.perf_counter()
             p = ctx.Process(target=_noop)
             p.start()
@@ -92,7 +72,7 @@ def _paced_start_join(method, n, pause=0.005):
             failed += p.exitcode != 0
         _check(failed + (warm.exitcode != 0), count, method)
         return count, seconds
-    start_join.__name__ = 'paced_start_join_' + method
+    start_join.__name__ = ('paced_start_join_' if pause else 'start_join_') + method
     return start_join
 
 
@@ -152,6 +132,7 @@ WORKLOADS = {
     'process.start_join.spawn': (_start_join('spawn', 25), 'starts/s'),
     'process.start_join.forkserver': (_start_join('forkserver', 150), 'starts/s'),
     'process.script_start_join.forkserver': (_script_start_join('forkserver', 150), 'starts/s'),
-    'process.paced_start_join.fork': (_paced_start_join('fork', 150), 'starts/s'),
-    'process.paced_start_join.forkserver': (_paced_start_join('forkserver', 150), 'starts/s'),
+    'process.paced_start_join.fork': (_start_join('fork', 150, pause=0.005), 'starts/s'),
+    'process.paced_start_join.forkserver': (_start_join('forkserver', 150, pause=0.005),
+                                            'starts/s'),
 }
