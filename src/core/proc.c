@@ -5,6 +5,7 @@
 #include <stddef.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <sched.h>
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
@@ -672,6 +673,17 @@ read_request(cmp_fs_server *s, int conn, cmp_fs_req *req)
     return CMP_EBADMSG;
 }
 
+/* Whether the spare had done all it does ahead and was waiting for a
+ * request: it says so by shutting down its side of the hand-off socket for
+ * writing (an end of file to read here; no data, which closing our side
+ * unread would turn into a reset of its side). */
+static int
+spare_was_waiting(cmp_fs_server *s)
+{
+    char b;
+    return recv(s->spare_sock, &b, 1, MSG_DONTWAIT) == 0;
+}
+
 /* Give request `req` (with room for one more descriptor) to the spare:
  * its connection first, then its descriptors, after a header that says how
  * much payload follows on the connection. CMP_OK, or CMP_ERRNO (the spare
@@ -745,7 +757,7 @@ cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req)
                  * its bell rings, after the answer: woken sooner, it would
                  * take this CPU before the requester heard from us. */
                 pid_t pid = s->spare;
-                int bell = s->spare_bell, st = hand_off(s, req);
+                int bell = s->spare_bell, idle = spare_was_waiting(s), st = hand_off(s, req);
                 if (st == CMP_OK) {
                     answer(req->conn, CMP_FS_PID_TAG + pid);
                     uint64_t one = 1;
@@ -754,6 +766,14 @@ cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req)
                     drop_spare(s);
                     keep_child(s, req, pid);
                     s->want_spare = 0;
+                    /* Woken by its request, we likely took the
+                     * requester's CPU. When the spare was waiting (requests
+                     * come apart), let the requester have it back for its
+                     * pid before we fork the next spare there; back to back
+                     * (the spare had not finished its warm-up), the next
+                     * spare is wanted at once. */
+                    if (idle)
+                        sched_yield();
                     return CMP_FS_SPARE; /* the next one */
                 }
                 drop_spare(s);
@@ -843,6 +863,7 @@ cmp_fs_take(int end, int bell, cmp_fs_req *req)
      * server is gone, having handed the request over or not: not on the
      * request's arrival. */
     struct pollfd p[2] = {{.fd = bell, .events = POLLIN}, {.fd = end, .events = 0}};
+    shutdown(end, SHUT_WR); /* (spare_was_waiting) */
     while (poll(p, 2, -1) < 0)
         if (errno != EINTR)
             return CMP_ERRNO;

@@ -182,9 +182,10 @@ void cmp_fs_spare_forked(cmp_fs_server *s, pid_t pid);
  * socket, which it returns, and its bell (*bell). */
 int cmp_fs_in_spare(cmp_fs_server *s, int *bell);
 
-/* In a spare: wait for the request the server hands over on `end` (it rings
- * `bell` once it has answered the requester; gone before, it leaves that
- * to us). CMP_OK (*req as a forked child gets it),
+/* In a spare: say that we wait (shutting `end` down for writing), and wait
+ * for the request the server hands over on `end` (it rings `bell` once it
+ * has answered the requester; gone before, it leaves that to us).
+ * CMP_OK (*req as a forked child gets it),
  * CMP_EEOF (the server is gone: exit), CMP_EBADMSG, CMP_ERRNO. EINTR is
  * retried. */
 int cmp_fs_take(int end, int bell, cmp_fs_req *req);
