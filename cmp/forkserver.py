@@ -20,10 +20,10 @@ checks that the socket it reached was listened on by the process that
 started the server, so a stranger that took over the address of a dead
 server gets no key.
 """
+import _signal
 import functools
 import gc
 import os
-import signal
 import struct
 import sys
 import threading
@@ -243,7 +243,8 @@ def main():
     spawn.prepare({k: prep[k] for k in _RESTORED if k in prep})
     util._flush_std_streams()       # what the preloaded modules printed is the server's
     util._close_stdin()
-    old_sigint = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # (_signal: signal's enum wrappers would cost each child some 50 us)
+    old_sigint = _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     # What the server holds now is shared with every child; frozen, no
     # collection in a child touches (and so copies) its pages.
     gc.collect()
@@ -260,7 +261,7 @@ def main():
     payload, fds, _ = request
     code = 1
     try:
-        signal.signal(signal.SIGINT, old_sigint)
+        _signal.signal(_signal.SIGINT, old_sigint)
         util._forked_child_atexit()
         code = _run_child(payload, fds)
     except BaseException:
