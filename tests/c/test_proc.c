@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -338,6 +339,49 @@ CTEST(fs_server_hands_requests_to_a_spare)
     char c;
     CHECK_EQ(read(report[0], &c, 1), 0); /* no spare holds the report pipe */
     close(report[0]);
+}
+
+/* A spare that has reached cmp_fs_take says so: the server's end of its
+ * hand-off socket reads an end of file, and nothing before (the server
+ * yields its CPU to the requester only then). Left without a request when
+ * the server goes, it ends with CMP_EEOF. */
+CTEST(fs_spare_says_when_it_waits)
+{
+    int alive[2], go[2];
+    CHECK_EQ(pipe(alive), 0);
+    CHECK_EQ(pipe(go), 0);
+    int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    unsigned char key[CMP_FS_KEY_LEN] = {1};
+    cmp_fs_server s;
+    CHECK_EQ(cmp_fs_server_init(&s, listener, alive[0], key), CMP_OK);
+    CHECK_EQ(cmp_fs_spare_open(&s), CMP_OK);
+    pid_t pid = fork();
+    CHECK(pid >= 0);
+    if (pid == 0) {
+        int bell;
+        int end = cmp_fs_in_spare(&s, &bell);
+        char c;
+        if (read(go[0], &c, 1) != 1) /* (still warming up until told) */
+            _exit(1);
+        cmp_fs_req req;
+        _exit(cmp_fs_take(end, bell, &req) == CMP_EEOF ? 7 : 8);
+    }
+    cmp_fs_spare_forked(&s, pid);
+    char b;
+    usleep(20000);
+    CHECK_EQ(recv(s.spare_sock, &b, 1, MSG_DONTWAIT), -1);
+    CHECK_EQ(errno, EAGAIN);
+    CHECK_EQ(write(go[1], "g", 1), 1);
+    struct pollfd p = {.fd = s.spare_sock, .events = POLLIN};
+    CHECK_EQ(poll(&p, 1, 10000), 1);
+    CHECK_EQ(recv(s.spare_sock, &b, 1, MSG_DONTWAIT), 0);
+    cmp_fs_in_child(&s); /* (closes our end: the server is gone) */
+    int status;
+    CHECK_EQ(waitpid(pid, &status, 0), pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 7);
+    close(alive[1]);
+    close(go[0]);
+    close(go[1]);
 }
 
 CTEST(place_fds_swaps_and_clears_cloexec)
