@@ -70,6 +70,11 @@ SOCK_ADDRESS_PREFIX = 'sock-' if _V >= (3, 13) else None
 # cleaning up, and its leak warning names the resources.
 TRACKER_313 = _V >= (3, 13)
 
+# The fork server imports the main module (its preloaded '__main__'): before
+# 3.13 the stdlib's is never told the main module's path, so each child
+# imports it instead.
+FORKSERVER_PRELOADS_MAIN = _V >= (3, 13)
+
 # -- 3.14 --------------------------------------------------------------------
 
 # Linux's default start method, and the order get_all_start_methods() lists
@@ -80,6 +85,11 @@ ALL_START_METHODS = (['forkserver', 'fork', 'spawn'] if _V >= (3, 14)
 
 # Process.interrupt() sends SIGINT.
 PROCESS_INTERRUPT = _V >= (3, 14)
+
+# A requester authenticates with the fork server on the request's socket, so
+# a server that dies before answering resets it (ConnectionResetError);
+# before, the requester read the pid from a pipe the server held (EOFError).
+FORKSERVER_HANDSHAKE = _V >= (3, 14)
 
 # Lock, RLock, Semaphore and BoundedSemaphore have locked(); so do the
 # managers' lock and condition proxies.

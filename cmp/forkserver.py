@@ -78,6 +78,8 @@ class ForkServer:
         except ConnectionResetError:
             # (what _core says when the server closed the connection unanswered)
             if self._server_pid == _SERVER_IN_PARENT or not _stays_alive(self._server_pid):
+                if not _versions.FORKSERVER_HANDSHAKE:
+                    raise EOFError('unexpected EOF') from None
                 raise
             # The server is there and closed the connection unanswered: it
             # refused our key (the stdlib's handshake says the same).
@@ -354,13 +356,17 @@ _WARM_UP = (_warm_up_unpickling, _warm_up_preparing, _warm_up_importing)
 
 
 def _preload_main(main_path, on_error):
-    """Import the main module once, for every child. Until 3.14 a failure
-    stops the server; from 3.15 on_error says what it does, and when the
-    server goes on without it, each child imports the main module itself
-    (and fails there, as the stdlib's children do)."""
+    """Import the main module once, for every child. On 3.13 and 3.14 a
+    failure stops the server; from 3.15 on_error says what it does. When
+    the server goes on without it, each child imports the main module itself
+    (and fails there, as the stdlib's children do): so it does, silently,
+    before 3.13, whose stdlib server never imports it."""
     try:
         spawn._fixup_main_from_path(main_path)
     except Exception as e:
+        if not _versions.FORKSERVER_PRELOADS_MAIN:
+            spawn._forget_main(main_path)
+            return
         if not _versions.FORKSERVER_PRELOAD_ON_ERROR:
             raise
         spawn._forget_main(main_path)

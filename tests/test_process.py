@@ -447,6 +447,27 @@ def test_log_to_stderr_reaches_a_child_once(method, early):
     ''', start_method=method, args=(str(early),))
 
 
+def test_forkserver_main_module_that_fails_to_import():
+    """A main module that cannot be imported as a module (here it raises;
+    a program piped to `python -` has no file to import): before 3.13 the
+    stdlib's server never imports it and each child fails importing it; on
+    3.13 and 3.14 the server fails and start() says so; from 3.15 the
+    server goes on without it (on_error='ignore'). cmp's server imports the
+    main module on 3.11 too, and does the same as the stdlib on each."""
+    assert_same('''
+        if __name__ != '__main__':
+            raise RuntimeError('not importable as a module')
+        p = mp.get_context('forkserver').Process(target=print, args=('child ran',))
+        try:
+            p.start()
+        except Exception as e:
+            print('start raised', type(e).__name__)
+        else:
+            p.join()
+            print('exit code', p.exitcode)
+    ''')
+
+
 def test_forkserver_spare():
     """After its first child the fork server keeps one forked ahead (a
     spare) and hands it the next request: each child still has its own pid,
