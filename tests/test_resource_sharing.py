@@ -202,7 +202,15 @@ def test_send_handle_on_a_raw_socket():
 
 
 def _open_fds():
-    return set(os.listdir('/proc/self/fd'))
+    """{fd: what it refers to}, but the directory this listing reads (its
+    number is the lowest free one, which need not be the same each time)."""
+    fds = {}
+    for fd in os.listdir('/proc/self/fd'):
+        try:
+            fds[fd] = os.readlink('/proc/self/fd/' + fd)
+        except OSError:
+            pass                # (the listing's own, closed by now)
+    return fds
 
 
 def test_sharer_keeps_nothing_once_claimed_and_stop_closes_the_rest():
@@ -222,7 +230,8 @@ def test_sharer_keeps_nothing_once_claimed_and_stop_closes_the_rest():
     assert sharer._cache == {} and sharer._thread is None
     a.close()
     b.close()
-    assert _open_fds() <= before
+    after = _open_fds()
+    assert {fd: what for fd, what in after.items() if before.get(fd) != what} == {}
     with pytest.raises(OSError):
         pickle.loads(unclaimed).detach()     # nobody serves it any more
 
