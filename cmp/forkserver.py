@@ -255,7 +255,7 @@ def main():
     if request is None:
         os._exit(0)                 # the main process is gone: so are we
     end = os._exit
-    if len(request) == 2:           # (a spare: its hand-off socket and bell)
+    if type(request[0]) is int:     # (a spare: its hand-off socket, bell, warm-up)
         request = _wait_as_spare(*request, sample)
         end = functools.partial(_end_spare_child, os.getpid(), request[2])
     # (A child the server forked for its request keeps the request's
@@ -275,14 +275,16 @@ def main():
         util._forked_child_exit(code, end)
 
 
-def _wait_as_spare(end, bell, sample):
+def _wait_as_spare(end, bell, warm, sample):
     """In a spare (a child forked ahead of the next request): do now what
     every child does first, then wait for the request the server hands
     over. A child's first steps copy the pages of the server's memory they
     write to (reference counts, the interpreter's caches): taken here, that
-    costs no one a wait."""
+    costs no one a wait. Not when the server says starts come back to back
+    (`warm` false): then no CPU is free for it, and the child would repeat
+    most of it."""
     util._forked_child_atexit()
-    for step in _WARM_UP:
+    for step in _WARM_UP if warm else ():
         if _core.wait_readable(bell, 0):
             break                   # a request waits: the child does the rest
         try:

@@ -539,6 +539,7 @@ cmp_fs_server_init(cmp_fs_server *s, int listener, int alive,
 {
     memset(s, 0, sizeof(*s));
     s->spare_sock = s->spare_end = s->spare_bell = -1;
+    s->calm = 1;
     s->listener = listener;
     s->alive = alive;
     memcpy(s->key, key, CMP_FS_KEY_LEN);
@@ -757,8 +758,11 @@ cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req)
                  * its bell rings, after the answer: woken sooner, it would
                  * take this CPU before the requester heard from us. */
                 pid_t pid = s->spare;
-                int bell = s->spare_bell, idle = spare_was_waiting(s), st = hand_off(s, req);
+                int bell = s->spare_bell, warmed = s->spare_warm;
+                int idle = spare_was_waiting(s), st = hand_off(s, req);
                 if (st == CMP_OK) {
+                    if (warmed)
+                        s->calm = idle;
                     answer(req->conn, CMP_FS_PID_TAG + pid);
                     uint64_t one = 1;
                     ssize_t w = write(bell, &one, sizeof(one)); /* (a fresh eventfd takes it) */
@@ -767,12 +771,11 @@ cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req)
                     keep_child(s, req, pid);
                     s->want_spare = 0;
                     /* Woken by its request, we likely took the
-                     * requester's CPU. When the spare was waiting (requests
-                     * come apart), let the requester have it back for its
-                     * pid before we fork the next spare there; back to back
-                     * (the spare had not finished its warm-up), the next
-                     * spare is wanted at once. */
-                    if (idle)
+                     * requester's CPU. When starts come apart, let the
+                     * requester have it back for its pid before we fork the
+                     * next spare there; back to back, the next spare is
+                     * wanted at once. */
+                    if (warmed && idle)
                         sched_yield();
                     return CMP_FS_SPARE; /* the next one */
                 }
@@ -832,6 +835,9 @@ cmp_fs_spare_open(cmp_fs_server *s)
     s->spare_sock = sv[0];
     s->spare_end = sv[1];
     s->spare_bell = bell;
+    if (s->calm || ++s->cold_spares >= CMP_FS_PROBE_EVERY)
+        s->cold_spares = 0;
+    s->spare_warm = s->cold_spares == 0;
     return CMP_OK;
 }
 
@@ -847,10 +853,11 @@ cmp_fs_spare_forked(cmp_fs_server *s, pid_t pid)
 }
 
 int
-cmp_fs_in_spare(cmp_fs_server *s, int *bell)
+cmp_fs_in_spare(cmp_fs_server *s, int *bell, int *warm)
 {
     int end = s->spare_end;
     *bell = s->spare_bell;
+    *warm = s->spare_warm;
     s->spare_end = s->spare_bell = -1;
     cmp_fs_in_child(s);
     return end;

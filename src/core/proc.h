@@ -140,6 +140,14 @@ typedef struct {
  * the fork nor the child's own start-up is paid by the requester. */
 #define CMP_FS_SPARE 1
 
+/* A spare is told to warm up (take ahead the first steps of every child)
+ * while starts come apart. When a spare that warmed up was still at it
+ * when its request came, starts come back to back: the warm-up then only
+ * adds CPU the starts need (most of what it does, the child does again),
+ * so spares skip it, but one in this many, which tells when starts come
+ * apart again. */
+#define CMP_FS_PROBE_EVERY 8
+
 /* The server's state: what it listens on and what it waits for. */
 typedef struct {
     int listener, alive, sigfd;
@@ -149,11 +157,15 @@ typedef struct {
     size_t npending, cap_pending;
     cmp_fs_child *kids; /* forked, not yet reaped */
     size_t nkids, cap_kids;
-    pid_t spare;    /* waiting for a request, or 0 */
-    int spare_sock; /* our end of its hand-off socket, or -1 */
-    int spare_end;  /* its end, until it is forked, or -1 */
-    int spare_bell; /* an eventfd: it takes its request when this rings */
-    int want_spare; /* a request was served since the last spare */
+    pid_t spare;     /* waiting for a request, or 0 */
+    int spare_sock;  /* our end of its hand-off socket, or -1 */
+    int spare_end;   /* its end, until it is forked, or -1 */
+    int spare_bell;  /* an eventfd: it takes its request when this rings */
+    int spare_warm;  /* it was told to warm up (cmp_fs_in_spare) */
+    int calm;        /* starts come apart (the last spare that warmed up was
+                      * waiting when its request came); 1 at first */
+    int cold_spares; /* spares told not to, since the last that was */
+    int want_spare;  /* a request was served since the last spare */
     struct pollfd *pfds;
     size_t cap_pfds;
 } cmp_fs_server;
@@ -179,8 +191,9 @@ int cmp_fs_spare_open(cmp_fs_server *s);
 void cmp_fs_spare_forked(cmp_fs_server *s, pid_t pid);
 
 /* In the spare: cmp_fs_in_child, keeping only its end of the hand-off
- * socket, which it returns, and its bell (*bell). */
-int cmp_fs_in_spare(cmp_fs_server *s, int *bell);
+ * socket, which it returns, and its bell (*bell); *warm: whether to warm up
+ * (CMP_FS_PROBE_EVERY). */
+int cmp_fs_in_spare(cmp_fs_server *s, int *bell, int *warm);
 
 /* In a spare: say that we wait (shutting `end` down for writing), and wait
  * for the request the server hands over on `end` (it rings `bell` once it

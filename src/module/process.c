@@ -515,12 +515,13 @@ PyDoc_STRVAR(forkserver_serve_doc,
              "forkserver_serve($module, listener, alive, key, /)\n"
              "--\n"
              "\n"
-             "Returns (payload, fds, conn), (end, bell) or None.\n\n"
+             "Returns (payload, fds, conn), (end, bell, warm) or None.\n\n"
              "The fork server's loop: accept requests on listener, fork a child for\n"
              "each (or hand it to the spare forked ahead), report pids and exit codes.\n"
              "Returns in each child, with its payload, descriptors and connection; in a\n"
              "spare, with its end of the hand-off socket and its bell (for\n"
-             "forkserver_take); None in the server once alive reaches EOF.");
+             "forkserver_take) and whether to warm up meanwhile (starts come apart);\n"
+             "None in the server once alive reaches EOF.");
 
 static PyObject *
 cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
@@ -553,9 +554,9 @@ cmp_py_forkserver_serve(PyObject *Py_UNUSED(module), PyObject *args)
             pid_t pid = fork();
             if (pid == 0) {
                 PyOS_AfterFork_Child();
-                int bell;
-                int end = cmp_fs_in_spare(&s, &bell);
-                return Py_BuildValue("(ii)", end, bell);
+                int bell, warm;
+                int end = cmp_fs_in_spare(&s, &bell, &warm);
+                return Py_BuildValue("(iiO)", end, bell, warm ? Py_True : Py_False);
             }
             PyOS_AfterFork_Parent();
             cmp_fs_spare_forked(&s, pid);

@@ -186,13 +186,13 @@ CTEST(fs_send_recv_carries_payload_and_fds)
  * tell the pipe it got (its first descriptor) who it is and whether it was
  * a spare, and exit (a spare's child telling its exit code itself). */
 static void
-fs_child(cmp_fs_req *req, char how)
+fs_child(cmp_fs_req *req, char how, int warm)
 {
     char code = 0;
     if (cmp_read_exact(req->conn, &code, 1) != CMP_OK || req->nfds != 1)
         _exit(100);
     char line[32];
-    int n = snprintf(line, sizeof line, "%c%d\n", how, (int)getpid());
+    int n = snprintf(line, sizeof line, "%c%d %d\n", how, (int)getpid(), warm);
     if (write(req->fds[0], line, (size_t)n) != n)
         _exit(101);
     if (how == 'S')
@@ -200,9 +200,10 @@ fs_child(cmp_fs_req *req, char how)
     _exit(code);
 }
 
-/* The binding's loop (src/module/process.c), without Python. */
+/* The binding's loop (src/module/process.c), without Python; a spare told
+ * to warm up spends warm_up_us at it. */
 static void
-fs_serve(int listener, int alive, const unsigned char *key)
+fs_serve(int listener, int alive, const unsigned char *key, int warm_up_us)
 {
     cmp_fs_server s;
     cmp_fs_req req;
@@ -217,14 +218,16 @@ fs_serve(int listener, int alive, const unsigned char *key)
                 continue;
             pid_t pid = fork();
             if (pid == 0) {
-                int bell;
-                int end = cmp_fs_in_spare(&s, &bell);
+                int bell, warm;
+                int end = cmp_fs_in_spare(&s, &bell, &warm);
+                if (warm && warm_up_us > 0)
+                    usleep((useconds_t)warm_up_us);
                 int r = cmp_fs_take(end, bell, &req);
                 if (r == CMP_EEOF)
                     _exit(0);
                 if (r != CMP_OK)
                     _exit(103);
-                fs_child(&req, 'S');
+                fs_child(&req, 'S', warm);
             }
             cmp_fs_spare_forked(&s, pid);
             continue;
@@ -236,7 +239,7 @@ fs_serve(int listener, int alive, const unsigned char *key)
         pid_t pid = fork();
         if (pid == 0) {
             cmp_fs_in_child(&s);
-            fs_child(&req, 'D');
+            fs_child(&req, 'D', 0);
         }
         cmp_fs_forked(&s, &req, pid, errno);
     }
@@ -247,7 +250,7 @@ fs_serve(int listener, int alive, const unsigned char *key)
  * failed; its pid and exit status. */
 static char
 fs_start(const char *addr, size_t addrlen, const unsigned char *key, int report_w, int report_r,
-         char code, int64_t *pid, int *status)
+         char code, int64_t *pid, int *status, int *warm)
 {
     int sock;
     if (cmp_fs_request(addr, addrlen, 0, key, &code, 1, &report_w, 1, &sock, pid) != CMP_OK)
@@ -255,6 +258,9 @@ fs_start(const char *addr, size_t addrlen, const unsigned char *key, int report_
     char line[32] = {0};
     ssize_t n = read(report_r, line, sizeof line - 1);
     int ok = n > 2 && atoi(line + 1) == (int)*pid;
+    const char *flag = strchr(line, ' ');
+    if (warm != NULL)
+        *warm = flag != NULL && atoi(flag + 1);
     /* The exit code: the first answer that is not the pid again. */
     int64_t v = CMP_FS_PID_TAG;
     while (ok && v >= CMP_FS_PID_TAG) {
@@ -270,41 +276,53 @@ fs_start(const char *addr, size_t addrlen, const unsigned char *key, int report_
     return ok ? line[0] : 0;
 }
 
-CTEST(fs_server_hands_requests_to_a_spare)
+/* Start a test server on abstract address addr (its length in *addrlen);
+ * its pid, or -1. The program is gone once alive[1] is closed. */
+static pid_t
+fs_server(const char *name, const unsigned char *key, int warm_up_us, int report[2], char *addr,
+          int *addrlen, int alive[2])
 {
     int listener = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    char addr[64];
-    int addrlen = snprintf(addr + 1, sizeof addr - 1, "cmp-ctest-fs-%d", (int)getpid()) + 1;
+    *addrlen = snprintf(addr + 1, 63, "cmp-ctest-%s-%d", name, (int)getpid()) + 1;
     addr[0] = '\0';
     struct sockaddr_un sa = {.sun_family = AF_UNIX};
-    memcpy(sa.sun_path, addr, (size_t)addrlen);
-    CHECK_EQ(bind(listener, (struct sockaddr *)&sa,
-                  (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)addrlen)),
-             0);
-    CHECK_EQ(listen(listener, 8), 0);
-    int alive[2], report[2];
-    CHECK_EQ(pipe(alive), 0);
-    CHECK_EQ(pipe(report), 0);
-    unsigned char key[CMP_FS_KEY_LEN] = {9, 8, 7};
+    memcpy(sa.sun_path, addr, (size_t)*addrlen);
+    if (listener < 0
+        || bind(listener, (struct sockaddr *)&sa,
+                (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)*addrlen))
+                   != 0
+        || listen(listener, 8) != 0 || pipe(alive) != 0)
+        return -1;
     pid_t server = fork();
-    CHECK(server >= 0);
     if (server == 0) {
         close(alive[1]);
         close(report[0]);
         close(report[1]);
-        fs_serve(listener, alive[0], key);
+        fs_serve(listener, alive[0], key, warm_up_us);
     }
     close(listener);
     close(alive[0]);
+    return server;
+}
+
+CTEST(fs_server_hands_requests_to_a_spare)
+{
+    char addr[64];
+    int addrlen, alive[2], report[2];
+    CHECK_EQ(pipe(report), 0);
+    unsigned char key[CMP_FS_KEY_LEN] = {9, 8, 7};
+    pid_t server = fs_server("fs", key, 0, report, addr, &addrlen, alive);
+    CHECK(server > 0);
     int64_t pid, spare = 0;
     int status;
     /* The first is forked for; each later one is the spare forked after it
      * (the requester never waits for the fork), with its own exit code. */
-    CHECK_EQ(fs_start(addr, (size_t)addrlen, key, report[1], report[0], 3, &pid, &status), 'D');
+    CHECK_EQ(fs_start(addr, (size_t)addrlen, key, report[1], report[0], 3, &pid, &status, NULL),
+             'D');
     CHECK_EQ(status, 3);
     for (int i = 0; i < 3; i++) {
         CHECK_EQ(fs_start(addr, (size_t)addrlen, key, report[1], report[0], (char)(10 + i), &pid,
-                          &status),
+                          &status, NULL),
                  'S');
         CHECK_EQ(status, 10 + i);
         CHECK(pid != spare);
@@ -328,7 +346,7 @@ CTEST(fs_server_hands_requests_to_a_spare)
         usleep(10000);
     }
     usleep(100000); /* reaped */
-    char how = fs_start(addr, (size_t)addrlen, key, report[1], report[0], 0, &pid, &status);
+    char how = fs_start(addr, (size_t)addrlen, key, report[1], report[0], 0, &pid, &status, NULL);
     CHECK(how == 'D' || how == 'S');
     CHECK_EQ(status, 0);
     /* The program goes: the server exits, and so does its spare. */
@@ -338,6 +356,50 @@ CTEST(fs_server_hands_requests_to_a_spare)
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     char c;
     CHECK_EQ(read(report[0], &c, 1), 0); /* no spare holds the report pipe */
+    close(report[0]);
+}
+
+/* Spares warm up while starts come apart. Once a spare that warmed up was
+ * still at it when its request came (back to back), the next ones skip it
+ * but for one in CMP_FS_PROBE_EVERY; once such a one was waiting for its
+ * request, they warm up again. */
+CTEST(fs_spares_warm_up_while_starts_come_apart)
+{
+    char addr[64];
+    int addrlen, alive[2], report[2];
+    CHECK_EQ(pipe(report), 0);
+    unsigned char key[CMP_FS_KEY_LEN] = {4, 5};
+    pid_t server = fs_server("warm", key, 100000, report, addr, &addrlen, alive);
+    CHECK(server > 0);
+    int64_t pid;
+    int status, warm, warmed = 0, seen[2 * CMP_FS_PROBE_EVERY + 4];
+    int n = 0;
+    /* Back to back: every start right after the last one ended. */
+    while (n < (int)(sizeof seen / sizeof *seen)) {
+        char how =
+                fs_start(addr, (size_t)addrlen, key, report[1], report[0], 0, &pid, &status, &warm);
+        CHECK_EQ(status, 0);
+        CHECK(how == 'S' || how == 'D');
+        if (how == 'S')
+            seen[n++] = warm;
+    }
+    /* The first spare warmed up (calm at first) and was late; then one in
+     * CMP_FS_PROBE_EVERY, each late too. */
+    for (int i = 0; i < n; i++)
+        CHECK_EQ(seen[i], i % CMP_FS_PROBE_EVERY == 0);
+    /* Apart: once the next probe has had time to warm up, spares warm up. */
+    for (int i = 0; i < CMP_FS_PROBE_EVERY + 2; i++) {
+        usleep(250000);
+        char how =
+                fs_start(addr, (size_t)addrlen, key, report[1], report[0], 0, &pid, &status, &warm);
+        CHECK_EQ(status, 0);
+        if (how == 'S' && warm)
+            warmed++;
+    }
+    CHECK(warmed >= 2); /* the probe, and the ones after it */
+    close(report[1]);
+    close(alive[1]);
+    CHECK_EQ(waitpid(server, &status, 0), server);
     close(report[0]);
 }
 
@@ -358,8 +420,8 @@ CTEST(fs_spare_says_when_it_waits)
     pid_t pid = fork();
     CHECK(pid >= 0);
     if (pid == 0) {
-        int bell;
-        int end = cmp_fs_in_spare(&s, &bell);
+        int bell, warm;
+        int end = cmp_fs_in_spare(&s, &bell, &warm);
         char c;
         if (read(go[0], &c, 1) != 1) /* (still warming up until told) */
             _exit(1);
