@@ -758,8 +758,8 @@ cmp_fs_next(cmp_fs_server *s, cmp_fs_req *req)
                  * its bell rings, after the answer: woken sooner, it would
                  * take this CPU before the requester heard from us. */
                 pid_t pid = s->spare;
-                int bell = s->spare_bell, warmed = s->spare_warm;
-                int idle = spare_was_waiting(s), st = hand_off(s, req);
+                int bell = s->spare_bell, warmed = s->cold_spares == 0;
+                int idle = warmed && spare_was_waiting(s), st = hand_off(s, req);
                 if (st == CMP_OK) {
                     if (warmed)
                         s->calm = idle;
@@ -836,8 +836,7 @@ cmp_fs_spare_open(cmp_fs_server *s)
     s->spare_end = sv[1];
     s->spare_bell = bell;
     if (s->calm || ++s->cold_spares >= CMP_FS_PROBE_EVERY)
-        s->cold_spares = 0;
-    s->spare_warm = s->cold_spares == 0;
+        s->cold_spares = 0; /* (this one warms up) */
     return CMP_OK;
 }
 
@@ -857,7 +856,7 @@ cmp_fs_in_spare(cmp_fs_server *s, int *bell, int *warm)
 {
     int end = s->spare_end;
     *bell = s->spare_bell;
-    *warm = s->spare_warm;
+    *warm = s->cold_spares == 0;
     s->spare_end = s->spare_bell = -1;
     cmp_fs_in_child(s);
     return end;

@@ -161,10 +161,10 @@ typedef struct {
     int spare_sock;  /* our end of its hand-off socket, or -1 */
     int spare_end;   /* its end, until it is forked, or -1 */
     int spare_bell;  /* an eventfd: it takes its request when this rings */
-    int spare_warm;  /* it was told to warm up (cmp_fs_in_spare) */
     int calm;        /* starts come apart (the last spare that warmed up was
                       * waiting when its request came); 1 at first */
-    int cold_spares; /* spares told not to, since the last that was */
+    int cold_spares; /* spares told not to warm up since the last that was
+                      * (0: the spare was told to) */
     int want_spare;  /* a request was served since the last spare */
     struct pollfd *pfds;
     size_t cap_pfds;
